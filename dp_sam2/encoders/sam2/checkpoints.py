@@ -1,0 +1,132 @@
+"""Reading official SAM 2 checkpoints (``{"model": state_dict}``) with clear errors."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dp_sam2.registry import MODELS, ModelSpec
+
+# (trunk width, number of Hiera blocks) -> size
+_SIZE_BY_TRUNK = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base_plus", (144, 48): "large"}
+_KEYS_21_ONLY = ("no_obj_embed_spatial", "obj_ptr_tpos_proj.weight", "obj_ptr_tpos_proj.bias")
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file safely (``weights_only=True``) and return its model state dict."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
+    if path.is_dir():
+        raise FileNotFoundError(f"SAM 2 checkpoint path is a folder, not a file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
+        if "weights_only" in str(err) and "Unsupported" in str(err):
+            raise ValueError(
+                f"checkpoint {path} holds Python objects that are not plain tensors and cannot be "
+                f"loaded safely (weights_only=True): {str(err).splitlines()[0]}"
+            ) from err
+        raise ValueError(
+            f"checkpoint {path} is damaged or truncated ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'unreadable'}); download it again "
+            f"(e.g. `dp-sam2 download <model name>`)"
+        ) from err
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        state = obj["model"]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj  # a bare state dict
+    else:
+        found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(
+            f"checkpoint {path} is not a SAM 2 checkpoint: expected a dict with a 'model' state dict, "
+            f"found {found}"
+        )
+    return state
+
+
+def identify_state_dict(state: dict[str, torch.Tensor]) -> ModelSpec | None:
+    """Which official model a state dict was made for, or ``None`` if it fits none."""
+    pos = state.get("image_encoder.trunk.pos_embed")
+    if pos is None or pos.ndim != 4:
+        return None
+    blocks = {k.split(".")[3] for k in state if k.startswith("image_encoder.trunk.blocks.")}
+    size = _SIZE_BY_TRUNK.get((int(pos.shape[1]), len(blocks)))
+    if size is None:
+        return None
+    version = "2.1" if all(k in state for k in _KEYS_21_ONLY) else "2.0"
+    return next(s for s in MODELS.values() if s.size == size and s.version == version)
+
+
+def _describe(spec: ModelSpec) -> str:
+    return f"SAM {spec.version} {spec.size} ({spec.name}, config {spec.config}, file {spec.filename})"
+
+
+def check_fits(state: dict[str, torch.Tensor], expected: ModelSpec | None, path, config_file: str) -> None:
+    """Raise a ValueError naming the file and the config it fits when it does not fit ours."""
+    if expected is None:
+        return
+    found = identify_state_dict(state)
+    if found is None:
+        raise ValueError(
+            f"checkpoint {path} does not look like any official SAM 2 model (no recognisable Hiera "
+            f"trunk); it cannot be loaded into config {config_file}"
+        )
+    if found.version != expected.version:
+        raise ValueError(
+            f"checkpoint {path} is a SAM {found.version} checkpoint but config {config_file!r} is "
+            f"SAM {expected.version}; it fits {_describe(found)} — use config {found.config!r}"
+        )
+    if found.size != expected.size:
+        raise ValueError(
+            f"checkpoint {path} was made for the {found.size} model but config {config_file!r} is "
+            f"{expected.size}; it fits {_describe(found)} — use config {found.config!r}"
+        )
+
+
+def load_checkpoint_state_dict(path: str | os.PathLike, config_file: str | None = None) -> dict[str, torch.Tensor]:
+    """Read ``path`` and check it fits ``config_file`` (any official config name or short name)."""
+    from dp_sam2.registry import get_spec
+
+    state = read_checkpoint_file(path)
+    if config_file is not None:
+        try:
+            expected = get_spec(config_file)
+        except ValueError:
+            expected = None  # a custom config: the strict load will tell
+        check_fits(state, expected, path, config_file)
+    return state
+
+
+def load_into(model: nn.Module, path: str | os.PathLike, config_file: str) -> None:
+    """Load an official checkpoint strictly into ``model``."""
+    state = load_checkpoint_state_dict(path, config_file)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        found = identify_state_dict(state)
+        hint = f"; the file fits {_describe(found)}" if found else ""
+        raise ValueError(
+            f"checkpoint {path} does not match config {config_file!r}{hint}: "
+            f"{str(err).strip().splitlines()[0]} ... {_summarise_mismatch(model, state)}"
+        ) from err
+
+
+def _summarise_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    shapes = [k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if shapes:
+        k = sorted(shapes)[0]
+        parts.append(f"{len(shapes)} shape mismatches, e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}")
+    return "; ".join(parts)

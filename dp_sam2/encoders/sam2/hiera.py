@@ -1,0 +1,224 @@
+"""Hiera, SAM 2's hierarchical image trunk (https://arxiv.org/abs/2306.00989).
+
+Four stages of transformer blocks; each stage after the first starts with a block that pools the
+queries 2x2 (halving the resolution) and widens the channels. Blocks attend inside windows except
+a few global ones. Checkpoint keys follow the official model (``trunk.blocks.<i>.attn.qkv`` ...).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import MLP, DropPath
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``[B, H, W, C]`` -> ``[B * nWindows, window, window, C]``, zero-padding H and W up to a
+    multiple of ``window``. Returns the windows and the padded size."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (-h) % window, (-w) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window, window, wp // window, window, c).transpose(2, 3)
+    return x.reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(windows: torch.Tensor, window: int, padded_hw: tuple[int, int],
+                       hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`, dropping the padding."""
+    hp, wp = padded_hw
+    h, w = hw
+    b = windows.shape[0] // ((hp // window) * (wp // window))
+    x = windows.view(b, hp // window, wp // window, window, window, -1).transpose(2, 3)
+    x = x.reshape(b, hp, wp, -1)
+    if hp > h or wp > w:
+        x = x[:, :h, :w, :]
+    return x
+
+
+def _max_pool_nhwc(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    return F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
+
+
+class PatchEmbed(nn.Module):
+    """7x7 stride-4 convolution; output channels-last ``[B, H/4, W/4, C]``."""
+
+    def __init__(self, kernel_size=(7, 7), stride=(4, 4), padding=(3, 3), in_chans: int = 3,
+                 embed_dim: int = 768) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class MultiScaleAttention(nn.Module):
+    """Multi-head self-attention whose queries may be max-pooled (stage transitions)."""
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, q_stride: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.dim, self.dim_out, self.num_heads = dim, dim_out, num_heads
+        self.q_stride = q_stride
+        self.qkv = nn.Linear(dim, dim_out * 3)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x).view(b, h * w, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, HW, d]
+        if self.q_stride is not None:
+            q = q.transpose(1, 2).reshape(b, h, w, -1)
+            q = _max_pool_nhwc(q, self.q_stride)
+            h, w = q.shape[1:3]
+            q = q.reshape(b, h * w, self.num_heads, -1).transpose(1, 2)
+        x = F.scaled_dot_product_attention(q, k, v)
+        x = x.transpose(1, 2).reshape(b, h, w, -1)
+        return self.proj(x)
+
+
+class MultiScaleBlock(nn.Module):
+    """Pre-norm transformer block with optional windowing and query pooling."""
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0, q_stride: tuple[int, int] | None = None,
+                 window_size: int = 0) -> None:
+        super().__init__()
+        self.dim, self.dim_out = dim, dim_out
+        self.window_size = window_size
+        self.q_stride = q_stride
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = MultiScaleAttention(dim, dim_out, num_heads, q_stride=q_stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
+        self.mlp = MLP(dim_out, int(dim_out * mlp_ratio), dim_out, num_layers=2, activation=nn.GELU)
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.dim != self.dim_out:
+            shortcut = self.proj(x)
+            if self.q_stride is not None:
+                shortcut = _max_pool_nhwc(shortcut, self.q_stride)
+        window = self.window_size
+        if window > 0:
+            hw = x.shape[1:3]
+            x, padded_hw = window_partition(x, window)
+        x = self.attn(x)
+        if window > 0:
+            if self.q_stride is not None:
+                # the pooled block keeps the previous stage's window, now q_stride times smaller
+                window = window // self.q_stride[0]
+                hw = shortcut.shape[1:3]
+                padded_hw = (hw[0] + (-hw[0]) % window, hw[1] + (-hw[1]) % window)
+            x = window_unpartition(x, window, padded_hw, hw)
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class Hiera(nn.Module):
+    """The Hiera trunk. ``forward`` returns the last block of each stage as NCHW maps, highest
+    resolution first (strides 4, 8, 16, 32)."""
+
+    def __init__(
+        self,
+        embed_dim: int = 96,
+        num_heads: int = 1,
+        drop_path_rate: float = 0.0,
+        q_pool: int = 3,
+        q_stride: tuple[int, int] = (2, 2),
+        stages: tuple[int, ...] = (2, 3, 16, 3),
+        dim_mul: float = 2.0,
+        head_mul: float = 2.0,
+        window_pos_embed_bkg_spatial_size: tuple[int, int] = (14, 14),
+        window_spec: tuple[int, ...] = (8, 4, 14, 7),
+        global_att_blocks: tuple[int, ...] = (12, 16, 20),
+        weights_path: str | None = None,
+        return_interm_layers: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(stages) != len(window_spec):
+            raise ValueError(f"stages {stages} and window_spec {window_spec} must have the same length")
+        if weights_path is not None:
+            raise ValueError("Hiera(weights_path=...) is not supported; load a SAM 2 checkpoint instead")
+        self.window_spec = tuple(window_spec)
+        self.q_stride = tuple(q_stride)
+        self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
+        if not 0 <= q_pool <= len(stages) - 1:
+            raise ValueError(f"q_pool must be in [0, {len(stages) - 1}], got {q_pool}")
+        self.q_pool_blocks = [end + 1 for end in self.stage_ends[:-1]][:q_pool]
+        self.return_interm_layers = return_interm_layers
+        self.global_att_blocks = tuple(global_att_blocks or ())
+        self.patch_embed = PatchEmbed(embed_dim=embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *window_pos_embed_bkg_spatial_size))
+        self.pos_embed_window = nn.Parameter(torch.zeros(1, embed_dim, window_spec[0], window_spec[0]))
+
+        depth = sum(stages)
+        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList()
+        stage = 0
+        dim = embed_dim
+        for i in range(depth):
+            dim_out = dim
+            # a stage's first block still uses the previous stage's window size
+            window = 0 if i in self.global_att_blocks else self.window_spec[stage]
+            if i - 1 in self.stage_ends:
+                dim_out = int(dim * dim_mul)
+                num_heads = int(num_heads * head_mul)
+                stage += 1
+            self.blocks.append(MultiScaleBlock(
+                dim, dim_out, num_heads, drop_path=drop_rates[i],
+                q_stride=self.q_stride if i in self.q_pool_blocks else None, window_size=window,
+            ))
+            dim = dim_out
+        ends = self.stage_ends[::-1] if return_interm_layers else [self.stage_ends[-1]]
+        self.channel_list = [self.blocks[i].dim_out for i in ends]
+        self._pos_cache: dict = {}
+
+    def _get_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
+        """Background embedding interpolated to ``hw`` plus the window embedding tiled over it
+        (channels-last). Cached per size while the embeddings are not being trained."""
+        h, w = hw
+        win = self.pos_embed_window.shape[-1]
+        if h % win or w % win:
+            raise ValueError(
+                f"Hiera needs a token grid that is a multiple of {win} (image sides a multiple of "
+                f"{4 * win}); got a {h}x{w} grid (image {4 * h}x{4 * w})"
+            )
+        cacheable = not (torch.is_grad_enabled() and (self.pos_embed.requires_grad or self.pos_embed_window.requires_grad))
+        key = (h, w, self.pos_embed.device, self.pos_embed.dtype,
+               self.pos_embed._version, self.pos_embed_window._version)
+        if cacheable and key in self._pos_cache:
+            return self._pos_cache[key]
+        pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
+        pos = pos + self.pos_embed_window.tile(1, 1, h // win, w // win)
+        pos = pos.permute(0, 2, 3, 1)
+        if cacheable:
+            self._pos_cache = {key: pos.detach()}
+        return pos
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed(x)
+        x = x + self._get_pos_embed(tuple(x.shape[1:3]))
+        outputs = []
+        keep = set(self.stage_ends) if self.return_interm_layers else {self.stage_ends[-1]}
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in keep:
+                outputs.append(x.permute(0, 3, 1, 2))
+        return outputs
+
+    def get_num_layers(self) -> int:
+        return len(self.blocks)
+
+    def get_layer_id(self, layer_name: str) -> int:
+        """Layer index for layer-wise learning-rate decay (as the official)."""
+        n = self.get_num_layers()
+        if "pos_embed" in layer_name or "patch_embed" in layer_name:
+            return 0
+        if "blocks" in layer_name:
+            return int(layer_name.split("blocks")[1].split(".")[1]) + 1
+        return n + 1

@@ -1,0 +1,96 @@
+"""The FPN neck and the image encoder (trunk + neck)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FpnNeck(nn.Module):
+    """Projects each trunk level to ``d_model`` channels (1x1 convs) and fuses top-down only at
+    ``fpn_top_down_levels``. ``convs.0`` takes the lowest-resolution (last) trunk output."""
+
+    def __init__(
+        self,
+        position_encoding: nn.Module,
+        d_model: int,
+        backbone_channel_list: list[int],
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        fpn_interp_model: str = "bilinear",
+        fuse_type: str = "sum",
+        fpn_top_down_levels: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if fuse_type not in ("sum", "avg"):
+            raise ValueError(f"fuse_type must be 'sum' or 'avg', got {fuse_type!r}")
+        self.position_encoding = position_encoding
+        self.d_model = d_model
+        self.backbone_channel_list = list(backbone_channel_list)
+        self.convs = nn.ModuleList()
+        for dim in backbone_channel_list:
+            level = nn.Sequential()
+            level.add_module("conv", nn.Conv2d(dim, d_model, kernel_size, stride, padding))
+            self.convs.append(level)
+        self.fpn_interp_model = fpn_interp_model
+        self.fuse_type = fuse_type
+        levels = range(len(self.convs)) if fpn_top_down_levels is None else fpn_top_down_levels
+        self.fpn_top_down_levels = list(levels)
+
+    def forward(self, xs: list[torch.Tensor], min_level: int = 0):
+        """``xs``: trunk maps, highest resolution first. Levels below ``min_level`` are skipped
+        (returned as ``None``) — they never feed the levels above them."""
+        n = len(self.convs)
+        if len(xs) != n:
+            raise ValueError(f"the neck expects {n} trunk levels, got {len(xs)}")
+        out: list[torch.Tensor | None] = [None] * n
+        pos: list[torch.Tensor | None] = [None] * n
+        prev = None
+        for i in range(n - 1, min_level - 1, -1):
+            lateral = self.convs[n - 1 - i](xs[i])
+            if i in self.fpn_top_down_levels and prev is not None:
+                top_down = F.interpolate(
+                    prev.to(torch.float32), scale_factor=2.0, mode=self.fpn_interp_model,
+                    align_corners=None if self.fpn_interp_model == "nearest" else False,
+                    antialias=False,
+                )
+                prev = lateral + top_down
+                if self.fuse_type == "avg":
+                    prev = prev / 2
+            else:
+                prev = lateral
+            out[i] = prev
+            pos[i] = self.position_encoding(prev).to(prev.dtype)
+        return out, pos
+
+
+class ImageEncoder(nn.Module):
+    """Trunk + neck. Returns the official dict: ``vision_features`` (the stride-16 map),
+    ``vision_pos_enc`` and ``backbone_fpn`` (highest resolution first), after dropping the
+    ``scalp`` lowest-resolution levels."""
+
+    def __init__(self, trunk: nn.Module, neck: FpnNeck, scalp: int = 0) -> None:
+        super().__init__()
+        if list(trunk.channel_list) != list(neck.backbone_channel_list):
+            raise ValueError(
+                f"trunk channels {trunk.channel_list} do not match the neck's "
+                f"backbone_channel_list {neck.backbone_channel_list}"
+            )
+        self.trunk = trunk
+        self.neck = neck
+        self.scalp = scalp
+
+    def forward(self, sample: torch.Tensor) -> dict:
+        features, pos = self.neck(self.trunk(sample))
+        if self.scalp > 0:
+            features, pos = features[: -self.scalp], pos[: -self.scalp]
+        return {"vision_features": features[-1], "vision_pos_enc": pos, "backbone_fpn": features}
+
+    def forward_lowest_kept_level(self, sample: torch.Tensor) -> torch.Tensor:
+        """Only the ``vision_features`` map (stride 16 in SAM 2), skipping the neck levels and
+        position encodings that do not feed it. Used by the Diffusion Policy obs encoder."""
+        trunk_out = self.trunk(sample)
+        level = len(trunk_out) - 1 - self.scalp
+        features, _ = self.neck(trunk_out, min_level=level)
+        return features[level]
