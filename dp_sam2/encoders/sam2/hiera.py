@@ -97,6 +97,49 @@ class MultiScaleBlock(nn.Module):
             self.proj = nn.Linear(dim, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self._forward_reference(x)
+        # Inference: the same arithmetic, run over cache-sized chunks of tokens so the large
+        # intermediate tensors (qkv, MLP hidden) are never materialised for the whole map.
+        if self._windows_fit(x):
+            return self._forward_windows_chunked(x)
+        x = self._attention_residual(x)
+        return _rowwise_chunked(x, self._mlp_residual, _chunk_rows(self.mlp))
+
+    def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _windows_fit(self, x: torch.Tensor) -> bool:
+        """True when the map tiles into whole windows (no padding) that the query pooling keeps whole."""
+        window = self.window_size
+        if window <= 0 or x.shape[1] % window or x.shape[2] % window:
+            return False
+        return self.q_stride is None or (window % self.q_stride[0] == 0 and window % self.q_stride[1] == 0)
+
+    def _forward_windows_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole block (attention + MLP) one group of windows at a time."""
+        window = self.window_size
+        b, h, w, _ = x.shape
+        windows, _ = window_partition(x, window)
+        out_window, out_hw = window, (h, w)
+        if self.q_stride is not None:
+            out_window = window // self.q_stride[0]
+            out_hw = (h // self.q_stride[0], w // self.q_stride[1])
+        out = windows.new_empty(windows.shape[0], out_window, out_window, self.dim_out)
+        step = max(1, _chunk_rows(self.mlp) // (window * window))
+        for start in range(0, windows.shape[0], step):
+            chunk = windows[start: start + step]
+            normed = self.norm1(chunk)
+            shortcut = chunk
+            if self.dim != self.dim_out:
+                shortcut = self.proj(normed)
+                if self.q_stride is not None:
+                    shortcut = _max_pool_nhwc(shortcut, self.q_stride)
+            y = shortcut + self.drop_path(self.attn(normed))
+            out[start: start + step] = self._mlp_residual(y)
+        return window_unpartition(out, out_window, out_hw, out_hw)
+
+    def _attention_residual(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
         if self.dim != self.dim_out:
@@ -115,8 +158,28 @@ class MultiScaleBlock(nn.Module):
                 hw = shortcut.shape[1:3]
                 padded_hw = (hw[0] + (-hw[0]) % window, hw[1] + (-hw[1]) % window)
             x = window_unpartition(x, window, padded_hw, hw)
-        x = shortcut + self.drop_path(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return shortcut + self.drop_path(x)
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mlp_residual(self._attention_residual(x))
+
+
+_CHUNK_ELEMENTS = 1 << 20  # MLP-hidden elements per chunk on the inference path (4 MB in fp32)
+
+
+def _chunk_rows(mlp: MLP) -> int:
+    return max(64, _CHUNK_ELEMENTS // mlp.layers[0].out_features)
+
+
+def _rowwise_chunked(x: torch.Tensor, fn, rows: int) -> torch.Tensor:
+    """Apply a per-token function to ``[..., C]`` in chunks of rows, writing into one output."""
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] <= rows:
+        return fn(x)
+    out = torch.empty_like(flat)
+    for start in range(0, flat.shape[0], rows):
+        out[start: start + rows] = fn(flat[start: start + rows])
+    return out.view(x.shape)
 
 
 class Hiera(nn.Module):

@@ -17,6 +17,7 @@ from torch.nn.init import trunc_normal_
 
 from .common import MLP
 from .mask_decoder import MaskDecoder
+from .neck import ImageEncoder
 from .prompt_encoder import PromptEncoder
 from .tracking import SAM2TrackingMixin
 from .transformer import TwoWayTransformer
@@ -171,12 +172,17 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
         decoder's ``conv_s0``/``conv_s1`` once here, as the official does."""
         if img_batch.ndim != 4 or img_batch.shape[1] != 3:
             raise ValueError(f"forward_image expects images [B, 3, H, W], got {tuple(img_batch.shape)}")
+        if not self.use_high_res_features_in_sam:
+            return self.image_encoder(img_batch)
+        projections = {0: self.sam_mask_decoder.conv_s0, 1: self.sam_mask_decoder.conv_s1}
+        if isinstance(self.image_encoder, ImageEncoder) and self.image_encoder.scalp < len(self.image_encoder.neck.convs) - 1:
+            # the neck applies conv_s0/conv_s1 itself (composed with its own 1x1 convs)
+            return self.image_encoder(img_batch, projections=projections)
         backbone_out = self.image_encoder(img_batch)
-        if self.use_high_res_features_in_sam:
-            fpn = list(backbone_out["backbone_fpn"])
-            fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
-            fpn[1] = self.sam_mask_decoder.conv_s1(fpn[1])
-            backbone_out["backbone_fpn"] = fpn
+        fpn = list(backbone_out["backbone_fpn"])
+        fpn[0] = projections[0](fpn[0])
+        fpn[1] = projections[1](fpn[1])
+        backbone_out["backbone_fpn"] = fpn
         return backbone_out
 
     def _prepare_backbone_features(self, backbone_out: dict):

@@ -38,16 +38,26 @@ class FpnNeck(nn.Module):
         levels = range(len(self.convs)) if fpn_top_down_levels is None else fpn_top_down_levels
         self.fpn_top_down_levels = list(levels)
 
-    def forward(self, xs: list[torch.Tensor], min_level: int = 0):
+    def forward(self, xs: list[torch.Tensor], min_level: int = 0, projections: dict | None = None):
         """``xs``: trunk maps, highest resolution first. Levels below ``min_level`` are skipped
-        (returned as ``None``) — they never feed the levels above them."""
+        (returned as ``None``) — they never feed the levels above them.
+
+        ``projections`` maps a level to a 1x1 conv applied to that level's output (SAM 2's
+        ``conv_s0``/``conv_s1``). On a purely lateral level whose output feeds no other level,
+        the two 1x1 convs are composed into one, so the 256-channel map is never formed."""
         n = len(self.convs)
         if len(xs) != n:
             raise ValueError(f"the neck expects {n} trunk levels, got {len(xs)}")
         out: list[torch.Tensor | None] = [None] * n
         pos: list[torch.Tensor | None] = [None] * n
         prev = None
+        projections = projections or {}
         for i in range(n - 1, min_level - 1, -1):
+            if i in projections and self._can_compose(i):
+                out[i] = _composed_1x1(self.convs[n - 1 - i].conv, projections[i], xs[i])
+                pos[i] = self.position_encoding(out[i]).to(out[i].dtype)
+                prev = None
+                continue
             lateral = self.convs[n - 1 - i](xs[i])
             if i in self.fpn_top_down_levels and prev is not None:
                 top_down = F.interpolate(
@@ -62,7 +72,22 @@ class FpnNeck(nn.Module):
                 prev = lateral
             out[i] = prev
             pos[i] = self.position_encoding(prev).to(prev.dtype)
+            if i in projections:
+                out[i] = projections[i](prev)
         return out, pos
+
+    def _can_compose(self, level: int) -> bool:
+        conv = self.convs[len(self.convs) - 1 - level].conv
+        pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+        return pointwise and level not in self.fpn_top_down_levels and (level - 1) not in self.fpn_top_down_levels
+
+
+def _composed_1x1(first: nn.Conv2d, second: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``second(first(x))`` for two 1x1 convolutions, as one 1x1 convolution."""
+    w2 = second.weight.flatten(1)
+    weight = (w2 @ first.weight.flatten(1))[:, :, None, None]
+    bias = w2 @ first.bias + second.bias
+    return F.conv2d(x, weight, bias)
 
 
 class ImageEncoder(nn.Module):
@@ -81,8 +106,8 @@ class ImageEncoder(nn.Module):
         self.neck = neck
         self.scalp = scalp
 
-    def forward(self, sample: torch.Tensor) -> dict:
-        features, pos = self.neck(self.trunk(sample))
+    def forward(self, sample: torch.Tensor, projections: dict | None = None) -> dict:
+        features, pos = self.neck(self.trunk(sample), projections=projections)
         if self.scalp > 0:
             features, pos = features[: -self.scalp], pos[: -self.scalp]
         return {"vision_features": features[-1], "vision_pos_enc": pos, "backbone_fpn": features}

@@ -1,0 +1,61 @@
+"""Shared benchmark helpers: side-by-side timing (A B A B ...), FLOP counting and the machine's
+measured matmul peak."""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import build_official, rel_err, save_official_checkpoint  # noqa: E402,F401
+
+
+def matmul_peak_gflops(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def alternate(fns: dict, rounds: int = 5, warmup: int = 1) -> dict:
+    """Run each callable in turn (A B A B ...) and return the list of times per name."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def report(name: str, times: dict, flops: int | None = None, peak: float | None = None, ref: str = "official") -> dict:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {"case": name, **{f"{k}_s": round(v, 4) for k, v in med.items()}}
+    for k, v in med.items():
+        if k != ref:
+            row[f"speedup_{k}"] = round(med[ref] / v, 3)
+        if flops and peak:
+            row[f"peak_share_{k}"] = round(flops / v / 1e9 / peak, 3)
+    if flops:
+        row["gflop"] = round(flops / 1e9, 2)
+    print(row, flush=True)
+    return row
