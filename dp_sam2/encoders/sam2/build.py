@@ -98,6 +98,7 @@ def resolve_device(device) -> torch.device:
 
 
 def _build(config_file, ckpt_path, device, mode, overrides) -> torch.nn.Module:
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     from .checkpoints import load_into
@@ -106,7 +107,15 @@ def _build(config_file, ckpt_path, device, mode, overrides) -> torch.nn.Module:
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
     dev = resolve_device(device)
     cfg = load_model_config(config_file, overrides)
-    model = instantiate(cfg.model, _recursive_=True, _convert_="all")
+    size = cfg.model.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 32:
+        raise ValueError(f"model.image_size must be a positive multiple of 32, got {size!r}")
+    try:
+        model = instantiate(cfg.model, _recursive_=True, _convert_="all")
+    except InstantiationException as err:  # surface our own ValueError/TypeError, not Hydra's wrapper
+        if isinstance(err.__cause__, (ValueError, TypeError)):
+            raise err.__cause__ from None
+        raise
     if ckpt_path is not None:
         load_into(model, ckpt_path, str(config_file))
     model = model.to(dev)
