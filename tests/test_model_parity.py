@@ -79,3 +79,32 @@ def test_sam_heads(pair, multimask):
     got = ours._use_mask_as_output(maps[-1], maps[:-1], masks)
     for a, b in zip(got, ref):
         assert rel_err(a, b) <= 1e-4
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("num_ptr_tokens", [0, 16])
+def test_memory_attention_and_encoder(pair, num_ptr_tokens):
+    """The memory modules alone: memory encoder on a mask, memory attention over two frames of
+    memories plus object-pointer tokens (not rotated), and the RoPE grid of the current size."""
+    official, ours, size = pair
+    g = torch.Generator().manual_seed(3)
+    side = size // 16
+    pix = torch.randn(1, 256, side, side, generator=g)
+    mask = torch.randn(1, 1, size, size, generator=g) * 5
+    ref_mem = official.memory_encoder(pix, mask, skip_mask_sigmoid=False)
+    got_mem = ours.memory_encoder(pix, mask, skip_mask_sigmoid=False)
+    assert rel_err(got_mem["vision_features"], ref_mem["vision_features"]) <= 1e-4
+    assert rel_err(got_mem["vision_pos_enc"][0], ref_mem["vision_pos_enc"][0]) <= 1e-4
+
+    mem_dim = ref_mem["vision_features"].shape[1]
+    hw = side * side
+    curr = torch.randn(hw, 1, 256, generator=g)
+    curr_pos = torch.randn(hw, 1, 256, generator=g)
+    memory = torch.randn(2 * hw + num_ptr_tokens, 1, mem_dim, generator=g)
+    memory_pos = torch.randn(2 * hw + num_ptr_tokens, 1, mem_dim, generator=g)
+    args = dict(curr=[curr], curr_pos=[curr_pos], memory=memory, memory_pos=memory_pos,
+                num_obj_ptr_tokens=num_ptr_tokens)
+    ref = official.memory_attention(**{k: (v.clone() if torch.is_tensor(v) else v) for k, v in args.items()})
+    got = ours.memory_attention(**args)
+    assert got.shape == ref.shape == (hw, 1, 256)
+    assert rel_err(got, ref) <= 1e-4
