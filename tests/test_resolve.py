@@ -1,0 +1,117 @@
+"""Checkpoint resolution: absolute as given; relative in $DP_SAM2_CHECKPOINT_DIR, the DP repo
+root (found through the namespace package ``diffusion_policy``), the current directory, the user
+cache; an error listing every place tried and the download command (DESIGN section 2, ruling 9)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from dp_sam2.resolve import (
+    CheckpointNotFoundError, allow_missing_checkpoint, cache_dir, candidates, dp_repo_root, resolve_checkpoint,
+)
+
+REL = "checkpoints/sam2_hiera_tiny.pt"
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    """Four empty candidate folders, a fake DP clone importable as ``diffusion_policy``."""
+    dirs = {name: tmp_path / name for name in ("envdir", "dp_repo", "cwd", "cache")}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["dp_repo"] / "diffusion_policy" / "workspace").mkdir(parents=True)  # no __init__.py, as DP
+    monkeypatch.syspath_prepend(str(dirs["dp_repo"]))
+    monkeypatch.delitem(sys.modules, "diffusion_policy", raising=False)
+    monkeypatch.chdir(dirs["cwd"])
+    monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(dirs["envdir"]))
+    monkeypatch.setenv("DP_SAM2_CACHE", str(dirs["cache"]))
+    return dirs
+
+
+def put(folder: Path, rel: str = REL) -> Path:
+    path = folder / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_dp_repo_root_from_the_namespace_package(places):
+    assert dp_repo_root() == places["dp_repo"].resolve()
+    import diffusion_policy  # noqa: F401  (imported: found through the module's __path__)
+
+    assert not hasattr(sys.modules["diffusion_policy"], "__file__") or sys.modules["diffusion_policy"].__file__ is None
+    assert dp_repo_root() == places["dp_repo"].resolve()
+
+
+def test_lookup_order(places, monkeypatch):
+    order = [("cache", REL), ("cwd", REL), ("dp_repo", REL), ("envdir", REL)]
+    found = []
+    for name, rel in order:  # each new copy takes precedence over the ones before
+        path = put(places[name], rel)
+        found.append(resolve_checkpoint(REL))
+        assert found[-1] == path
+    # the env folder and the cache may hold the bare file name too
+    for name in ("envdir", "dp_repo", "cwd"):
+        (places[name] / REL).unlink()
+    (places["cache"] / REL).unlink()
+    bare = put(places["cache"], "sam2_hiera_tiny.pt")
+    assert resolve_checkpoint(REL) == bare
+    env_bare = put(places["envdir"], "sam2_hiera_tiny.pt")
+    assert resolve_checkpoint(REL) == env_bare
+
+
+def test_absolute_path_used_as_given(places, tmp_path):
+    path = put(tmp_path / "elsewhere", "my.pt")
+    put(places["envdir"], "my.pt")
+    assert resolve_checkpoint(str(path)) == path
+    assert [c.path for c in candidates(str(path))] == [path]
+    with pytest.raises(CheckpointNotFoundError) as err:
+        resolve_checkpoint(str(tmp_path / "missing" / "sam2_hiera_large.pt"))
+    assert err.value.tried == [tmp_path / "missing" / "sam2_hiera_large.pt"]
+    assert "dp-sam2 download sam2_large" in str(err.value)
+
+
+def test_error_lists_every_place_tried_and_the_download_command(places):
+    with pytest.raises(CheckpointNotFoundError) as err:
+        resolve_checkpoint("checkpoints/sam2.1_hiera_base_plus.pt")
+    message = str(err.value)
+    expected = [places["envdir"] / "checkpoints/sam2.1_hiera_base_plus.pt",
+                places["envdir"] / "sam2.1_hiera_base_plus.pt",
+                places["dp_repo"].resolve() / "checkpoints/sam2.1_hiera_base_plus.pt",
+                places["cwd"] / "checkpoints/sam2.1_hiera_base_plus.pt",
+                places["cache"] / "checkpoints/sam2.1_hiera_base_plus.pt",
+                places["cache"] / "sam2.1_hiera_base_plus.pt"]
+    assert err.value.tried == expected
+    positions = [message.index(str(p)) for p in expected]
+    assert positions == sorted(positions)
+    for origin in ("$DP_SAM2_CHECKPOINT_DIR", "DP repo root", "current directory", "user cache"):
+        assert origin in message
+    assert "dp-sam2 download sam2.1_base_plus" in message and "DP_SAM2_ALLOW_MISSING_CHECKPOINT=1" in message
+    assert isinstance(err.value, FileNotFoundError)
+
+
+def test_without_dp_or_env_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("DP_SAM2_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("dp_sam2.resolve.dp_repo_root", lambda: None)
+    assert cache_dir() == tmp_path / "home" / ".cache" / "dp_sam2"
+    with pytest.raises(CheckpointNotFoundError, match="diffusion_policy` package is not importable") as err:
+        resolve_checkpoint(REL, "sam2_tiny")
+    assert err.value.tried[0] == tmp_path / REL
+    assert "dp-sam2 download sam2_tiny" in str(err.value)
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("yes", True), ("0", False), ("", False)])
+def test_allow_missing_flag(monkeypatch, value, expected):
+    monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", value)
+    assert allow_missing_checkpoint() is expected
+
+
+@pytest.mark.parametrize("bad", [None, "", "  ", 3])
+def test_bad_paths(bad):
+    with pytest.raises(TypeError, match="non-empty path"):
+        resolve_checkpoint(bad)
