@@ -262,16 +262,19 @@ class CacheResult:
                 f"at {self.key.image_size}px, {state} ({self.computed} frames encoded now)")
 
 
-def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, device):
-    """A frozen SAM2ObsEncoder with the weights ``key`` names (seed 0 for random init)."""
+def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, device, low_dim=None, **options):
+    """A frozen SAM2ObsEncoder with the weights ``key`` names (seed 0 for random init), for the
+    rgb keys of ``source`` (plus ``low_dim`` ``{key: shape}``); ``options`` go to the encoder."""
     from dp_sam2 import SAM2ObsEncoder
     from dp_sam2.resolve import ENV_ALLOW_MISSING
 
     shape_meta = {"obs": {k: {"shape": [3, source.shapes[k][0], source.shapes[k][1]], "type": "rgb"}
                           for k in source.keys}}
+    shape_meta["obs"].update({k: {"shape": list(v), "type": "low_dim"} for k, v in (low_dim or {}).items()})
     kwargs = dict(model_cfg=key.model, image_size=key.image_size, pooling="mean", freeze=True,
                   crop_shape=list(key.crop_shape) if key.crop_shape else None,
                   resize_shape=list(key.resize_shape) if key.resize_shape else None)
+    kwargs.update(options)
     if checkpoint_path is not None:
         encoder = SAM2ObsEncoder(shape_meta, checkpoint=str(checkpoint_path), **kwargs)
     else:

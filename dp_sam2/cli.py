@@ -53,7 +53,7 @@ def cmd_demo(args) -> int:
     written = run_demo(args.out, steps=args.steps, quick=args.quick, device=args.device, seed=args.seed)
     print(f"dp-sam2 demo wrote {len(written)} files to {Path(args.out).resolve()}:")
     for path, what in written:
-        print(f"  {path}  - {what}")
+        print(f"  {Path(path).resolve()}  - {what}")
     return 0
 
 

@@ -1,0 +1,208 @@
+"""Every `dp-sam2` command: --help, the demo (few steps), segment, track, viz, cache-features,
+info, and their errors. Models are tiny with generated (random) checkpoints."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+
+from dp_sam2.cli import build_parser, main
+
+COMMANDS = ["demo", "download", "segment", "track", "viz", "cache-features", "info"]
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory) -> Path:
+    """Generated checkpoints under their official names: sam2_hiera_tiny.pt, sam2.1_hiera_tiny.pt."""
+    from dp_sam2 import build_sam2
+    from dp_sam2.registry import MODELS
+
+    folder = tmp_path_factory.mktemp("ckpt_dir")
+    for name in ("sam2_tiny", "sam2.1_tiny"):
+        torch.manual_seed(3)
+        model = build_sam2(name, device="cpu", apply_postprocessing=False)
+        torch.save({"model": {k: v.half() for k, v in model.state_dict().items()}}, folder / MODELS[name].filename)
+    return folder
+
+
+def picture(path: Path, size=(160, 120), shift=0) -> Path:
+    """A synthetic photo: a grey background with a blue disc and an orange square."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", size, (200, 200, 200))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([40 + shift, 30, 90 + shift, 80], fill=(30, 60, 220))
+    draw.rectangle([110, 60, 150, 110], fill=(240, 140, 20))
+    img.save(path)
+    return path
+
+
+def test_help_on_every_command(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(COMMANDS)
+    for cmd in COMMANDS:
+        with pytest.raises(SystemExit) as info:
+            main([cmd, "--help"])
+        assert info.value.code == 0
+        assert f"usage: dp-sam2 {cmd}" in capsys.readouterr().out
+    assert main([]) == 0 and "COMMAND" in capsys.readouterr().out
+    # the console script is installed
+    proc = subprocess.run(["dp-sam2", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "cache-features" in proc.stdout
+
+
+def test_bad_arguments_exit_with_a_message(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["segment", "x.png", "--point", "1,2,3", "--out", "o.png"])
+    assert info.value.code == 2 and "expected a point X,Y" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["track", "v.mp4", "--point", "1.5,2,3", "--out", "o"])
+    assert "frame index must be a non-negative integer" in capsys.readouterr().err
+
+
+def test_demo_writes_pictures(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        assert main(["demo", "--out", "out", "--quick", "--steps", "6"]) == 0
+    captured = capsys.readouterr()
+    assert "dp-sam2 download sam2_tiny" in captured.err  # the loud warning says how to get real weights
+    for name in ("loss_curve.png", "actions.png", "features_pca.png", "mask_overlay.png", "track.png"):
+        path = tmp_path / "out" / name
+        assert path.is_file() and str(path.resolve()) in captured.out
+        with Image.open(path) as img:
+            assert img.width > 100 and img.height > 100 and np.asarray(img).std() > 1
+    root = zarr.open_group(str(tmp_path / "out" / "pusht_demo.zarr"), mode="r")
+    assert root["data"]["img"].shape == (16, 96, 96, 3) and "dp_sam2_features" in root
+
+
+def test_demo_uses_official_weights_when_found(tmp_path, monkeypatch, ckpt_dir, recwarn):
+    monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(ckpt_dir))
+    from dp_sam2.viz import find_checkpoint
+
+    assert find_checkpoint("sam2_tiny", None, random_weights=True) == ckpt_dir / "sam2_hiera_tiny.pt"
+    assert not [w for w in recwarn if "RANDOM" in str(w.message)]
+
+
+def test_segment(tmp_path, ckpt_dir, monkeypatch, capsys):
+    image = picture(tmp_path / "photo.png")
+    out = tmp_path / "mask.png"
+    args = ["segment", str(image), "--point", "65,55", "--model", "sam2.1_tiny", "--image-size", "256",
+            "--checkpoint", str(ckpt_dir / "sam2.1_hiera_tiny.pt"), "--out", str(out)]
+    assert main(args) == 0
+    assert "score" in capsys.readouterr().out
+    with Image.open(out) as img:
+        assert img.size == (160, 120)
+    # with a box too
+    assert main(args + ["--box", "30,20,100,90"]) == 0
+    # the result is the image predictor's best mask, drawn over the image
+    from dp_sam2.viz import segment_image
+
+    res = segment_image(image, point=(65, 55), model="sam2.1_tiny", checkpoint=str(ckpt_dir / "sam2.1_hiera_tiny.pt"),
+                        out=tmp_path / "m2.png", image_size=256)
+    drawn = np.asarray(Image.open(res.path)).astype(int)
+    original = np.asarray(Image.open(image)).astype(int)
+    if res.area:
+        assert np.abs(drawn - original)[res.mask].mean() > 5
+    # errors: no prompt, a point outside, no checkpoint
+    assert main(["segment", str(image), "--out", str(out), "--checkpoint", str(ckpt_dir / "sam2.1_hiera_tiny.pt")]) == 1
+    assert "give a prompt" in capsys.readouterr().err
+    assert main(["segment", str(image), "--point", "500,5", "--out", str(out)]) == 1
+    assert "outside the 160x120" in capsys.readouterr().err
+    monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "nothing"))
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", str(image), "--point", "5,5", "--model", "sam2_small", "--out", str(out)]) == 1
+    assert "dp-sam2 download sam2_small" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "none.png"), "--point", "5,5", "--out", str(out)]) == 1
+    assert "image not found" in capsys.readouterr().err
+
+
+def test_track_folder_and_video_file(tmp_path, ckpt_dir, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        picture(frames / f"{i}.png", size=(128, 96), shift=4 * i)
+    out = tmp_path / "track"
+    ckpt = str(ckpt_dir / "sam2.1_hiera_tiny.pt")
+    assert main(["track", str(frames), "--point", "0,65,55", "--out", str(out), "--image-size", "256",
+                 "--checkpoint", ckpt]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "track_sheet.png"]
+    assert "wrote 4 files" in capsys.readouterr().out
+    # a video file, decoded with PyAV, clicked on a later frame (tracks backwards too)
+    av = pytest.importorskip("av")
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.asarray(Image.open(frames / f"{i}.png")), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert main(["track", str(video), "--point", "1,70,55", "--out", str(tmp_path / "t2"), "--image-size", "256",
+                 "--checkpoint", ckpt, "--max-frames", "2"]) == 0
+    assert len(list((tmp_path / "t2").iterdir())) == 3
+    assert main(["track", str(frames), "--point", "7,65,55", "--out", str(out), "--checkpoint", ckpt]) == 1
+    assert "the video has 3 frames" in capsys.readouterr().err
+
+
+def test_viz(tmp_path, ckpt_dir, capsys):
+    image = picture(tmp_path / "photo.png")
+    out = tmp_path / "pca.png"
+    assert main(["viz", str(image), "--obs-encoder", "sam2_tiny", "--image-size", "128",
+                 "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--out", str(out)]) == 0
+    with Image.open(out) as img:
+        assert img.height > 200 and img.width > 400
+    from dp_sam2.viz import pca_rgb
+
+    feats = np.random.default_rng(0).normal(size=(16, 5, 7))
+    rgb = pca_rgb(feats)
+    assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8 and rgb.std() > 10
+    with pytest.raises(ValueError, match=r"\(C, h, w\)"):
+        pca_rgb(np.zeros((3, 3)))
+
+
+def test_cache_features_command(tmp_path, ckpt_dir, capsys):
+    from test_cache import write_replay
+
+    replay = write_replay(tmp_path / "replay.zarr")
+    args = ["cache-features", "--zarr", str(replay), "--obs-encoder", "sam2_tiny", "--image-size", "64",
+            "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--batch-size", "8", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "16 frames" in out and "complete" in out and "(16 frames encoded now)" in out
+    assert main(args) == 0 and "(0 frames encoded now)" in capsys.readouterr().out  # resumable: nothing left
+    assert main(args[:-2] + ["--keys", "state"]) == 1
+    assert "not an rgb array" in capsys.readouterr().err
+
+
+def test_info(tmp_path, ckpt_dir, monkeypatch, capsys):
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(ckpt_dir))
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch {torch.__version__.split('+')[0]}" in out
+    assert "connected components: cpu: " in out and "device: " in out
+    assert f"sam2_hiera_tiny.pt         {ckpt_dir / 'sam2_hiera_tiny.pt'}" in out
+    assert "not found (dp-sam2 download sam2_large)" in out or "sam2_hiera_large.pt" in out
+    assert "Hydra sees the obs_encoder group: yes: sam2.1_base_plus" in out
+    assert not GlobalHydra.instance().is_initialized()  # info leaves Hydra as it found it
+
+
+def test_python_m_entry(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dp_sam2.cli", "download", "no_such_model", "--dest", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert proc.returncode == 1 and "unknown SAM 2 model" in proc.stderr
