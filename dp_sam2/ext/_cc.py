@@ -95,25 +95,27 @@ def cc_cpu_op(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def cc_torch(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact connected components in vectorised torch, on the tensor's device.
 
-    Union-find by rounds: every pixel starts under the first pixel of its horizontal run; each
-    round hooks, for every edge between two different trees, the larger root under the smallest
-    root it touches (scatter amin), then flattens the forest by pointer jumping. Pointers only
-    decrease, so the surviving root of a component is its first pixel in raster order.
+    Works on horizontal runs of foreground (raster order): each run is joined to the runs of the
+    row above that it touches (8-connectivity: columns overlapping its own widened by one, found
+    by binary search), then union-find in rounds: every edge between two different trees hooks
+    the larger root under the smallest root it touches (scatter amin), and pointer jumping
+    flattens the forest. Pointers only decrease, so the surviving root of a component is its
+    first run in raster order, whose first pixel gives the label.
     """
     n, _, h, w = img.shape
     fg = img.reshape(n, h, w) != 0
-    total = n * h * w
-    idx = torch.arange(total, device=img.device).view(n, h, w)
     starts = fg.clone()
     starts[:, :, 1:] &= ~fg[:, :, :-1]
-    run_start = torch.where(starts, idx, -1).cummax(dim=2).values
-    parent = torch.where(fg, run_start, idx).reshape(-1)
+    ends = fg.clone()
+    ends[:, :, :-1] &= ~fg[:, :, 1:]
+    start_px = starts.view(-1).nonzero().squeeze(1)  # runs in raster order
+    end_px = ends.view(-1).nonzero().squeeze(1)
+    del starts, ends
 
-    edges = [_row_edges(fg, parent.view(n, h, w), dx) for dx in (-1, 0, 1)]
-    src = torch.cat([e[0] for e in edges])
-    dst = torch.cat([e[1] for e in edges])
+    src, dst = _run_edges(start_px, end_px, h, w)
+    parent = torch.arange(start_px.numel(), device=img.device)
     while src.numel():
-        src, dst = parent[src], parent[dst]
+        src, dst = parent.index_select(0, src), parent.index_select(0, dst)
         keep = src != dst
         src, dst = src[keep], dst[keep]
         if not src.numel():
@@ -121,33 +123,37 @@ def cc_torch(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         parent.scatter_reduce_(0, torch.maximum(src, dst), torch.minimum(src, dst), reduce="amin")
         parent = _flatten(parent)
 
-    root = parent.view(n, 1, h, w)
+    lengths = end_px - start_px + 1
+    area = torch.zeros_like(lengths).index_add_(0, parent, lengths).index_select(0, parent)
+    label = start_px.index_select(0, parent) % (h * w) + 1
     fg = fg.view(n, 1, h, w)
-    area = torch.bincount(root[fg], minlength=total)
-    labels = torch.where(fg, root % (h * w) + 1, 0).to(torch.int32)
-    counts = torch.where(fg, area[root], 0).to(torch.int32)
+    labels = torch.zeros(fg.shape, dtype=torch.int32, device=img.device)
+    counts = torch.zeros(fg.shape, dtype=torch.int32, device=img.device)
+    labels.masked_scatter_(fg, label.int().repeat_interleave(lengths))
+    counts.masked_scatter_(fg, area.int().repeat_interleave(lengths))
     return labels, counts
 
 
-def _row_edges(fg: torch.Tensor, parent: torch.Tensor, dx: int):
-    """Tree pairs joined by the edges from row y to row y + 1 at column offset dx (deduplicated
-    along runs)."""
-    w = fg.shape[2]
-    up = slice(max(0, -dx), w - max(0, dx))
-    down = slice(max(0, dx), w - max(0, -dx))
-    both = fg[:, :-1, up] & fg[:, 1:, down]
-    a = parent[:, :-1, up][both]
-    b = parent[:, 1:, down][both]
-    if a.numel() > 1:  # consecutive edges between the same two runs are one edge
-        new = torch.ones_like(a, dtype=torch.bool)
-        new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-        a, b = a[new], b[new]
-    return a, b
+def _run_edges(start_px: torch.Tensor, end_px: torch.Tensor, h: int, w: int):
+    """Edges (run, run above it that it touches): for a run on row y over columns [s, e], the
+    runs of row y - 1 of the same image meeting columns [s - 1, e + 1], a contiguous range."""
+    row = start_px // w
+    lo = torch.maximum(start_px - w - 1, (row - 1) * w)  # flat positions on the row above
+    hi = torch.minimum(end_px - w + 1, row * w - 1)
+    first = torch.searchsorted(end_px, lo)  # first run ending at or after lo
+    last = torch.searchsorted(start_px, hi, right=True) - 1  # last run starting at or before hi
+    many = torch.where(row % h != 0, (last - first + 1).clamp(min=0), 0)
+    runs = torch.arange(start_px.numel(), device=start_px.device)
+    src = runs.repeat_interleave(many)
+    offset = torch.cumsum(many, 0) - many
+    dst = first.index_select(0, src) + (torch.arange(src.numel(), device=src.device)
+                                        - offset.index_select(0, src))
+    return src, dst
 
 
 def _flatten(parent: torch.Tensor) -> torch.Tensor:
     while True:
-        grand = parent[parent]
+        grand = parent.index_select(0, parent)
         if torch.equal(grand, parent):
             return parent
         parent = grand
