@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, DropPath
+from .common import MLP, DropPath, fused_linear
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -64,9 +64,10 @@ class MultiScaleAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim_out * 3)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of ``x [B, H, W, C]``; with ``residual``, returns ``residual + attention``."""
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).view(b, h * w, 3, self.num_heads, -1)
+        qkv = fused_linear(x, self.qkv).view(b, h * w, 3, self.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, HW, d]
         if self.q_stride is not None:
             q = q.transpose(1, 2).reshape(b, h, w, -1)
@@ -75,7 +76,7 @@ class MultiScaleAttention(nn.Module):
             q = q.reshape(b, h * w, self.num_heads, -1).transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 2).reshape(b, h, w, -1)
-        return self.proj(x)
+        return fused_linear(x, self.proj, residual=residual)
 
 
 class MultiScaleBlock(nn.Module):
@@ -107,24 +108,42 @@ class MultiScaleBlock(nn.Module):
         return _rowwise_chunked(x, self._mlp_residual, _chunk_rows(self.mlp))
 
     def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.training and not isinstance(self.drop_path, nn.Identity):
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        fc1, fc2 = self.mlp.layers
+        return fused_linear(fused_linear(self.norm2(x), fc1, gelu=True), fc2, residual=x)
+
+    def _attn_residual(self, normed: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        if self.training and not isinstance(self.drop_path, nn.Identity):
+            return shortcut + self.drop_path(self.attn(normed))
+        return self.attn(normed, residual=shortcut)
 
     def _windows_fit(self, x: torch.Tensor) -> bool:
-        """True when the map tiles into whole windows (no padding) that the query pooling keeps whole."""
+        return self.windows_fit(x.shape[1], x.shape[2])
+
+    def windows_fit(self, h: int, w: int) -> bool:
+        """True when an ``h x w`` map tiles into whole windows (no padding) that the query pooling
+        keeps whole: then the block can run on windows alone (:meth:`forward_windows`)."""
         window = self.window_size
-        if window <= 0 or x.shape[1] % window or x.shape[2] % window:
+        if window <= 0 or h % window or w % window:
             return False
         return self.q_stride is None or (window % self.q_stride[0] == 0 and window % self.q_stride[1] == 0)
 
+    def out_window(self) -> int:
+        return self.window_size // self.q_stride[0] if self.q_stride is not None else self.window_size
+
     def _forward_windows_chunked(self, x: torch.Tensor) -> torch.Tensor:
-        """Whole block (attention + MLP) one group of windows at a time."""
+        h, w = x.shape[1:3]
+        out = self.forward_windows(window_partition(x, self.window_size)[0])
+        out_hw = (h // self.q_stride[0], w // self.q_stride[1]) if self.q_stride is not None else (h, w)
+        return window_unpartition(out, self.out_window(), out_hw, out_hw)
+
+    def forward_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """Inference on windows ``[B * nW, window, window, C]`` (as :func:`window_partition` makes
+        them, no padding): the whole block, one cache-sized group of windows at a time. Returns
+        windows of :meth:`out_window` side."""
         window = self.window_size
-        b, h, w, _ = x.shape
-        windows, _ = window_partition(x, window)
-        out_window, out_hw = window, (h, w)
-        if self.q_stride is not None:
-            out_window = window // self.q_stride[0]
-            out_hw = (h // self.q_stride[0], w // self.q_stride[1])
+        out_window = self.out_window()
         out = windows.new_empty(windows.shape[0], out_window, out_window, self.dim_out)
         step = max(1, _chunk_rows(self.mlp) // (window * window))
         for start in range(0, windows.shape[0], step):
@@ -135,9 +154,8 @@ class MultiScaleBlock(nn.Module):
                 shortcut = self.proj(normed)
                 if self.q_stride is not None:
                     shortcut = _max_pool_nhwc(shortcut, self.q_stride)
-            y = shortcut + self.drop_path(self.attn(normed))
-            out[start: start + step] = self._mlp_residual(y)
-        return window_unpartition(out, out_window, out_hw, out_hw)
+            out[start: start + step] = self._mlp_residual(self._attn_residual(normed, shortcut))
+        return out
 
     def _attention_residual(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -266,12 +284,41 @@ class Hiera(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(x)
         x = x + self._get_pos_embed(tuple(x.shape[1:3]))
-        outputs = []
         keep = set(self.stage_ends) if self.return_interm_layers else {self.stage_ends[-1]}
+        if not torch.is_grad_enabled():
+            return self._forward_inference(x, keep)
+        outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i in keep:
                 outputs.append(x.permute(0, 3, 1, 2))
+        return outputs
+
+    def _forward_inference(self, x: torch.Tensor, keep: set[int]) -> list[torch.Tensor]:
+        """The same blocks, but consecutive windowed blocks pass the map along as windows: the
+        partition / unpartition copies happen only where the window size changes, at global
+        blocks and at stage outputs (token order inside a block does not matter)."""
+        outputs = []
+        window = 0  # > 0 while x holds windows of this side
+        h, w = x.shape[1:3]
+        for i, block in enumerate(self.blocks):
+            if block.windows_fit(h, w):
+                if window != block.window_size:
+                    if window:
+                        x = window_unpartition(x, window, (h, w), (h, w))
+                    x, _ = window_partition(x, block.window_size)
+                x = block.forward_windows(x)
+                window = block.out_window()
+                if block.q_stride is not None:
+                    h, w = h // block.q_stride[0], w // block.q_stride[1]
+            else:
+                if window:
+                    x, window = window_unpartition(x, window, (h, w), (h, w)), 0
+                x = block(x)
+                h, w = x.shape[1:3]
+            if i in keep:
+                fmap = window_unpartition(x, window, (h, w), (h, w)) if window else x
+                outputs.append(fmap.permute(0, 3, 1, 2))
         return outputs
 
     def get_num_layers(self) -> int:
