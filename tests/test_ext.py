@@ -189,6 +189,30 @@ def test_input_dtypes_and_devices():
     assert empty[0].shape == (0, 1, 5, 4) and empty[0].dtype == torch.int32
 
 
+def test_torch_fallback_when_the_cpu_op_cannot_be_built(monkeypatch):
+    """No compiler: one warning, then the exact torch path (same labels as the CPU op)."""
+    mask = blobby(2, 30, 27, seed=9)
+    ref = get_connected_components(mask)
+
+    def no_build(*args, **kwargs):
+        raise _build.BuildUnavailable("no C++ compiler (c++ not on PATH)")
+
+    monkeypatch.setattr(_build, "_state", _build._State())
+    monkeypatch.setattr(_build, "build", no_build)
+    monkeypatch.setattr(_build, "is_built", lambda kind: False)
+    with pytest.warns(RuntimeWarning, match="could not build or load the CPU connected-components op"):
+        got = get_connected_components(mask)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        get_connected_components(mask)
+    assert implementation("cpu") == "torch"
+    if not torch.cuda.is_available():
+        assert implementation("cuda") == "torch"
+
+
 def test_bad_inputs():
     with pytest.raises(TypeError, match=r"torch.Tensor mask of shape \[N, 1, H, W\], got ndarray"):
         get_connected_components(np.zeros((1, 1, 4, 4), dtype=bool))

@@ -283,11 +283,15 @@ def cpu_library(*, build_if_missing: bool = True) -> ctypes.CDLL | None:
 def cuda_kernel(device: torch.device, *, build_if_missing: bool = True) -> bool:
     """Whether torch.ops.dp_sam2_ext.connected_components can run on ``device``, loading (or
     building, once, on first use) the kernel. Failures warn once and return False."""
-    if _state.cuda_loaded or "cuda" in _state.failures:
-        return bool(_state.cuda_loaded) and _covers(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if "cuda" in _state.failures:
+        return False
+    if _state.cuda_loaded:
+        return _covers(device)
     with _state.lock:
         if not (_state.cuda_loaded or "cuda" in _state.failures):
-            if not is_built("cuda") and not build_if_missing:
+            if not build_if_missing and (not is_built("cuda") or _needs_arch_rebuild("cuda")):
                 return False
             try:
                 if not is_built("cuda") or _needs_arch_rebuild("cuda"):
@@ -300,13 +304,20 @@ def cuda_kernel(device: torch.device, *, build_if_missing: bool = True) -> bool:
                     _state.cuda_loaded = str(path)
             except Exception as exc:  # noqa: BLE001
                 _fail("cuda", exc, "connected components of CUDA tensors run on the CPU instead")
-    return bool(_state.cuda_loaded) and _covers(device)
+    return bool(_state.cuda_loaded) and "cuda" not in _state.failures and _covers(device)
+
+
+def disable_cuda(exc: Exception) -> None:
+    """The kernel failed at run time: warn once and use the CPU path from now on."""
+    with _state.lock:
+        if "cuda" not in _state.failures:
+            _fail("cuda", exc, "connected components of CUDA tensors run on the CPU instead")
 
 
 def _covers(device: torch.device) -> bool:
     built = (read_stamp("cuda") or {}).get("arch_list")
-    if built is None or device.type != "cuda":
-        return device.type == "cuda"
+    if built is None:
+        return True
     return arch_list_covers(built, torch.cuda.get_device_capability(device))
 
 

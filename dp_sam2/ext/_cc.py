@@ -48,7 +48,10 @@ def get_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         empty = torch.zeros(img.shape, dtype=torch.int32, device=img.device)
         return empty, empty.clone()
     if img.is_cuda and _build.cuda_kernel(img.device):
-        return tuple(torch.ops.dp_sam2_ext.connected_components(img))
+        try:
+            return tuple(torch.ops.dp_sam2_ext.connected_components(img))
+        except RuntimeError as exc:  # e.g. no kernel image for this GPU: warn once, go on exactly
+            _build.disable_cuda(exc)
     if img.shape[2] * img.shape[3] <= 2**31 - 1 and _build.cpu_library() is not None:
         labels, counts = cc_cpu_op(img.cpu())
         return labels.to(img.device), counts.to(img.device)
@@ -62,7 +65,7 @@ def implementation(device: str | torch.device = "cpu", *, build: bool = False) -
     is not built yet but can be reads as '... (compiled on first use)'.
     """
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         if _build.cuda_kernel(device, build_if_missing=build):
             return "cuda kernel"
         if ("cuda" not in _build._state.failures and not _build.is_built("cuda")

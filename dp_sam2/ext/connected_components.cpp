@@ -1,6 +1,7 @@
 // Torch binding of the connected-components CUDA kernel (connected_components.cu):
 // registers torch.ops.dp_sam2_ext.connected_components(Tensor mask) -> (Tensor, Tensor).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
