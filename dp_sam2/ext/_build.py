@@ -66,7 +66,7 @@ def build_dir(kind: str) -> Path:
 
 def library_path(kind: str) -> Path:
     name = CPU_NAME if kind == "cpu" else CUDA_NAME
-    return build_dir(kind) / f"{name}.so"
+    return build_dir(kind) / (name + (".pyd" if sys.platform == "win32" else ".so"))  # as torch
 
 
 def read_stamp(kind: str) -> dict | None:

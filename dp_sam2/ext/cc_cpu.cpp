@@ -12,6 +12,12 @@
 #include <thread>
 #include <vector>
 
+#if defined(_WIN32)
+#define DP_SAM2_EXPORT extern "C" __declspec(dllexport)
+#else
+#define DP_SAM2_EXPORT extern "C" __attribute__((visibility("default")))
+#endif
+
 namespace {
 
 inline int32_t find_root(int32_t* parent, int32_t x) {
@@ -72,7 +78,7 @@ void label_image(const uint8_t* img, int32_t* labels, int32_t* counts, int32_t H
 
 }  // namespace
 
-extern "C" int dp_sam2_cc_cpu(const uint8_t* img, int32_t* labels, int32_t* counts, int64_t n,
+DP_SAM2_EXPORT int dp_sam2_cc_cpu(const uint8_t* img, int32_t* labels, int32_t* counts, int64_t n,
                               int64_t h, int64_t w, int64_t num_threads) {
   if (n < 0 || h < 0 || w < 0 || h * w > INT32_MAX) return 1;
   const int64_t plane = h * w;
