@@ -88,9 +88,12 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 # passes. Used only where it cannot change training (no autograd graph, no autocast); elsewhere
 # `fused_linear` is exactly F.linear followed by the activation and the add. Set to False to compare.
 USE_ONEDNN_LINEAR = True
+_MKLDNN = torch.backends.mkldnn.is_available()
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # inductor does its own fusion
+        return False
     return (
         USE_ONEDNN_LINEAR
         and x.device.type == "cpu"
@@ -98,8 +101,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and torch.backends.mkldnn.is_available()
-        and not torch.compiler.is_compiling()
+        and _MKLDNN
     )
 
 

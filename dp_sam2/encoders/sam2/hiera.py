@@ -269,7 +269,7 @@ class Hiera(nn.Module):
                 f"Hiera needs a token grid that is a multiple of {win} (image sides a multiple of "
                 f"{4 * win}); got a {h}x{w} grid (image {4 * h}x{4 * w})"
             )
-        cacheable = not (torch.is_grad_enabled() and (self.pos_embed.requires_grad or self.pos_embed_window.requires_grad))
+        cacheable = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and (self.pos_embed.requires_grad or self.pos_embed_window.requires_grad))
         key = (h, w, self.pos_embed.device, self.pos_embed.dtype,
                self.pos_embed._version, self.pos_embed_window._version)
         if cacheable and key in self._pos_cache:

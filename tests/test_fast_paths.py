@@ -1,0 +1,77 @@
+"""The encoder's inference fast paths (oneDNN fused linears, chunked windows, windows passed
+along between blocks) give the same numbers as the plain reference path used under autograd, and
+the encoder compiles without graph breaks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dp_sam2.encoders.sam2.common as common
+from conftest import rel_err
+from dp_sam2 import build_sam2
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_sam2("sam2.1_tiny", device="cpu", hydra_overrides_extra=["++model.image_size=512"])
+    with torch.no_grad():  # random init has near-zero layer scales etc.: perturb so every path matters
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _encode(model, x):
+    out = model.forward_image(x)
+    _, feats, pos, _ = model._prepare_backbone_features(out)
+    return feats + pos
+
+
+@pytest.mark.parametrize("size", [224, 512])  # 224: windows tile the maps; 512: stage 3 pads
+def test_inference_path_equals_reference_path(tiny, size, monkeypatch):
+    tiny.image_size = size
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = _encode(tiny, x)
+        monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", False)
+        chunked_plain = _encode(tiny, x)
+    reference = [t.detach() for t in _encode(tiny, x)]  # autograd on: the unchunked block code
+    assert [t.shape for t in fast] == [t.shape for t in reference]
+    for a, b, c in zip(fast, chunked_plain, reference):
+        assert rel_err(b, c) <= 1e-5
+        assert rel_err(a, c) <= 1e-5
+
+
+def test_fused_linear_matches_plain_ops():
+    layer = torch.nn.Linear(48, 96)
+    x = torch.randn(3, 5, 48)
+    res = torch.randn(3, 5, 96)
+    with torch.no_grad():
+        assert rel_err(common.fused_linear(x, layer), layer(x)) <= 1e-6
+        assert rel_err(common.fused_linear(x, layer, gelu=True), torch.nn.functional.gelu(layer(x))) <= 1e-6
+        assert rel_err(common.fused_linear(x, layer, residual=res), res + layer(x)) <= 1e-6
+    with pytest.raises(ValueError, match="gelu or residual"):
+        common.fused_linear(x, layer, gelu=True, residual=res)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_encoder_compiles_without_graph_breaks(tiny, grad):
+    tiny.image_size = 128
+    x = torch.randn(1, 3, 128, 128)
+    compiled = torch.compile(lambda t: _encode(tiny, t), backend="eager", fullgraph=True)
+    with torch.set_grad_enabled(grad):
+        got = compiled(x)
+        want = _encode(tiny, x)
+    for a, b in zip(got, want):
+        assert rel_err(a.detach(), b.detach()) <= 1e-5
+
+
+def test_bf16_autocast_stays_close(tiny):
+    tiny.image_size = 224
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = _encode(tiny, x)[2]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = _encode(tiny, x)[2]
+    cos = torch.nn.functional.cosine_similarity(low.float().flatten(), ref.flatten(), dim=0)
+    assert cos >= 0.999
