@@ -166,16 +166,17 @@ def loud_warning(lines) -> None:
 
 def find_checkpoint(model: str, checkpoint=None, random_weights: bool = False):
     """The checkpoint file of ``model`` (``checkpoint`` or ``checkpoints/<official name>``, found
-    by :mod:`dp_sam2.resolve`), or ``None`` with a loud warning when ``random_weights`` allows it."""
+    by :mod:`dp_sam2.resolve`), or ``None`` with a loud warning when ``random_weights`` (or
+    ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1``) allows it."""
     from dp_sam2.registry import get_spec
-    from dp_sam2.resolve import CheckpointNotFoundError, resolve_checkpoint
+    from dp_sam2.resolve import CheckpointNotFoundError, allow_missing_checkpoint, resolve_checkpoint
 
     spec = get_spec(model)
     wanted = checkpoint or f"checkpoints/{spec.filename}"
     try:
         return resolve_checkpoint(wanted, spec.name)
     except CheckpointNotFoundError as err:
-        if not random_weights:
+        if not (random_weights or allow_missing_checkpoint()):
             raise
         loud_warning([f"WARNING: no {spec.name} checkpoint found: using RANDOM weights.",
                       "Masks, tracks and features are then meaningless (the pipeline still runs).",

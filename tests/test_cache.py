@@ -232,10 +232,11 @@ FAKE_DP = {
                 self.episode_ends = root["meta"]["episode_ends"][:]
                 self.n_steps = int(self.episode_ends[-1])
         class PushTImageDataset(BaseImageDataset):
-            def __init__(self, zarr_path, horizon=1, pad_before=0, pad_after=0, val_ratio=0.0):
+            def __init__(self, zarr_path, horizon=1, pad_before=0, pad_after=0, seed=42, val_ratio=0.0,
+                         max_train_episodes=None):
                 self.replay_buffer = Replay(zarr_path)
                 self.val_mask = np.zeros(len(self.replay_buffer.episode_ends), bool)
-                if val_ratio > 0:
+                if val_ratio > 0 and len(self.val_mask) > 1:  # DP keeps at least one training episode
                     self.val_mask[-1] = True
                 self.args = (horizon, pad_before, pad_after)
                 self.sampler = SequenceSampler(self.replay_buffer.episode_ends, *self.args, episode_mask=~self.val_mask)

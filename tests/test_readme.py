@@ -1,0 +1,379 @@
+"""The README is a test: every fenced ```bash command, ```python snippet and ```yaml block in
+README.md is run or checked here, in a sandbox folder with generated inputs (a photo, JPEG
+frames, a small replay buffer, generated checkpoints under their official names in
+./checkpoints). Each bash command must match a handler below; a new command in the README
+without one fails `test_every_bash_command_is_handled`.
+
+What is not run for real, and where it is checked instead:
+* `pip install ...`: `.ci/run` installs the checkout with pip before the tests run;
+  tests/test_hydra_registration.py::test_compose_outside_checkout_after_a_wheel_install installs a wheel.
+* `bash .ci/run`: the CI entry point itself.
+* `dp-sam2 download ...`: needs the internet; the names are checked against the registry here,
+  the command against a local server in tests/test_download.py::test_cli_download_and_bad_file.
+* `dp-sam2 demo --out DIR`: parsed here; run (with `--quick`: same code, smaller sizes) by
+  tests/test_cli.py::test_demo_writes_pictures.
+* predictor commands and snippets run as written, but the models that `build_sam2` and
+  `build_sam2_video_predictor` build get a 256 px input instead of 1024 px (see SMALL_INPUT).
+* `python train.py ...` needs Diffusion Policy: the config it would compose is composed here
+  from DP-shaped fixture yamls (tests/fixtures/dp/config) and its obs encoder checked.
+* `sam2_large` commands run with DP_SAM2_ALLOW_MISSING_CHECKPOINT=1 (random weights) on a
+  two-frame replay buffer.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+FIXTURE_CONFIG = ROOT / "tests" / "fixtures" / "dp" / "config"
+DP_WORKSPACE_STANDINS = {"train_diffusion_unet_image_workspace": "train_dp_shaped_workspace"}
+
+
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    text: str
+    line: int
+
+
+def readme_blocks() -> list[Block]:
+    blocks, lang, start, lines = [], None, 0, []
+    for i, line in enumerate(README.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if lang is None and stripped.startswith("```") and len(stripped) > 3:
+            lang, start, lines = stripped[3:].strip(), i, []
+        elif lang is not None and stripped == "```":
+            blocks.append(Block(lang, textwrap.dedent("\n".join(lines)), start))
+            lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
+def bash_commands() -> list[str]:
+    cmds = []
+    for block in readme_blocks():
+        if block.lang != "bash":
+            continue
+        text = block.text.replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split(" #")[0].strip()
+            if line and not line.startswith("#"):
+                cmds += [part.strip() for part in line.split("&&")]
+    return cmds
+
+
+# --------------------------------------------------------------------------- the sandbox
+def _photo(path: Path, size=(640, 480), shift=0) -> None:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", size, (210, 210, 210))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([260 + shift, 180, 380 + shift, 300], fill=(30, 60, 220))
+    draw.rectangle([420, 260, 560, 400], fill=(240, 140, 20))
+    img.save(path)
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    from dp_sam2 import build_sam2
+    from dp_sam2.registry import MODELS
+
+    box = tmp_path_factory.mktemp("readme")
+    _photo(box / "photo.jpg")
+    (box / "frames").mkdir()
+    for i in range(3):
+        _photo(box / "frames" / f"{i:05d}.jpg", shift=10 * i)
+    (box / "checkpoints").mkdir()
+    for name in ("sam2_tiny", "sam2.1_tiny"):
+        torch.manual_seed(5)
+        state = build_sam2(name, device="cpu", apply_postprocessing=False).state_dict()
+        torch.save({"model": {k: v.half() for k, v in state.items()}}, box / "checkpoints" / MODELS[name].filename)
+    from test_cache import write_replay
+
+    (box / "data" / "pusht").mkdir(parents=True)
+    write_replay(box / "data" / "pusht" / "pusht_cchi_v7_replay.zarr", episodes=(2,), hw=(96, 96))  # 2 frames
+    return box
+
+
+def _env(box: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DP_SAM2_CACHE=str(box / "user_cache"),
+               DP_SAM2_ALLOW_MISSING_CHECKPOINT="1")  # for the sam2_large commands (no such file here)
+    env.pop("DP_SAM2_CHECKPOINT_DIR", None)
+    return env
+
+
+def _run(cmd: str, box: Path, timeout=400) -> str:
+    proc = subprocess.run(cmd, shell=True, cwd=box, env=_env(box), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"README command failed: {cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+# SAM 2 models built by build_sam2 / build_sam2_video_predictor get a 256 px input instead of the
+# configs' 1024 px, so the predictor commands and snippets run in seconds on a CPU (same code).
+SMALL_INPUT = """
+import dp_sam2.encoders.sam2.build as _build_module
+_original_build = _build_module._build
+def _small_input(config_file, ckpt_path, device, mode, overrides):
+    return _original_build(config_file, ckpt_path, device, mode, list(overrides) + ["++model.image_size=256"])
+_build_module._build = _small_input
+"""
+
+
+def _run_python(code: str, box: Path, args=(), timeout=400) -> str:
+    proc = subprocess.run([sys.executable, "-c", SMALL_INPUT + code, *args], cwd=box, env=_env(box),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"README code failed: {args or code}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _run_cli(cmd: str, box: Path) -> str:
+    """``dp-sam2 ...`` run as written, in a fresh process, with the small predictor input."""
+    args = shlex.split(cmd)
+    assert args[0] == "dp-sam2"
+    return _run_python("import sys\nfrom dp_sam2.cli import main\nsys.exit(main(sys.argv[1:]))", box, args[1:])
+
+
+# --------------------------------------------------------------------------- bash handlers
+def h_pip(cmd, box):
+    from importlib import metadata
+
+    assert metadata.version("dp-sam2")  # installed by .ci/run (see the module docstring)
+
+
+def h_ci(cmd, box):
+    assert cmd == "bash .ci/run"
+    assert "python -m pytest tests -q" in (ROOT / ".ci" / "run").read_text()
+
+
+def h_cd(cmd, box):
+    pass  # the sandbox stands in for the DP checkout
+
+
+def h_demo(cmd, box):
+    from dp_sam2.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(cmd)[1:])  # valid as written
+    assert args.command == "demo" and args.steps is None and not args.quick
+    # the run itself (with --quick): tests/test_cli.py::test_demo_writes_pictures
+
+
+def h_run(cmd, box):
+    out = _run(cmd, box)
+    if cmd.endswith(" info"):
+        assert "Hydra sees the obs_encoder group: yes" in out
+
+
+def h_outputs(cmd, box):
+    args = shlex.split(cmd)
+    target = box / args[args.index("--out") + 1]
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    _run_cli(cmd, box)
+    assert target.exists() and (target.is_file() or any(target.iterdir())), cmd
+
+
+def h_download(cmd, box):
+    from dp_sam2.download import resolve_names
+
+    args = shlex.split(cmd)[2:]
+    names = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or not args[i - 1].startswith("--"))]
+    assert resolve_names(names)  # the command itself: tests/test_download.py
+
+
+def h_cache(cmd, box):
+    out = _run(cmd, box)
+    assert "complete" in out or "rank 1:" in out, out
+
+
+def h_train(cmd, box):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    args = shlex.split(cmd)[2:]
+    name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
+    overrides = [a for a in args if not a.startswith("--")]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(FIXTURE_CONFIG), version_base=None):
+            cfg = compose(DP_WORKSPACE_STANDINS.get(name, name), overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    node = OmegaConf.to_container(cfg.policy.obs_encoder, resolve=False)
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=")[0].split("@")[0].lstrip("+") == "obs_encoder"]
+    assert node["_target_"] == "dp_sam2.SAM2ObsEncoder" and node["rgb_model"] is None
+    assert node["model_cfg"] == (chosen[-1] if chosen else "sam2_large")
+
+
+HANDLERS = [
+    (r"^pip install ", h_pip),
+    (r"^bash \.ci/run$", h_ci),
+    (r"^cd \S+$", h_cd),
+    (r"^dp-sam2 demo --out \S+$", h_demo),
+    (r"^dp-sam2 (--help|info)$", h_run),
+    (r"^dp-sam2 (segment|track|viz) .*--out \S+", h_outputs),
+    (r"^dp-sam2 download ", h_download),
+    (r"^(dp-sam2|torchrun --standalone --nproc_per_node \d+ -m dp_sam2\.cli) cache-features ", h_cache),
+    (r"^python train\.py --config-name=\S+", h_train),
+]
+
+
+def handler_for(cmd: str):
+    found = [h for pattern, h in HANDLERS if re.search(pattern, cmd)]
+    return found[0] if len(found) == 1 else None
+
+
+def test_every_bash_command_is_handled():
+    cmds = bash_commands()
+    assert len(cmds) >= 12
+    unhandled = [c for c in cmds if handler_for(c) is None]
+    assert not unhandled, f"README commands without a test handler in tests/test_readme.py: {unhandled}"
+
+
+def test_fresh_machine_commands_come_first():
+    cmds = bash_commands()
+    assert cmds[:3] == ["pip install .", "dp-sam2 demo --out demo_out", "bash .ci/run"]
+
+
+@pytest.mark.parametrize("cmd", sorted(set(bash_commands()), key=bash_commands().index))
+def test_bash_command(cmd, sandbox):
+    handler_for(cmd)(cmd, sandbox)
+
+
+# --------------------------------------------------------------------------- python and yaml
+PY_BLOCKS = [b for b in readme_blocks() if b.lang == "python"]
+
+
+@pytest.mark.parametrize("block", PY_BLOCKS, ids=[f"line{b.line}" for b in PY_BLOCKS])
+def test_python_snippet(block, sandbox):
+    assert _run_python(block.text, sandbox).strip()
+
+
+def _yaml_blocks():
+    return [yaml.safe_load(b.text) for b in readme_blocks() if b.lang == "yaml"]
+
+
+def test_defaults_list_snippet_composes(tmp_path):
+    """The README's defaults list, put into a DP-shaped yaml, selects the encoder."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    snippet = next(y for y in _yaml_blocks() if "defaults" in y)
+    entries = [e if isinstance(e, str) else next(iter(e)) for e in snippet["defaults"]]
+    assert entries.index("_self_") < entries.index("obs_encoder")
+    cfg_dir = tmp_path / "config"
+    shutil.copytree(FIXTURE_CONFIG, cfg_dir)
+    base = yaml.safe_load((FIXTURE_CONFIG / "train_dp_shaped_workspace.yaml").read_text())
+    base["defaults"] = snippet["defaults"]
+    (cfg_dir / "readme_user.yaml").write_text(yaml.safe_dump(base))
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(cfg_dir), version_base=None):
+            cfg = compose("readme_user")
+    finally:
+        GlobalHydra.instance().clear()
+    assert cfg.policy.obs_encoder._target_ == "dp_sam2.SAM2ObsEncoder"
+    assert cfg.policy.obs_encoder.model_cfg == "sam2_large"
+
+
+def test_cached_dataset_snippet_instantiates(sandbox, tmp_path, monkeypatch):
+    """The README's task.dataset block in a DP-shaped config, with a stand-in for DP's
+    PushTImageDataset (tests/test_cache.py) and the command-line overrides the README names."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import test_cache
+    from dp_sam2 import cache as C
+
+    text = README.read_text()
+    overrides = ["policy.obs_encoder.input_range=[0,1]", "policy.obs_encoder.crop_shape=null"]
+    assert "`" + " ".join(overrides) + "`" in text.replace("\n", " ")
+    snippet = next(y for y in _yaml_blocks() if "task" in y)
+    fake = tmp_path / "fake_dp"
+    for rel, body in test_cache.FAKE_DP.items():
+        (fake / rel).parent.mkdir(parents=True, exist_ok=True)
+        (fake / rel).write_text(textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.chdir(sandbox)
+    C.cache_features(sandbox / "data/pusht/pusht_cchi_v7_replay.zarr", "sam2_tiny",
+                     "checkpoints/sam2_hiera_tiny.pt", 224, progress=False)
+    config = {"defaults": ["_self_"], "horizon": 4, "n_obs_steps": 2, "n_action_steps": 2,
+              "shape_meta": {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},
+                                     "agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}},
+              "policy": {"obs_encoder": {}}, **snippet}
+    cfg_dir = tmp_path / "config"
+    cfg_dir.mkdir()
+    (cfg_dir / "cached.yaml").write_text(yaml.safe_dump(config))
+    OmegaConf.register_new_resolver("eval", eval, replace=True)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(cfg_dir), version_base=None):
+            cfg = compose("cached", overrides=["+obs_encoder@policy.obs_encoder=sam2_tiny", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+    try:
+        ds = instantiate(cfg.task.dataset)
+        assert type(ds).__mro__[1].__module__ == "dp_sam2.cache" and len(ds) == 1
+        assert tuple(ds[0]["obs"]["image"].shape) == (2, 256, 14, 14)
+        assert float(ds.get_normalizer()["image"].scale[0]) == 1.0
+    finally:
+        for name in [m for m in sys.modules if m == "diffusion_policy" or m.startswith("diffusion_policy.")]:
+            del sys.modules[name]
+
+
+# --------------------------------------------------------------------------- tables and sections
+def _table(header_start: str) -> list[list[str]]:
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip().strip("`") for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_models_table_matches_the_registry():
+    from dp_sam2.registry import MODELS
+
+    rows = _table("| name | SAM |")
+    assert [r[0] for r in rows] == list(MODELS)
+    for row in rows:
+        spec = MODELS[row[0]]
+        side = spec.obs_image_size // 16
+        kib = 256 * side * side * 2 / 1024
+        assert row[1:6] == [spec.version, spec.size, spec.config, spec.filename, row[5]] and row[4] == spec.filename
+        assert row[6] == str(spec.obs_image_size) and row[7] == f"256 x {side} x {side}" and row[8] == f"{kib:.0f} KiB"
+
+
+def test_environment_variables_are_exactly_the_three():
+    from dp_sam2 import resolve
+
+    rows = _table("| variable | meaning |")
+    names = [r[0].split("=")[0] for r in rows]
+    assert names == [resolve.ENV_CHECKPOINT_DIR, resolve.ENV_CACHE, resolve.ENV_ALLOW_MISSING]
+
+
+def test_sections():
+    text = README.read_text()
+    for title in ("## On a fresh machine", "## Install beside Diffusion Policy", "## Selecting the encoder",
+                  "## Checkpoints", "## The feature cache", "## The command line", "## The predictors",
+                  "## Troubleshooting", "## Speed", "## Running the real Diffusion Policy"):
+        assert title in text, title
+    assert "Hybrid workspaces are not supported" in text
