@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -312,6 +311,15 @@ def test_status_and_build_cli(tmp_path, monkeypatch, capsys):
 
     assert main(["status"]) == 0
     assert f"CPU op:      built: {tmp_path}" in capsys.readouterr().out
+
+
+def test_import_compiles_nothing(tmp_path):
+    probe = ("import sys, dp_sam2.ext as e; "
+             "print(sorted(m for m in ('torch.utils.cpp_extension', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, DP_SAM2_CACHE=str(tmp_path)), cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_arch_list_coverage():
