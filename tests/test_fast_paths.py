@@ -32,6 +32,7 @@ def test_inference_path_equals_reference_path(tiny, size, monkeypatch):
     tiny.image_size = size
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
+        monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", True)
         fast = _encode(tiny, x)
         monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", False)
         chunked_plain = _encode(tiny, x)
@@ -42,7 +43,8 @@ def test_inference_path_equals_reference_path(tiny, size, monkeypatch):
         assert rel_err(a, c) <= 1e-5
 
 
-def test_fused_linear_matches_plain_ops():
+def test_fused_linear_matches_plain_ops(monkeypatch):
+    monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", True)
     layer = torch.nn.Linear(48, 96)
     x = torch.randn(3, 5, 48)
     res = torch.randn(3, 5, 96)

@@ -83,19 +83,26 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)
 
 
-# Inference fast path: oneDNN's fused linear (+GELU / +residual add) on CPU in fp32 runs the
-# matmuls 1.2-1.4x faster than the default addmm here and saves the separate activation and add
-# passes. Used only where it cannot change training (no autograd graph, no autocast); elsewhere
-# `fused_linear` is exactly F.linear followed by the activation and the add. Set to False to compare.
-USE_ONEDNN_LINEAR = True
+# Inference fast path: oneDNN's fused linear (+GELU / +residual add) on CPU in fp32, used only
+# where it cannot change training (no autograd graph, no autocast); elsewhere `fused_linear` is
+# exactly F.linear followed by the activation and the add. Measured on a 2-core AVX2 EPYC
+# (benchmarks/bench_encoder.py): per layer it ranges from 0.75x to 1.9x MKL's addmm and loses
+# overall, so by default it is on only where ATen reports AVX-512 (oneDNN uses AVX-512 on every
+# vendor, MKL's sgemm does not on AMD). True / False force it.
+USE_ONEDNN_LINEAR: bool | None = None
 _MKLDNN = torch.backends.mkldnn.is_available()
+
+
+def _onednn_default() -> bool:
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():  # inductor does its own fusion
         return False
+    use = _onednn_default() if USE_ONEDNN_LINEAR is None else USE_ONEDNN_LINEAR
     return (
-        USE_ONEDNN_LINEAR
+        use
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
