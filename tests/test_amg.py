@@ -121,7 +121,7 @@ def test_coco_rle(models):
     official, ours = models
     kwargs = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_mode="coco_rle")
     try:
-        import pycocotools  # noqa: F401
+        import pycocotools  # noqa: F401  (pyflakes: availability check)
     except ImportError:
         with pytest.raises(ImportError, match="pip install pycocotools"):
             SAM2AutomaticMaskGenerator(ours, **kwargs)

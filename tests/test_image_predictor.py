@@ -178,29 +178,42 @@ def test_hole_filling_and_sprinkles(pair, monkeypatch):
         assert not np.array_equal(out[0], plain), "postprocessing changed nothing: the test is weak"
 
 
-def test_pil_and_float_images_match_uint8(pair, request):
-    from PIL import Image
-
-    ref, got, size, image = pair
-    if "sam2.1" not in request.node.callspec.id:
-        pytest.skip("input conversion does not depend on the model: one case is enough")
-    expected = got.get_image_embedding()
-    pred = SAM2ImagePredictor(got.model)
-    pred.set_image_batch([Image.fromarray(image), image.astype(np.float32) / 255,
-                          image[:, ::-1][:, ::-1]])  # PIL, float in [0, 1], a strided view
-    for i in range(3):
-        assert torch.equal(pred.get_image_embedding()[i:i + 1], expected), i
-
-
-def test_official_fails_at_other_sizes(pair, request):
+def test_official_fails_at_other_sizes(pair):
     """Why the parity tests patch ``_bb_feat_sizes``: the official predictor cannot run below 1024."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor as Official
 
     ref, got, size, image = pair
-    if "sam2.1" not in request.node.callspec.id:
-        pytest.skip("one size is enough")
     with pytest.raises(RuntimeError):
         Official(ref.model).set_image(image)
+
+
+@pytest.mark.parametrize("size", [160, 224])
+def test_sizes_not_powers_of_two(tmp_path, size):
+    """Any multiple of 32 works: feature sizes come from the model (here 10x10 / 14x14 at stride 16)."""
+    official = build_official("configs/sam2.1/sam2.1_hiera_t.yaml", image_size=size, seed=11)
+    path = save_official_checkpoint(official, tmp_path / "ckpt.pt")
+    ours = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=str(path), device="cpu",
+                      hydra_overrides_extra=[f"++model.image_size={size}"])
+    image = make_image(50, 70, seed=3)
+    ref, got = official_predictor(official, size), SAM2ImagePredictor(ours)
+    ref.set_image(image)
+    got.set_image(image)
+    assert got.get_image_embedding().shape == (1, 256, size // 16, size // 16)
+    assert rel_err(got.get_image_embedding(), ref.get_image_embedding()) <= 1e-4
+    kwargs = dict(point_coords=[[20, 30]], point_labels=[1], box=[5, 5, 60, 45], return_logits=True)
+    assert_same(got.predict(**kwargs), ref.predict(**kwargs), logits=True)
+
+
+def test_pil_and_float_images_match_uint8(small_predictor):
+    from PIL import Image
+
+    image = make_image(40, 60)
+    expected = small_predictor.get_image_embedding()  # set from this uint8 image
+    pred = SAM2ImagePredictor(small_predictor.model)
+    pred.set_image_batch([Image.fromarray(image), image.astype(np.float32) / 255,
+                          image.astype(np.float64) / 255, image[:, ::-1][:, ::-1]])  # PIL, floats, a view
+    for i in range(4):
+        assert torch.equal(pred.get_image_embedding()[i:i + 1], expected), i
 
 
 def test_reset_and_state(small_predictor):
