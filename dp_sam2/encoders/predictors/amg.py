@@ -263,7 +263,9 @@ def require_pycocotools():
 def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
     """Fill holes (``mode="holes"``) or drop islands (``mode="islands"``) of fewer than
     ``area_thresh`` pixels (8-connected) in a boolean mask ``[H, W]``; return the mask and
-    whether it changed. If every island is small, the largest is kept."""
+    whether it changed. If every island is small, the largest is kept (on a tie of areas, the
+    one whose first pixel comes first in raster order; OpenCV's block-based labelling, which the
+    official calls, may order such ties differently)."""
     from dp_sam2.ext import get_connected_components
 
     if mode not in ("holes", "islands"):

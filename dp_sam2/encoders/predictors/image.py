@@ -9,7 +9,7 @@ sizes come from the model, not 1024's hard-coded ones), bad inputs raise ``TypeE
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class Prompts:
     labels: torch.Tensor | None = None  # [B, N] int32
     boxes: torch.Tensor | None = None  # [B, 2, 2]
     mask_input: torch.Tensor | None = None  # [B, 1, h, w]
-    batch: int = field(default=1)
+    batch: int = 1
 
 
 class SAM2ImagePredictor:
