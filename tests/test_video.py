@@ -14,8 +14,9 @@ memories in fp32 arithmetic, exactly what the official computes whenever it does
 (``torch.cat`` of bf16 memories with fp32 pointers promotes to fp32). Ours does the same cast
 itself.
 
-Hole filling (ruling 2) is off on both sides (``fill_hole_area = 0``): the official's CPU fill
-silently does nothing without its CUDA kernel.
+Hole filling (ruling 2): in the sam2 tiny case both sides fill holes (``fill_hole_area = 8``, the
+builders' default) with the official's ``get_connected_components`` replaced by an exact CPU
+stand-in (scipy.ndimage.label, 3x3 structure); elsewhere it is off on both sides.
 """
 from __future__ import annotations
 
@@ -70,16 +71,31 @@ def cast_official_memory_at_use(official) -> None:
     official.memory_attention.forward = patched
 
 
-def build_pair(tmp_path, config, image_size, overrides=()):
-    """(official predictor, our predictor) with the same perturbed weights, hole filling off."""
+def scipy_connected_components(mask: torch.Tensor):
+    """Exact CPU stand-in for the official CUDA kernel: 8-connected labels and per-pixel areas."""
+    from scipy import ndimage
+
+    m = mask.to(torch.uint8).cpu().numpy()
+    labels = np.zeros(m.shape, np.int32)
+    areas = np.zeros(m.shape, np.int32)
+    for i in range(m.shape[0]):
+        lab, _ = ndimage.label(m[i, 0], structure=np.ones((3, 3), dtype=int))
+        counts = np.bincount(lab.ravel())
+        counts[0] = 0
+        labels[i, 0], areas[i, 0] = lab, counts[lab]
+    return torch.from_numpy(labels), torch.from_numpy(areas)
+
+
+def build_pair(tmp_path, config, image_size, overrides=(), fill_hole_area=0):
+    """(official predictor, our predictor) with the same perturbed weights."""
     from dp_sam2 import build_sam2_video_predictor
 
     official = build_official(config, image_size=image_size, video=True, overrides=overrides)
-    official.fill_hole_area = 0  # the official appends fill_hole_area=8 after user overrides
+    official.fill_hole_area = fill_hole_area  # the official appends fill_hole_area=8 after user overrides
     ckpt = save_official_checkpoint(official, tmp_path / "ckpt.pt")
     ours = build_sam2_video_predictor(config, str(ckpt), device="cpu",
                                       hydra_overrides_extra=[f"++model.image_size={image_size}",
-                                                             "++model.fill_hole_area=0", *overrides])
+                                                             f"++model.fill_hole_area={fill_hole_area}", *overrides])
     ours.show_progress = False
     return official, ours
 
@@ -127,9 +143,24 @@ def scenario(predictor, folder) -> list[tuple[str, object, torch.Tensor]]:
 
 
 @requires_official
-@pytest.mark.parametrize("config,image_size", [(CFG_20, 128), (CFG_21, 256)], ids=["sam2_tiny", "sam2.1_tiny"])
-def test_parity_with_official(tmp_path, config, image_size):
-    official, ours = build_pair(tmp_path, config, image_size)
+@pytest.mark.parametrize("config,image_size,fill", [(CFG_20, 128, 8), (CFG_21, 256, 0)],
+                         ids=["sam2_tiny_fill_holes", "sam2.1_tiny"])
+def test_parity_with_official(tmp_path, monkeypatch, config, image_size, fill):
+    import sam2.utils.misc
+
+    monkeypatch.setattr(sam2.utils.misc, "get_connected_components", scipy_connected_components)
+    import dp_sam2.ext
+
+    filled = []
+    fill_holes = dp_sam2.ext.fill_holes_in_mask_scores
+
+    def counting_fill(scores, max_area):
+        out = fill_holes(scores, max_area)
+        filled.append(int((out != scores).sum()))
+        return out
+
+    monkeypatch.setattr(dp_sam2.ext, "fill_holes_in_mask_scores", counting_fill)
+    official, ours = build_pair(tmp_path, config, image_size, fill_hole_area=fill)
     cast_official_memory_at_use(official)
     folder = write_jpegs(tmp_path / "frames", synthetic_frames(5))
     with torch.inference_mode():
@@ -142,7 +173,8 @@ def test_parity_with_official(tmp_path, config, image_size):
         worst = max(worst, err)
         assert err <= TOL, f"{step} {info}: rel_err {err:.2e}"
         assert ((a > 0) == (b > 0)).float().mean() >= 0.999
-    print(f"{config}: {len(got)} outputs, worst rel_err {worst:.2e}")
+    assert (sum(filled) > 0) == (fill > 0)  # holes were really filled (in the sam2 tiny case)
+    print(f"{config}: {len(got)} outputs, worst rel_err {worst:.2e}, {sum(filled)} hole pixels filled")
 
 
 @requires_official

@@ -125,10 +125,12 @@ class SAM2VideoPredictor(SAM2Base):
 
     # ================================================================== objects and frames
     def _check_frame_idx(self, state: InferenceState, frame_idx) -> int:
-        if isinstance(frame_idx, bool) or not isinstance(frame_idx, int):
-            if not (isinstance(frame_idx, torch.Tensor) and frame_idx.numel() == 1 and not frame_idx.is_floating_point()):
-                raise TypeError(f"frame_idx must be an int, got {type(frame_idx).__name__}")
-            frame_idx = int(frame_idx)
+        integral_tensor = (isinstance(frame_idx, torch.Tensor) and frame_idx.numel() == 1
+                           and not frame_idx.is_floating_point())
+        if integral_tensor or (hasattr(frame_idx, "__index__") and not isinstance(frame_idx, bool)):
+            frame_idx = int(frame_idx)  # ints, numpy ints, one-element integer tensors
+        else:
+            raise TypeError(f"frame_idx must be an int, got {type(frame_idx).__name__}")
         n = state.num_frames
         if not 0 <= frame_idx < n:
             raise ValueError(f"frame_idx {frame_idx} is outside the video, which has {n} frames (0..{n - 1})")
@@ -198,7 +200,8 @@ class SAM2VideoPredictor(SAM2Base):
         if points.dim() != 3 or points.shape[0] != 1 or points.shape[-1] != 2:
             raise ValueError(f"points must be [N, 2] (x, y), got shape {tuple(points.shape)}")
         if labels.shape != points.shape[:2]:
-            raise ValueError(f"labels must be [N] matching points {tuple(points.shape[1:2])}, got {tuple(labels.shape)}")
+            raise ValueError(f"labels must be [N] matching points [{points.shape[1]}, 2], "
+                             f"got labels of shape {tuple(labels.shape)}")
         if box is not None:
             if not clear_old_points:
                 raise ValueError("a box must come before any clicks: add it with clear_old_points=True")
