@@ -271,6 +271,22 @@ def test_lora_keeps_official_key_names(ckpt):
     keys = set(backbone_state(enc))
     assert set(file_state(ckpt)) <= keys
     assert "image_encoder.trunk.blocks.0.attn.qkv.lora_a" in keys
+    assert "image_encoder.trunk.blocks.0.attn.qkv.base_weight" not in keys
+    # the adapters act on every path that reads the layer's weight (fused kernels included)
+    obs = obs_for(PUSHT, batch=2)
+    before = enc.eval()(obs)
+    with torch.no_grad():
+        for m in enc.backbone.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_b.normal_(0, 0.05)
+    with torch.no_grad():  # the inference (chunked / fused) path
+        adapted = enc(obs)
+    assert rel_err(adapted, before) > 1e-3
+    assert rel_err(enc(obs), adapted) < 1e-5  # the autograd (reference) path agrees
+    other = make_encoder(ckpt, freeze=False, lora_rank=2)
+    other.load_state_dict(enc.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(other.eval()(obs), adapted)
 
 
 def image_range_normalizer(x):

@@ -60,14 +60,20 @@ class FinetuneConfig:
         return not self.freeze and (self.trainable_blocks is None or self.trainable_blocks > 0)
 
 
-class LoRALinear(nn.Linear):
-    """``nn.Linear`` plus a low-rank update ``x @ A^T @ B^T * alpha / rank``; ``B`` starts at zero,
-    so the layer starts equal to the original. Keeps the original ``weight``/``bias`` names."""
+class LoRALinear(nn.Module):
+    """A linear layer whose ``weight`` is ``W + B @ A * alpha / rank``: ``W`` (the original,
+    frozen) plus a trainable low-rank update; ``B`` starts at zero, so the layer starts equal to
+    the original.
+
+    ``weight`` is computed on access, so code that reads ``layer.weight`` directly (the fused
+    linear kernels of the Hiera blocks) sees the adapted weight. In the state dict ``W`` keeps the
+    official name (``...attn.qkv.weight``) and the adapters sit beside it (``lora_a``, ``lora_b``)."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None) -> None:
-        nn.Module.__init__(self)  # reuse base's parameters instead of allocating new ones
+        super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight, self.bias = base.weight, base.bias
+        self.base_weight = base.weight  # reuse the loaded parameter (no copy)
+        self.bias = base.bias
         self.rank = rank
         self.scaling = (alpha if alpha is not None else rank) / rank
         kw = {"device": base.weight.device, "dtype": base.weight.dtype}
@@ -75,11 +81,25 @@ class LoRALinear(nn.Linear):
         self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, **kw))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_weight + (self.lora_b @ self.lora_a) * self.scaling
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
+        return F.linear(x, self.weight, self.bias)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = destination.pop(prefix + "base_weight")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "weight" in state_dict:
+            state_dict[prefix + "base_weight"] = state_dict.pop(prefix + "weight")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}, scaling={self.scaling:g}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, rank={self.rank}, scaling={self.scaling:g}")
 
 
 def add_lora(blocks: Iterable[nn.Module], rank: int, alpha: float | None = None) -> list[nn.Parameter]:
