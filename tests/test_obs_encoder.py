@@ -240,13 +240,16 @@ def test_diffusion_training_changes_only_what_trains(ckpt, mode):
 
 
 def test_activation_checkpointing_same_gradients(ckpt):
-    grads = []
+    grads, outs = [], []
     for flag in (False, True):
         enc = make_encoder(ckpt, freeze=False, activation_checkpointing=flag)
         enc.train()
         enc(obs_for(PUSHT, batch=2)).square().sum().backward()
         grads.append(enc.backbone.image_encoder.trunk.blocks[0].attn.qkv.weight.grad.clone())
+        with torch.no_grad():  # inference ignores the flag (fast path)
+            outs.append(enc.eval()(obs_for(PUSHT, batch=2)))
     assert rel_err(grads[1], grads[0]) < 1e-5 and grads[0].abs().sum() > 0
+    assert rel_err(outs[1], outs[0]) < 1e-5
 
 
 # ----------------------------------------------------------------------------- copies and state

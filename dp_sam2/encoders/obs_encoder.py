@@ -92,7 +92,7 @@ class SAM2Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         encoder = self.image_encoder
-        if self.activation_checkpointing:
+        if self.activation_checkpointing and torch.is_grad_enabled():
             feats = self._forward_checkpointed(images)
         else:
             feats = encoder.forward_lowest_kept_level(images)
