@@ -8,19 +8,22 @@ once and served by the dataset in place of the images:
 * **Making them.** ``SAM2ObsEncoder.encode_images(images, key, input_range=None)`` takes
   ``(N, 3, H, W)`` float images of rgb key ``key`` at its ``shape_meta`` resolution, in
   ``input_range`` (default: the encoder's; pass ``input_range=[0, 1]`` for what DP's datasets
-  return before DP's normaliser). It applies the deterministic eval preprocessing (``resize_shape``, centre crop, resize to ``image_size``, SAM 2 mean/std) and
-  returns the stride-16 map plus ``no_mem_embed``: ``(N, *feature_shape)`` with
+  return before DP's normaliser). It applies the deterministic eval preprocessing
+  (``resize_shape``, centre crop, resize to ``image_size``, SAM 2 mean/std) and returns the stride-16 map plus ``no_mem_embed``: ``(N, *feature_shape)`` with
   ``feature_shape = (256, image_size // 16, image_size // 16)``. Store them as float16.
 * **Serving them.** The dataset returns, under the **same obs key** as the images,
-  ``(T, *feature_shape)`` instead of ``(T, 3, H, W)``; nothing else changes: ``shape_meta``,
-  the env runner (which keeps sending images) and the dataset's normaliser stay as they are.
+  ``(T, *feature_shape)`` instead of ``(T, 3, H, W)``; ``shape_meta`` and the env runner (which
+  keeps sending images) stay as they are.
 * **Recognising them.** ``forward`` treats an rgb value whose shape is ``(B, *feature_shape)`` as
   features (an image never has 256 channels), skips preprocessing and the backbone, and feeds
   the head; other rgb values must be ``(B, 3, H, W)`` images. A batch may mix the two per key.
-* **Their range.** DP's normaliser maps every rgb key with its image-range normaliser
-  (``x * 2 - 1``), features included; ``forward`` maps features back with ``input_range``
-  exactly as it maps images (:meth:`SAM2ObsEncoder.features_from_input`). So the cached values
-  are the backbone's raw output, and a direct caller (no DP normaliser) passes
+* **Their range.** Features pass through the normaliser DP keeps for that key, and ``forward``
+  maps them back with ``input_range`` exactly as it maps images
+  (:meth:`SAM2ObsEncoder.features_from_input`: ``(x - lo) / (hi - lo)``). Two consistent set-ups:
+  the dataset's own image-range normaliser (``x * 2 - 1``) with the default ``input_range``
+  [-1, 1]; or an identity normaliser for the key with ``input_range`` [0, 1] (what
+  :class:`dp_sam2.cache.CachedFeatureDataset` does; images at eval then arrive in [0, 1]). Either
+  way the cached values are the backbone's raw output; a direct caller (no DP normaliser) passes
   ``encoder.features_to_input(feats)``.
 * **Refused** while the backbone trains (``freeze=False`` in training mode): no gradient could
   reach it. ``SAM2ObsEncoder.feature_info(key)`` lists the settings that produce the features
