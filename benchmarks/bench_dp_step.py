@@ -17,6 +17,22 @@ memory leaves RSS). Memory: peak RSS during the measured step minus the RSS held
 (weights, EMA copy, optimizer state), from Linux's VmHWM reset through /proc/self/clear_refs.
 SAM 2 weights are not needed for timing: the encoder is built with
 DP_SAM2_ALLOW_MISSING_CHECKPOINT=1 (random weights). Needs Diffusion Policy importable.
+
+Measured 2026-11-25 on the shared 2-core CPU (load average 6-9 from other jobs, so times are
+inflated and noisy; one measured step per case after a warm-up, large run once):
+
+    model  case            image  step_s  peak-minus-held MiB  held MiB
+    large  frozen_live       256   122.8               1164      6676
+    large  frozen_cached     256    25.4               1164      6671
+    tiny   frozen_live       224    75.8               1164      5287
+    tiny   frozen_cached     224    56.7               1164      5247
+    tiny   finetune          224   104.9               2568      5458
+    tiny   finetune_ckpt     224   151.2               1530      5462
+
+The frozen cases' step memory is the UNet's (AdamW and EMA temporaries over its 263 M
+parameters); activation checkpointing cut the tiny finetune step's extra memory by 1.0 GiB
+(2568 -> 1530 MiB). Large finetune was not run here (about 17 GiB without checkpointing on a
+23 GiB machine shared with other jobs).
 """
 from __future__ import annotations
 
