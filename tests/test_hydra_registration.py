@@ -193,6 +193,18 @@ def test_dp_shaped_yaml_instantiates_the_policy_with_sam2(checkpoint_dir, monkey
     assert len(opt.param_groups) == 2
 
 
+def test_multi_camera_task_instantiates(checkpoint_dir, monkeypatch):
+    from hydra.utils import instantiate
+
+    monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(checkpoint_dir))
+    cfg = compose("train_dp_shaped_workspace", ["task=two_cam_image", "+obs_encoder@policy.obs_encoder=sam2_tiny",
+                                                f"policy.obs_encoder.image_size={SIZE}"])
+    enc = instantiate(cfg.policy).obs_encoder
+    assert enc.keys.rgb == ("agentview_image", "robot0_eye_in_hand_image")
+    assert enc.keys.low_dim == ("robot0_eef_pos", "robot0_gripper_qpos")
+    assert enc.output_shape() == (2 * 256 + 3 + 2,)
+
+
 def test_hybrid_workspace_selection_fails_clearly(checkpoint_dir, monkeypatch):
     """DESIGN ruling 10: DP's hybrid policies ignore policy.obs_encoder; selecting it there fails."""
     from hydra.errors import InstantiationException
