@@ -147,6 +147,12 @@ def _create_array(group, name: str, shape, chunks, dtype, fill_value):
     return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value)
 
 
+def write_array(group, name: str, data: np.ndarray, chunks) -> None:
+    """Create ``group[name]`` holding ``data`` (zarr 2 and 3)."""
+    arr = _create_array(group, name, data.shape, chunks, data.dtype, 0)
+    arr[...] = data
+
+
 def _require_group(group, name: str):
     return group.require_group(name)
 

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "caches its features, trains a small diffusion action head on them and writes "
                                    "pictures (loss curve, mask overlay, video track, PCA of the features) to --out.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=None, help="training steps of the action head (default 400; 20 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of the action head (default 200; 20 with --quick)")
     p.add_argument("--quick", action="store_true", help="a smaller replay buffer and fewer steps (seconds, for tests)")
     p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
     p.add_argument("--seed", type=int, default=0)

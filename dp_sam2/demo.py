@@ -35,8 +35,8 @@ class DemoSize:
     batch_size: int
 
 
-FULL = DemoSize(episodes=4, steps_per_episode=20, image_size=224, predictor_size=512, track_frames=8,
-                train_steps=400, batch_size=64)
+FULL = DemoSize(episodes=4, steps_per_episode=16, image_size=224, predictor_size=512, track_frames=6,
+                train_steps=200, batch_size=32)
 QUICK = DemoSize(episodes=2, steps_per_episode=8, image_size=128, predictor_size=256, track_frames=3,
                  train_steps=20, batch_size=8)
 
@@ -103,13 +103,16 @@ def write_replay(path: Path, size: DemoSize, seed: int):
             actions.append(agents[min(t + 1, len(agents) - 1)])
             poses.append((agents[t], blocks[t]))
         ends.append(len(imgs))
+    from dp_sam2.cache import write_array
+
     root = zarr.open_group(str(path), mode="w")
     data, meta = root.require_group("data"), root.require_group("meta")
-    data.create_dataset("img", data=np.stack(imgs), chunks=(16, 96, 96, 3))
-    data.create_dataset("state", data=np.stack(states).astype(np.float32))
-    data.create_dataset("action", data=np.stack(actions).astype(np.float32))
-    meta.create_dataset("episode_ends", data=np.array(ends, dtype=np.int64))
-    return np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32), np.array(ends), poses
+    states_arr, actions_arr = np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32)
+    write_array(data, "img", np.stack(imgs), (16, 96, 96, 3))
+    write_array(data, "state", states_arr, states_arr.shape)
+    write_array(data, "action", actions_arr, actions_arr.shape)
+    write_array(meta, "episode_ends", np.array(ends, dtype=np.int64), (len(ends),))
+    return states_arr, actions_arr, np.array(ends), poses
 
 
 # --------------------------------------------------------------------------- the action head
@@ -164,7 +167,7 @@ def train_head(encoder, feats: torch.Tensor, agent_pos: torch.Tensor, targets: t
                               prediction_type="epsilon")
     head = NoisePredictor(targets.shape[1], targets.shape[2], encoder.output_shape()[0]).to(device)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
-    optim = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-6)
+    optim = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-6)
     encoder.train()
     losses = []
     bar = tqdm(range(steps), desc="training the diffusion action head", unit="step")
@@ -215,7 +218,7 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     """Run the demo into ``out``; returns ``[(path, description), ...]`` of what it wrote."""
     from dp_sam2 import cache as C
     from dp_sam2.encoders.sam2.build import resolve_device
-    from dp_sam2.viz import find_checkpoint, grid, line_plot, pca_rgb, side_by_side
+    from dp_sam2.viz import find_checkpoint, grid, line_plot, pca_rgb
 
     size = QUICK if quick else FULL
     steps = size.train_steps if steps is None else int(steps)
@@ -266,8 +269,9 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     written.append((path, "sampled action chunks vs the demonstration"))
 
     pcas = []
-    for i in show[:3]:
-        pcas += [frames96[i].astype(np.uint8), pca_rgb(feats[i].float().numpy())]
+    colours = pca_rgb(feats[show[:3]].float().numpy())  # one PCA for all three: comparable colours
+    for k, i in enumerate(show[:3]):
+        pcas += [frames96[i].astype(np.uint8), colours[k]]
     path = out / "features_pca.png"
     grid(pcas, [f"frame {i}" if j % 2 == 0 else "PCA of features" for i in show[:3] for j in range(2)],
          columns=6, height=192).save(path)

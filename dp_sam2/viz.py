@@ -58,10 +58,15 @@ def overlay(image: np.ndarray, masks, colors=COLORS, alpha: float = 0.5, points=
 
 def pca_rgb(features) -> np.ndarray:
     """``(C, h, w)`` features -> ``(h, w, 3)`` uint8: the first three principal components,
-    each scaled to [0, 255] (robustly, 1st-99th percentile)."""
+    each scaled to [0, 255] (robustly, 1st-99th percentile). ``(N, C, h, w)`` -> ``(N, h, w, 3)``
+    with one PCA fitted on all N maps, so colours mean the same in every picture."""
     feats = np.asarray(features, dtype=np.float64)
+    if feats.ndim == 4:
+        n, c, h, w = feats.shape
+        joint = pca_rgb(feats.transpose(1, 0, 2, 3).reshape(c, n * h, w))
+        return joint.reshape(n, h, w, 3)
     if feats.ndim != 3:
-        raise ValueError(f"features must be (C, h, w), got shape {feats.shape}")
+        raise ValueError(f"features must be (C, h, w) or (N, C, h, w), got shape {feats.shape}")
     c, h, w = feats.shape
     x = feats.reshape(c, -1).T
     x = x - x.mean(0, keepdims=True)
@@ -147,7 +152,7 @@ def line_plot(series: dict, title: str = "", xlabel: str = "step", ylabel: str =
         points = [(px(i), py(float(y))) for i, y in enumerate(v) if np.isfinite(y)]
         if len(points) > 1:
             draw.line(points, fill=color, width=2)
-        draw.text((left + 8, top + 6 + 14 * j), str(label), fill=color)
+        draw.text((width - right - 8 - 7 * len(str(label)), top + 6 + 14 * j), str(label), fill=color)
     draw.text((left, 10), title, fill=(0, 0, 0))
     draw.text(((width - left) // 2 + left - 10, height - 18), xlabel, fill=(0, 0, 0))
     if ylabel:

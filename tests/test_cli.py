@@ -171,6 +171,8 @@ def test_viz(tmp_path, ckpt_dir, capsys):
     assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8 and rgb.std() > 10
     with pytest.raises(ValueError, match=r"\(C, h, w\)"):
         pca_rgb(np.zeros((3, 3)))
+    many = pca_rgb(np.stack([feats, feats]))  # one PCA over both maps: same colours for the same features
+    assert many.shape == (2, 5, 7, 3) and np.array_equal(many[0], many[1])
 
 
 def test_cache_features_command(tmp_path, ckpt_dir, capsys):

@@ -31,7 +31,6 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
