@@ -8,15 +8,12 @@ sizes come from the model, not 1024's hard-coded ones), bad inputs raise ``TypeE
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .transforms import SAM2Transforms, image_hw, image_to_array
-
-log = logging.getLogger(__name__)
 
 _PREDICTOR_KWARGS = ("mask_threshold", "max_hole_area", "max_sprinkle_area")
 
