@@ -33,15 +33,16 @@ def axial_rope_angles(head_dim: int, side_x: int, side_y: int, theta: float = 10
     return torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)
 
 
-def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs of ``x (..., N, D)`` by angles given as ``cos/sin (N, D/2)``.
+def rotate_pairs(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of ``x (..., N, D)`` by unit complex numbers
+    ``rotations (n, D/2)``, ``N`` a multiple of ``n`` (the same rotations for each block of ``n``).
 
-    Computed in float32 (as the complex product of the reference) and cast back to ``x``'s dtype.
+    One complex product in float32, as the reference computes it (bit-identical), cast back to
+    ``x``'s dtype; no repeated rotation tables are built for multi-frame keys.
     """
-    xf = x.float().unflatten(-1, (-1, 2))
-    re, im = xf[..., 0], xf[..., 1]
-    out = torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    n, half = rotations.shape
+    blocks = x.float().reshape(*x.shape[:-2], x.shape[-2] // n, n, half, 2)
+    return torch.view_as_real(torch.view_as_complex(blocks) * rotations).reshape(x.shape).type_as(x)
 
 
 class RoPEAttention(Attention):
@@ -57,16 +58,16 @@ class RoPEAttention(Attention):
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.feat_sizes = tuple(feat_sizes)
-        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_cache: dict[tuple, torch.Tensor] = {}
 
-    def _cos_sin(self, num_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotations(self, num_tokens: int, device: torch.device) -> torch.Tensor:
         side = math.isqrt(num_tokens)
         if side * side != num_tokens:
             raise ValueError(f"RoPE attention expects a square token grid, got {num_tokens} tokens")
         key = (side, device)
         if key not in self._rope_cache:
             angles = axial_rope_angles(self.internal_dim // self.num_heads, side, side, self.rope_theta)
-            self._rope_cache[key] = (angles.cos().to(device), angles.sin().to(device))
+            self._rope_cache[key] = torch.polar(torch.ones_like(angles), angles).to(device)
         return self._rope_cache[key]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -76,16 +77,15 @@ class RoPEAttention(Attention):
         v = self._split_heads(self.v_proj(v))
 
         n_q = q.shape[-2]
-        cos, sin = self._cos_sin(n_q, q.device)
-        q = rotate_pairs(q, cos, sin)
+        rotations = self._rotations(n_q, q.device)
+        q = rotate_pairs(q, rotations)
         n_rope = k.shape[-2] - num_k_exclude_rope
         if n_rope > 0:
             if n_rope != n_q and not self.rope_k_repeat:
                 raise ValueError(f"{n_rope} keys to rotate but {n_q} queries and rope_k_repeat is off")
             if n_rope % n_q:
                 raise ValueError(f"{n_rope} rotated keys are not a whole number of {n_q}-token frames")
-            reps = n_rope // n_q
-            k_rot = rotate_pairs(k[:, :, :n_rope], cos.repeat(reps, 1), sin.repeat(reps, 1))
+            k_rot = rotate_pairs(k[:, :, :n_rope], rotations)
             k = torch.cat([k_rot, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else k_rot
 
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
