@@ -156,3 +156,17 @@ def test_names_and_default_destination(tmp_path, monkeypatch):
     (repo / "data").mkdir()
     monkeypatch.chdir(repo / "data")
     assert dl.default_dest() == repo.resolve() / "checkpoints"
+
+
+def test_no_network_says_offline(tmp_path, monkeypatch):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    def no_dns(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_dns)
+    with pytest.raises(dl.DownloadError, match="cannot resolve the host \\(offline") as info:
+        dl.download(["sam2.1_large"], dest=tmp_path, progress=False)
+    assert "copy it to" in str(info.value) and not list(tmp_path.iterdir())
