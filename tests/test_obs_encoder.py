@@ -429,3 +429,29 @@ def test_device_and_dtype_properties(ckpt):
         warnings.simplefilter("error")
         assert enc.to(torch.float64).dtype == torch.float64
     assert enc(obs_for(PUSHT)).dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- pooling heads
+@pytest.mark.parametrize("pooling", ["attention", "spatial_softmax", "mean"])
+def test_pooling_heads_by_name(ckpt, pooling):
+    enc = make_encoder(ckpt, TWO_CAM, pooling=pooling, feature_dim=24).eval()
+    out = enc(obs_for(TWO_CAM, batch=2))
+    assert out.shape == (2, enc.output_shape()[0]) == (2, 2 * 24 + 5)
+    assert len(enc.heads) == 2  # one head per camera, one shared backbone
+
+
+def test_spatial_softmax_returns_keypoint_coordinates():
+    from dp_sam2.encoders.heads import SpatialSoftmax
+
+    head = SpatialSoftmax(in_channels=2, feat_hw=(4, 4), feature_dim=4, num_kp=2)
+    with torch.no_grad():
+        head.keypoints.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        head.keypoints.bias.zero_()
+        head.proj.weight.copy_(torch.eye(4))
+        head.proj.bias.zero_()
+    x = torch.full((1, 2, 4, 4), -1e4)
+    x[0, 0, 1, 3] = 0.0  # keypoint 0 at row 1, column 3
+    x[0, 1, 2, 0] = 0.0  # keypoint 1 at row 2, column 0
+    grid = torch.linspace(-1, 1, 4)
+    expected = torch.tensor([grid[3], grid[1], grid[0], grid[2]])  # (x, y) per keypoint
+    assert torch.allclose(head(x)[0], expected, atol=1e-5)
