@@ -455,3 +455,21 @@ def test_spatial_softmax_returns_keypoint_coordinates():
     grid = torch.linspace(-1, 1, 4)
     expected = torch.tensor([grid[3], grid[1], grid[0], grid[2]])  # (x, y) per keypoint
     assert torch.allclose(head(x)[0], expected, atol=1e-5)
+
+
+def test_bf16_precision_switch(ckpt):
+    """precision=bf16 runs the backbone under bf16 autocast; features come back in fp32 and stay
+    close to the fp32 ones (cosine >= 0.999)."""
+    full = make_encoder(ckpt).eval()
+    low = make_encoder(ckpt, precision="bf16").eval()
+    obs = obs_for(PUSHT)
+    with torch.no_grad():
+        a = full.encode_images(obs["image"])
+        b = low.encode_images(obs["image"])
+        out = low(obs)
+    assert b.dtype == torch.float32 and out.dtype == torch.float32
+    assert not torch.equal(a, b)  # it really ran in bf16
+    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+    assert cos >= 0.999
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp16'"):
+        make_encoder(ckpt, precision="fp16")

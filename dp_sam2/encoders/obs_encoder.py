@@ -312,6 +312,10 @@ class SAM2ObsEncoder(nn.Module):
       ``activation_checkpointing``: see :mod:`dp_sam2.encoders.finetune`. With ``freeze=True``
       the backbone has ``requires_grad=False``, stays in eval mode under ``.train()`` and runs
       without an autograd graph; the heads train.
+    * ``precision``: ``fp32`` (default) or ``bf16``: the backbone runs under
+      ``torch.autocast(bfloat16)`` (CPU or GPU) and its features come back in the input dtype.
+      Fast where the hardware has bf16 matmuls (GPUs, CPUs with AVX512-BF16/AMX); on a CPU
+      without them it is slower than fp32.
     * ``input_range``: ``[-1, 1]`` (DP's image normaliser output, default) or ``[0, 1]``.
     * ``rgb_model`` must be ``None`` (the group files set it); ``use_group_norm`` and
       ``imagenet_norm`` are accepted and change nothing: Hiera has no BatchNorm, and SAM 2's
@@ -343,6 +347,7 @@ class SAM2ObsEncoder(nn.Module):
         rgb_model=None,
         use_group_norm: bool = False,
         imagenet_norm: bool = False,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         _check_parent_accepts_obs_encoder()
@@ -364,6 +369,9 @@ class SAM2ObsEncoder(nn.Module):
         self.share_rgb_model = bool(share_rgb_model)
         self.feature_dim = int(feature_dim) if isinstance(feature_dim, int) else feature_dim
         self.pooling = pooling
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision = precision
 
         backbone = SAM2Backbone(self.model_cfg, self.image_size)
         self.checkpoint = self._load_weights(backbone, checkpoint)
@@ -513,7 +521,7 @@ class SAM2ObsEncoder(nn.Module):
             "model_cfg": self.model_cfg, "checkpoint": self.checkpoint, "image_size": self.image_size,
             "image_shape": list(self.keys.shapes[key]), "resize_shape": list(resize) if resize else None,
             "crop_shape": list(crop) if crop else None, "feature_shape": list(self.feature_shape),
-            "no_mem_embed": self._backbone(key).add_no_mem_embed,
+            "no_mem_embed": self._backbone(key).add_no_mem_embed, "precision": self.precision,
         }
 
     def features_from_input(self, value: torch.Tensor) -> torch.Tensor:
@@ -559,8 +567,11 @@ class SAM2ObsEncoder(nn.Module):
 
     def _run_backbone(self, key: str, x: torch.Tensor) -> torch.Tensor:
         backbone = self._backbone(key)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains(key)):
-            return backbone(x)
+        low = self.precision == "bf16"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains(key)), \
+                torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+            feats = backbone(x)
+        return feats.to(x.dtype) if low else feats
 
     # ---------------------------------------------------------------- checks and lookups
     def _check_obs(self, obs_dict) -> int:
