@@ -77,3 +77,24 @@ def test_bf16_autocast_stays_close(tiny):
             low = _encode(tiny, x)[2]
     cos = torch.nn.functional.cosine_similarity(low.float().flatten(), ref.flatten(), dim=0)
     assert cos >= 0.999
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_obs_encoder_compiles_without_graph_breaks(train, monkeypatch):
+    from dp_sam2 import SAM2ObsEncoder
+
+    monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
+    meta = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},
+                    "agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}}
+    with pytest.warns(UserWarning):
+        enc = SAM2ObsEncoder(meta, model_cfg="sam2_tiny", checkpoint="missing/sam2_hiera_tiny.pt", image_size=64)
+    enc.train(train)
+    torch.manual_seed(0)
+    obs = {"image": torch.rand(4, 3, 96, 96) * 2 - 1, "agent_pos": torch.randn(4, 2)}
+    want = enc(obs)
+    got = torch.compile(enc, backend="eager", fullgraph=True)(obs)
+    assert got.shape == want.shape == (4, 258)
+    assert rel_err(got.detach(), want.detach()) <= 1e-5  # no crop_shape: training is deterministic
+    if train:
+        got.sum().backward()
+        assert any(p.grad is not None for p in enc.heads.parameters())
