@@ -58,6 +58,7 @@ class CacheKey:
     image_size: int
     crop_shape: tuple[int, int] | None = None
     resize_shape: tuple[int, int] | None = None
+    precision: str = "fp32"  # the obs encoder's backbone precision (fp32 | bf16)
 
     @property
     def name(self) -> str:
@@ -66,13 +67,16 @@ class CacheKey:
             name += f"-c{self.crop_shape[0]}x{self.crop_shape[1]}"
         if self.resize_shape:
             name += f"-r{self.resize_shape[0]}x{self.resize_shape[1]}"
+        if self.precision != "fp32":
+            name += f"-{self.precision}"
         return name
 
     def as_dict(self) -> dict:
         return {"model": self.model, "checkpoint_sha256": self.checkpoint_sha256,
                 "image_size": self.image_size, "format_version": FORMAT_VERSION,
                 "crop_shape": list(self.crop_shape) if self.crop_shape else None,
-                "resize_shape": list(self.resize_shape) if self.resize_shape else None}
+                "resize_shape": list(self.resize_shape) if self.resize_shape else None,
+                "precision": self.precision}
 
 
 _DIGESTS: dict[tuple, str] = {}
@@ -120,13 +124,16 @@ def resolve_weights(model: str, checkpoint=None, random_weights: bool = False) -
 
 
 def make_key(model: str, checkpoint=None, image_size=None, crop_shape=None, resize_shape=None,
-             random_weights: bool = False) -> tuple[CacheKey, Path | None]:
+             random_weights: bool = False, precision: str | None = None) -> tuple[CacheKey, Path | None]:
     from dp_sam2.registry import get_spec
 
     spec = get_spec(model)
     size = int(image_size) if image_size is not None else spec.obs_image_size
+    precision = precision or "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     digest, path = resolve_weights(spec.name, checkpoint, random_weights)
-    return CacheKey(spec.name, digest, size, _hw(crop_shape), _hw(resize_shape)), path
+    return CacheKey(spec.name, digest, size, _hw(crop_shape), _hw(resize_shape), precision), path
 
 
 # --------------------------------------------------------------------------- zarr 2 / 3
@@ -277,7 +284,7 @@ def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, d
     shape_meta = {"obs": {k: {"shape": [3, source.shapes[k][0], source.shapes[k][1]], "type": "rgb"}
                           for k in source.keys}}
     shape_meta["obs"].update({k: {"shape": list(v), "type": "low_dim"} for k, v in (low_dim or {}).items()})
-    kwargs = dict(model_cfg=key.model, image_size=key.image_size, pooling="mean", freeze=True,
+    kwargs = dict(model_cfg=key.model, image_size=key.image_size, pooling="mean", freeze=True, precision=key.precision,
                   crop_shape=list(key.crop_shape) if key.crop_shape else None,
                   resize_shape=list(key.resize_shape) if key.resize_shape else None)
     kwargs.update(options)
@@ -325,7 +332,7 @@ def _prepare_group(store, key: CacheKey, source: Source, feature_shape, overwrit
     return group
 
 
-_COMPARED = ("model", "checkpoint_sha256", "image_size", "crop_shape", "resize_shape", "format_version",
+_COMPARED = ("model", "checkpoint_sha256", "image_size", "crop_shape", "resize_shape", "precision", "format_version",
              "n_frames", "episode_ends_sha256", "feature_shape")
 
 
@@ -339,7 +346,7 @@ def _check_attrs(found: dict, wanted: dict, where: str, hint: str) -> None:
 def cache_features(zarr_path, obs_encoder: str = "sam2_large", checkpoint=None, image_size=None, *,
                    keys=None, out=None, crop_shape=None, resize_shape=None, batch_size: int = 16,
                    device=None, overwrite: bool = False, progress: bool = True,
-                   random_weights: bool = False) -> CacheResult:
+                   random_weights: bool = False, precision: str = "fp32") -> CacheResult:
     """Encode every frame of the replay buffer's rgb arrays into the cache (see the module doc).
     Frames already marked done are skipped (resume); under torch.distributed each rank takes its
     share of the frames."""
@@ -353,7 +360,7 @@ def cache_features(zarr_path, obs_encoder: str = "sam2_large", checkpoint=None, 
     store = Path(out) if out is not None else zarr_path
     dist = current_dist()
     source = describe_source(_open_group(zarr_path, "r"), keys)
-    key, ckpt = make_key(obs_encoder, checkpoint, image_size, crop_shape, resize_shape, random_weights)
+    key, ckpt = make_key(obs_encoder, checkpoint, image_size, crop_shape, resize_shape, random_weights, precision)
     if ckpt is None and dist.rank == 0:
         warnings.warn(f"no {key.model} checkpoint found: caching features of RANDOM weights (seed 0); "
                       f"they are only good for tests. Get the real ones with `dp-sam2 download {key.model}`.")
@@ -437,6 +444,7 @@ def open_cache(store, key: CacheKey, n_frames: int | None = None, checkpoint=Non
            + (" --random-weights" if key.checkpoint_sha256 == RANDOM_INIT else "")
            + (f" --crop-shape {key.crop_shape[0]},{key.crop_shape[1]}" if key.crop_shape else "")
            + (f" --resize-shape {key.resize_shape[0]},{key.resize_shape[1]}" if key.resize_shape else "")
+           + (f" --precision {key.precision}" if key.precision != "fp32" else "")
            + ("" if store.suffix == ".zarr" else f" --out {store}"))
     root = _open_group(store, "r")
     if not _has(root, GROUP) or not _has(root[GROUP], key.name):
@@ -461,7 +469,7 @@ def open_cache(store, key: CacheKey, n_frames: int | None = None, checkpoint=Non
 def _summary(attrs: dict) -> str:
     digest = str(attrs.get("checkpoint_sha256", "?"))
     return (f"model {attrs.get('model')}, checkpoint {digest[:12]}, image_size {attrs.get('image_size')}, "
-            f"crop {attrs.get('crop_shape')}, resize {attrs.get('resize_shape')}")
+            f"crop {attrs.get('crop_shape')}, resize {attrs.get('resize_shape')}, precision {attrs.get('precision')}")
 
 
 # --------------------------------------------------------------------------- CLI entry
@@ -475,7 +483,7 @@ def cache_features_cli(args) -> str | None:
             args.zarr, args.obs_encoder, args.checkpoint, args.image_size, keys=args.keys, out=args.out,
             crop_shape=args.crop_shape, resize_shape=args.resize_shape, batch_size=args.batch_size,
             device=device, overwrite=args.overwrite, progress=not args.no_progress,
-            random_weights=args.random_weights)
+            random_weights=args.random_weights, precision=args.precision)
     if dist.rank != 0:
         return f"rank {dist.rank}: encoded {result.computed} frames"
     return str(result) + (f" [rank 0 of {dist.world}]" if dist.world > 1 else "")
@@ -618,7 +626,7 @@ def _key_map(obs_keys: list[str], cache_keys: tuple[str, ...], rgb_keys) -> dict
 
 def CachedFeatureDataset(dataset, cache_path, model_cfg: str = "sam2_large", checkpoint=None,
                          image_size=None, crop_shape=None, resize_shape=None, input_range=None,
-                         shape_meta=None, rgb_keys=None, n_obs_steps=None, **ignored):
+                         shape_meta=None, rgb_keys=None, n_obs_steps=None, precision=None, **ignored):
     """A Diffusion Policy dataset whose rgb obs are cached SAM 2 features (``_target_`` for DP's
     ``task.dataset``; DP's ``train.py`` stays unchanged).
 
@@ -627,8 +635,8 @@ def CachedFeatureDataset(dataset, cache_path, model_cfg: str = "sam2_large", che
     included) and the rgb obs are replaced by the cached ``(T, 256, h, w)`` float16 features of
     those frames (only the first ``n_obs_steps`` when given: the policy uses no more).
     ``cache_path``: the zarr store given to ``dp-sam2 cache-features`` (``--out``, or the replay
-    zarr). ``model_cfg``, ``checkpoint``, ``image_size``, ``crop_shape``, ``resize_shape``: the
-    policy's obs-encoder settings (interpolate them from ``policy.obs_encoder``); they form the
+    zarr). ``model_cfg``, ``checkpoint``, ``image_size``, ``crop_shape``, ``resize_shape``,
+    ``precision``: the policy's obs-encoder settings (interpolate them from ``policy.obs_encoder``); they form the
     cache key and a cache made with other settings is refused. ``get_normalizer()`` is the wrapped
     dataset's with an identity normaliser for the feature keys. So at eval, when live camera
     images go through that identity normaliser, the obs encoder must take [0, 1] images:
@@ -645,7 +653,7 @@ def CachedFeatureDataset(dataset, cache_path, model_cfg: str = "sam2_large", che
         raise ValueError(f"CachedFeatureDataset gives the image keys an identity normaliser, so the policy's obs "
                          f"encoder must take [0, 1] images at eval: set policy.obs_encoder.input_range: [0, 1] "
                          f"(got {input_range!r}); the cached features do not depend on it")
-    key, _ = make_key(model_cfg, checkpoint, image_size, crop_shape, resize_shape)
+    key, _ = make_key(model_cfg, checkpoint, image_size, crop_shape, resize_shape, precision=precision)
     replay = getattr(dataset, "replay_buffer", None)
     n_frames = getattr(replay, "n_steps", None)
     handle = open_cache(cache_path, key, int(n_frames) if n_frames is not None else None, checkpoint)

@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: the registry's obs size)")
     p.add_argument("--crop-shape", type=hw_pair, default=None, help="H,W centre crop before the resize (as policy.obs_encoder.crop_shape)")
     p.add_argument("--resize-shape", type=hw_pair, default=None, help="H,W resize before the crop (as policy.obs_encoder.resize_shape)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="backbone precision, as policy.obs_encoder.precision (default fp32)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="recompute everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

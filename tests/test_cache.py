@@ -103,6 +103,9 @@ def test_stale_cache_is_refused(cached, ckpts, tmp_path):
     with pytest.raises(ValueError, match="no SAM 2 feature cache .*stale for this config") as info:
         C.open_cache(path, key_b)
     assert C.file_sha256(ckpts[0])[:12] in str(info.value) and "dp-sam2 cache-features" in str(info.value)
+    key_bf16, _ = C.make_key("sam2_tiny", str(ckpts[0]), SIZE, precision="bf16")
+    with pytest.raises(ValueError, match="no SAM 2 feature cache for sam2_tiny-64px-[0-9a-f]{12}-bf16 .*precision fp32"):
+        C.open_cache(path, key_bf16)
     key_96, _ = C.make_key("sam2_tiny", str(ckpts[0]), 96)
     with pytest.raises(ValueError, match="image_size 64"):
         C.open_cache(path, key_96)
@@ -349,6 +352,7 @@ task:
     crop_shape: ${policy.obs_encoder.crop_shape}
     resize_shape: ${policy.obs_encoder.resize_shape}
     input_range: ${policy.obs_encoder.input_range}
+    precision: ${policy.obs_encoder.precision}
     shape_meta: ${shape_meta}
     n_obs_steps: ${n_obs_steps}
 policy:
