@@ -371,3 +371,27 @@ def test_bad_predict_batch_lists(small_predictor):
         pred.predict(point_coords=P, point_labels=[1])
     with pytest.raises(ValueError, match=r"max_hole_area must be a number >= 0"):
         SAM2ImagePredictor(small_predictor.model, max_hole_area=-1)
+
+
+def test_bf16_precision_switch(pair):
+    """precision="bf16": image encoder under bf16 autocast, fp32 embeddings and decoder; the embedding
+    stays close to the official fp32 one and the masks agree on >= 99 % of pixels."""
+    ref, got, _, image = pair
+    low = SAM2ImagePredictor(got.model, precision="bf16")
+    low.set_image(image)
+    emb, ref_emb = low.get_image_embedding(), ref.get_image_embedding()
+    assert emb.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(emb.flatten(), ref_emb.flatten(), dim=0)
+    assert cos >= 0.999
+    kwargs = dict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]), multimask_output=False)
+    masks, ious, _ = low.predict(**kwargs)
+    rmasks, _, _ = ref.predict(**kwargs)
+    rlogits, _, _ = ref.predict(**kwargs, return_logits=True)
+    assert masks.dtype == rmasks.dtype and ious.dtype == np.float32
+    # random weights leave many logits near 0, where any rounding flips a pixel: count the pixels
+    # the fp32 model is sure of (|logit| > 1) for the 99 % target, and all pixels loosely
+    sure = np.abs(rlogits) > 1.0
+    assert (masks == rmasks)[sure].mean() >= 0.99
+    assert (masks == rmasks).mean() >= 0.95
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'half'"):
+        SAM2ImagePredictor(got.model, precision="half")

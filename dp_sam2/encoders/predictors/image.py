@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..sam2.common import check_precision, precision_autocast
 from .transforms import SAM2Transforms, image_hw, image_to_array
 
-_PREDICTOR_KWARGS = ("mask_threshold", "max_hole_area", "max_sprinkle_area")
+_PREDICTOR_KWARGS = ("mask_threshold", "max_hole_area", "max_sprinkle_area", "precision")
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Prompts:
 
 class SAM2ImagePredictor:
     def __init__(self, sam_model, mask_threshold: float = 0.0, max_hole_area: float = 0.0,
-                 max_sprinkle_area: float = 0.0, **kwargs) -> None:
+                 max_sprinkle_area: float = 0.0, precision: str = "fp32", **kwargs) -> None:
         """``sam_model``: a SAM2Base (from ``build_sam2``). Masks are logits thresholded at
         ``mask_threshold``; holes up to ``max_hole_area`` and sprinkles up to
         ``max_sprinkle_area`` pixels of the low-resolution masks are removed when > 0."""
@@ -52,6 +53,10 @@ class SAM2ImagePredictor:
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         self.model = sam_model
+        # "bf16": the image encoder (nearly all the time) under bfloat16 autocast, embeddings kept
+        # in fp32 and the light prompt decoder in fp32; fast on GPUs and CPUs with bf16 matmuls
+        # (AVX512-BF16 / AMX), slower than fp32 on CPUs without them
+        self.precision = check_precision(precision)
         self.mask_threshold = mask_threshold
         self._transforms = SAM2Transforms(resolution=sam_model.image_size, mask_threshold=mask_threshold,
                                           max_hole_area=max_hole_area, max_sprinkle_area=max_sprinkle_area)
@@ -124,12 +129,13 @@ class SAM2ImagePredictor:
 
     def _embed(self, batch: torch.Tensor, orig_hw, is_batch: bool) -> ImageFeatures:
         model = self.model
-        backbone_out = model.forward_image(batch)
-        _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)
+        with precision_autocast(batch.device, self.precision):
+            backbone_out = model.forward_image(batch)
+            _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)
         if model.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
         b = batch.shape[0]
-        feats = [f.permute(1, 2, 0).reshape(b, -1, h, w) for f, (h, w) in zip(vision_feats, feat_sizes)]
+        feats = [f.float().permute(1, 2, 0).reshape(b, -1, h, w) for f, (h, w) in zip(vision_feats, feat_sizes)]
         return ImageFeatures(feats[-1], feats[:-1], list(orig_hw), is_batch)
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -233,9 +239,9 @@ class SAM2ImagePredictor:
                 points = (corners, corner_labels)
             else:
                 points = (torch.cat([corners, points[0]], dim=1), torch.cat([corner_labels, points[1]], dim=1))
-        sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
         state = self._state
         high_res = [f[img_idx].unsqueeze(0) for f in state.high_res_feats] or None
+        sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
         low_res_masks, iou_predictions, _, _ = model.sam_mask_decoder(
             image_embeddings=state.image_embed[img_idx].unsqueeze(0),
             image_pe=model.sam_prompt_encoder.get_dense_pe(),
