@@ -143,9 +143,11 @@ def scenario(predictor, folder) -> list[tuple[str, object, torch.Tensor]]:
 
 
 @requires_official
-@pytest.mark.parametrize("config,image_size,fill", [(CFG_20, 128, 8), (CFG_21, 256, 0)],
-                         ids=["sam2_tiny_fill_holes", "sam2.1_tiny"])
-def test_parity_with_official(tmp_path, monkeypatch, config, image_size, fill):
+@pytest.mark.parametrize("config,image_size,fill,overrides", [
+    (CFG_20, 128, 8, ["++model.add_all_frames_to_correct_as_cond=true"]),  # the later click becomes a cond frame
+    (CFG_21, 256, 0, []),
+], ids=["sam2_tiny_fill_holes_correct_as_cond", "sam2.1_tiny"])
+def test_parity_with_official(tmp_path, monkeypatch, config, image_size, fill, overrides):
     import sam2.utils.misc
 
     monkeypatch.setattr(sam2.utils.misc, "get_connected_components", scipy_connected_components)
@@ -160,7 +162,7 @@ def test_parity_with_official(tmp_path, monkeypatch, config, image_size, fill):
         return out
 
     monkeypatch.setattr(dp_sam2.ext, "fill_holes_in_mask_scores", counting_fill)
-    official, ours = build_pair(tmp_path, config, image_size, fill_hole_area=fill)
+    official, ours = build_pair(tmp_path, config, image_size, overrides, fill_hole_area=fill)
     cast_official_memory_at_use(official)
     folder = write_jpegs(tmp_path / "frames", synthetic_frames(5))
     with torch.inference_mode():
