@@ -95,6 +95,7 @@ def main() -> None:
     times = {k: [t / per_frame for t in v] for k, v in times.items()}
     report(f"video propagate per frame, 2 objects, {Path(args.config).stem} @ {args.image_size}", times)
     print("ratio official/ours:", round(statistics.median(times["official"]) / statistics.median(times["ours"]), 3))
+    print("all rounds, s per frame:", {k: [round(t, 3) for t in v] for k, v in times.items()})  # shows machine noise
     print("ours, s per frame by module:", module_times(ours, states["ours"]))
     print("official, s per frame by module:", module_times(official, states["official"]))
 
