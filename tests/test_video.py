@@ -280,6 +280,18 @@ def test_autocast_bf16_and_offload(small):
     agree = torch.stack([((a > 0) == (b > 0)).float().mean() for a, b in zip(bf, ref)])
     assert agree.min() >= 0.9, agree
 
+    # the documented switch: only the image encoder under bf16 autocast, the rest in fp32
+    ours.precision = "bf16"
+    try:
+        state = ours.init_state(folder)
+        ours.add_new_points_or_box(state, 0, 1, points=[[60, 50]], labels=[1])
+        sw = [m for _, _, m in ours.propagate_in_video(state, max_frame_num_to_track=3)]
+    finally:
+        ours.precision = "fp32"
+    assert all(m.dtype == torch.float32 for m in sw)
+    agree = torch.stack([((a > 0) == (b > 0)).float().mean() for a, b in zip(sw, ref)])
+    assert agree.min() >= 0.9, agree
+
 
 def test_official_state_keys_and_methods(small):
     ours, folder = small

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dp_sam2.registry import get_spec, known_names
+from .common import check_precision
 
 _POSTPROCESSING = (
     "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
@@ -152,9 +153,11 @@ def build_sam2_video_predictor(
     hydra_overrides_extra=(),
     apply_postprocessing=True,
     vos_optimized=False,
+    precision="fp32",
     **kwargs,
 ):
-    """Build the video predictor (a SAM2Base subclass); same arguments as :func:`build_sam2`."""
+    """Build the video predictor (a SAM2Base subclass); same arguments as :func:`build_sam2`,
+    plus ``precision`` (``"fp32"`` or ``"bf16"``: the image encoder under bf16 autocast)."""
     overrides = [f"++model._target_={_VIDEO_TARGET}"]
     if apply_postprocessing:
         overrides += list(_POSTPROCESSING) + [
@@ -165,6 +168,7 @@ def build_sam2_video_predictor(
         ]
     overrides += list(hydra_overrides_extra)
     model = _build(config_file, ckpt_path, device, mode, overrides)
+    model.precision = check_precision(precision)
     if vos_optimized and hasattr(model, "compile_for_speed"):
         model.compile_for_speed()
     return model

@@ -113,19 +113,25 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def fused_linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False,
-                 residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``residual + act(layer(x))`` (``act`` exact GELU or identity; one of ``gelu``/``residual``)."""
+                 residual: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + act(layer(x))`` (``act`` exact GELU or identity; one of ``gelu``/``residual``).
+    With ``residual``, ``out`` (no autograd) receives the sum instead of a new tensor."""
     if gelu and residual is not None:
         raise ValueError("fused_linear takes gelu or residual, not both")
+    if out is not None and residual is None:
+        raise ValueError("fused_linear writes into out only with a residual")
     if _onednn_ok(x, layer.weight):
         pointwise = torch.ops.mkldnn._linear_pointwise
         if residual is not None:
-            return pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+            y = pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+            return y if out is None else out.copy_(y)
         return pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
     y = F.linear(x, layer.weight, layer.bias)
     if gelu:
         y = F.gelu(y)
-    return y if residual is None else residual + y
+    if residual is None:
+        return y
+    return residual + y if out is None else torch.add(residual, y, out=out)
 
 
 PRECISIONS = ("fp32", "bf16")

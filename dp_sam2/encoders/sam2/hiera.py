@@ -107,11 +107,12 @@ class MultiScaleBlock(nn.Module):
         x = self._attention_residual(x)
         return _rowwise_chunked(x, self._mlp_residual, _chunk_rows(self.mlp))
 
-    def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+    def _mlp_residual(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``x + mlp(norm2(x))``; ``out`` (inference only) receives it."""
         if self.training and not isinstance(self.drop_path, nn.Identity):
             return x + self.drop_path(self.mlp(self.norm2(x)))
         fc1, fc2 = self.mlp.layers
-        return fused_linear(fused_linear(self.norm2(x), fc1, gelu=True), fc2, residual=x)
+        return fused_linear(fused_linear(self.norm2(x), fc1, gelu=True), fc2, residual=x, out=out)
 
     def _attn_residual(self, normed: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         if self.training and not isinstance(self.drop_path, nn.Identity):
@@ -154,7 +155,7 @@ class MultiScaleBlock(nn.Module):
                 shortcut = self.proj(normed)
                 if self.q_stride is not None:
                     shortcut = _max_pool_nhwc(shortcut, self.q_stride)
-            out[start: start + step] = self._mlp_residual(self._attn_residual(normed, shortcut))
+            self._mlp_residual(self._attn_residual(normed, shortcut), out=out[start: start + step])
         return out
 
     def _attention_residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,13 +191,14 @@ def _chunk_rows(mlp: MLP) -> int:
 
 
 def _rowwise_chunked(x: torch.Tensor, fn, rows: int) -> torch.Tensor:
-    """Apply a per-token function to ``[..., C]`` in chunks of rows, writing into one output."""
+    """Apply a per-token function ``fn(rows, out=...)`` to ``[..., C]`` in chunks of rows, each
+    chunk written straight into one output."""
     flat = x.reshape(-1, x.shape[-1])
     if flat.shape[0] <= rows:
         return fn(x)
     out = torch.empty_like(flat)
     for start in range(0, flat.shape[0], rows):
-        out[start: start + rows] = fn(flat[start: start + rows])
+        fn(flat[start: start + rows], out=out[start: start + rows])
     return out.view(x.shape)
 
 
