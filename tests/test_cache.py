@@ -16,6 +16,7 @@ import torch
 import zarr
 
 from conftest import rel_err
+from dp_sam2.cache import write_array
 from dp_sam2 import cache as C
 
 SIZE = 64  # encoder input: features (256, 4, 4)
@@ -32,11 +33,10 @@ def write_replay(path: Path, episodes=EPISODES, hw=(40, 48), seed=0) -> Path:
                               np.full(hw, 20 * i % 256)], -1) for i in range(n)]).astype(np.float32)
     img += rng.uniform(0, 20, img.shape).astype(np.float32)
     data = root.require_group("data")
-    if "img" not in data:
-        data.create_dataset("img", data=np.clip(img, 0, 255), chunks=(4, *hw, 3))
-    data.create_dataset("state", data=rng.normal(size=(n, 5)).astype(np.float32))
-    data.create_dataset("action", data=rng.normal(size=(n, 2)).astype(np.float32))
-    root.require_group("meta").create_dataset("episode_ends", data=np.cumsum(episodes).astype(np.int64))
+    write_array(data, "img", np.clip(img, 0, 255), chunks=(4, *hw, 3))  # zarr 2 and 3
+    write_array(data, "state", rng.normal(size=(n, 5)).astype(np.float32), chunks=(n, 5))
+    write_array(data, "action", rng.normal(size=(n, 2)).astype(np.float32), chunks=(n, 2))
+    write_array(root.require_group("meta"), "episode_ends", np.cumsum(episodes).astype(np.int64), chunks=(len(episodes),))
     return path
 
 
