@@ -94,8 +94,9 @@ def build_pair(tmp_path, config, image_size, overrides=(), fill_hole_area=0):
     official.fill_hole_area = fill_hole_area  # the official appends fill_hole_area=8 after user overrides
     ckpt = save_official_checkpoint(official, tmp_path / "ckpt.pt")
     ours = build_sam2_video_predictor(config, str(ckpt), device="cpu",
-                                      hydra_overrides_extra=[f"++model.image_size={image_size}",
-                                                             f"++model.fill_hole_area={fill_hole_area}", *overrides])
+                                      hydra_overrides_extra=[f"++model.image_size={image_size}", *overrides])
+    assert ours.fill_hole_area == 8  # postprocessing overrides come last, as in the official
+    ours.fill_hole_area = fill_hole_area
     ours.show_progress = False
     return official, ours
 

@@ -140,8 +140,8 @@ def build_sam2(
     and ignored, as the official builder does (``from_pretrained`` passes predictor options here).
     """
     overrides = list(hydra_overrides_extra)
-    if apply_postprocessing:
-        overrides = list(_POSTPROCESSING) + overrides
+    if apply_postprocessing:  # applied after the user's overrides, so they win, as in the official
+        overrides += list(_POSTPROCESSING)
     return _build(config_file, ckpt_path, device, mode, overrides)
 
 
@@ -158,15 +158,16 @@ def build_sam2_video_predictor(
 ):
     """Build the video predictor (a SAM2Base subclass); same arguments as :func:`build_sam2`,
     plus ``precision`` (``"fp32"`` or ``"bf16"``: the image encoder under bf16 autocast)."""
-    overrides = [f"++model._target_={_VIDEO_TARGET}"]
+    overrides = [f"++model._target_={_VIDEO_TARGET}", *hydra_overrides_extra]
     if apply_postprocessing:
+        # after the user's overrides, as in the official builder: with postprocessing on,
+        # fill_hole_area is 8 whatever the overrides say (set `predictor.fill_hole_area` instead)
         overrides += list(_POSTPROCESSING) + [
             # binarise the mask from clicks before encoding it into memory
             "++model.binarize_mask_from_pts_for_mem_enc=true",
             # fill small holes in the output masks
             "++model.fill_hole_area=8",
         ]
-    overrides += list(hydra_overrides_extra)
     model = _build(config_file, ckpt_path, device, mode, overrides)
     model.precision = check_precision(precision)
     if vos_optimized and hasattr(model, "compile_for_speed"):
