@@ -83,3 +83,19 @@ def official_tiny_ckpt(tmp_path_factory):
     model = build_official("configs/sam2.1/sam2.1_hiera_t.yaml", image_size=512)
     path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt"
     return model, save_official_checkpoint(model, path)
+
+
+def scipy_connected_components(mask: torch.Tensor):
+    """Exact CPU stand-in for the official CUDA kernel: 8-connected labels and per-pixel areas."""
+    import numpy as np
+    from scipy import ndimage
+
+    m = mask.to(torch.uint8).cpu().numpy()
+    labels = np.zeros(m.shape, np.int32)
+    areas = np.zeros(m.shape, np.int32)
+    for i in range(m.shape[0]):
+        lab, _ = ndimage.label(m[i, 0], structure=np.ones((3, 3), dtype=int))
+        counts = np.bincount(lab.ravel())
+        counts[0] = 0
+        labels[i, 0], areas[i, 0] = lab, counts[lab]
+    return torch.from_numpy(labels).to(mask.device), torch.from_numpy(areas).to(mask.device)

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_official, rel_err, requires_official, save_official_checkpoint
+from conftest import (build_official, rel_err, requires_official, save_official_checkpoint,
+                      scipy_connected_components)
 from dp_sam2 import SAM2ImagePredictor, build_sam2
 
 pytestmark = requires_official
@@ -45,21 +46,6 @@ def official_predictor(model, size: int, **kwargs):
     pred = Official(model, **kwargs)
     pred._bb_feat_sizes = feat_sizes(size)  # the official hard-codes 1024's sizes
     return pred
-
-
-def scipy_connected_components(mask: torch.Tensor):
-    """Exact CPU stand-in for the official CUDA kernel: 8-connected labels and per-pixel areas."""
-    from scipy import ndimage
-
-    m = mask.to(torch.uint8).cpu().numpy()
-    labels = np.zeros(m.shape, np.int32)
-    areas = np.zeros(m.shape, np.int32)
-    for i in range(m.shape[0]):
-        lab, _ = ndimage.label(m[i, 0], structure=np.ones((3, 3), dtype=int))
-        counts = np.bincount(lab.ravel())
-        counts[0] = 0
-        labels[i, 0], areas[i, 0] = lab, counts[lab]
-    return torch.from_numpy(labels).to(mask.device), torch.from_numpy(areas).to(mask.device)
 
 
 def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:

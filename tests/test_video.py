@@ -25,7 +25,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import build_official, rel_err, requires_official, save_official_checkpoint
+from conftest import (build_official, rel_err, requires_official, save_official_checkpoint,
+                      scipy_connected_components)
 
 TOL = 1e-4
 CFG_21 = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -69,21 +70,6 @@ def cast_official_memory_at_use(official) -> None:
                        num_obj_ptr_tokens=num_obj_ptr_tokens)
 
     official.memory_attention.forward = patched
-
-
-def scipy_connected_components(mask: torch.Tensor):
-    """Exact CPU stand-in for the official CUDA kernel: 8-connected labels and per-pixel areas."""
-    from scipy import ndimage
-
-    m = mask.to(torch.uint8).cpu().numpy()
-    labels = np.zeros(m.shape, np.int32)
-    areas = np.zeros(m.shape, np.int32)
-    for i in range(m.shape[0]):
-        lab, _ = ndimage.label(m[i, 0], structure=np.ones((3, 3), dtype=int))
-        counts = np.bincount(lab.ravel())
-        counts[0] = 0
-        labels[i, 0], areas[i, 0] = lab, counts[lab]
-    return torch.from_numpy(labels), torch.from_numpy(areas)
 
 
 def build_pair(tmp_path, config, image_size, overrides=(), fill_hole_area=0):
