@@ -352,8 +352,7 @@ def build_pretrained(model_id_or_name: str, **kwargs):
 
 
 def _resolve(filename: str, name: str):
-    try:
-        from dp_sam2.resolve import resolve_checkpoint
-    except ImportError:  # the resolver is optional: fall back to the path as given
-        return filename
-    return resolve_checkpoint(filename, model=name)
+    """``checkpoints/<official file name>``, looked up as the obs encoder looks up its default."""
+    from dp_sam2.resolve import resolve_checkpoint
+
+    return resolve_checkpoint(f"checkpoints/{filename}", model=name)
