@@ -46,6 +46,7 @@ from torch import nn
 
 from dp_sam2.encoders.finetune import FinetuneConfig, configure_backbone, run_block, tag_backbone_parameters
 from dp_sam2.encoders.heads import build_head
+from dp_sam2.encoders.sam2.common import check_precision, precision_autocast
 
 SAM2_MEAN = (0.485, 0.456, 0.406)
 SAM2_STD = (0.229, 0.224, 0.225)
@@ -369,9 +370,7 @@ class SAM2ObsEncoder(nn.Module):
         self.share_rgb_model = bool(share_rgb_model)
         self.feature_dim = int(feature_dim) if isinstance(feature_dim, int) else feature_dim
         self.pooling = pooling
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        self.precision = precision
+        self.precision = check_precision(precision)
 
         backbone = SAM2Backbone(self.model_cfg, self.image_size)
         self.checkpoint = self._load_weights(backbone, checkpoint)
@@ -567,11 +566,10 @@ class SAM2ObsEncoder(nn.Module):
 
     def _run_backbone(self, key: str, x: torch.Tensor) -> torch.Tensor:
         backbone = self._backbone(key)
-        low = self.precision == "bf16"
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains(key)), \
-                torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+                precision_autocast(x.device, self.precision):
             feats = backbone(x)
-        return feats.to(x.dtype) if low else feats
+        return feats.to(x.dtype) if self.precision == "bf16" else feats
 
     # ---------------------------------------------------------------- checks and lookups
     def _check_obs(self, obs_dict) -> int:

@@ -108,9 +108,6 @@ def _build(config_file, ckpt_path, device, mode, overrides) -> torch.nn.Module:
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
     dev = resolve_device(device)
     cfg = load_model_config(config_file, overrides)
-    size = cfg.model.get("image_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 32:
-        raise ValueError(f"model.image_size must be a positive multiple of 32, got {size!r}")
     try:
         model = instantiate(cfg.model, _recursive_=True, _convert_="all")
     except InstantiationException as err:  # surface our own ValueError/TypeError, not Hydra's wrapper

@@ -1,6 +1,8 @@
 """Small building blocks shared by the SAM 2 modules."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,13 +88,15 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 # Inference fast path: oneDNN's fused linear (+GELU / +residual add) on CPU in fp32, used only
 # where it cannot change training (no autograd graph, no autocast); elsewhere `fused_linear` is
 # exactly F.linear followed by the activation and the add. Measured on a 2-core AVX2 EPYC
-# (benchmarks/bench_encoder.py): per layer it ranges from 0.75x to 1.9x MKL's addmm and loses
-# overall, so by default it is on only where ATen reports AVX-512 (oneDNN uses AVX-512 on every
-# vendor, MKL's sgemm does not on AMD). True / False force it.
+# (benchmarks/bench_encoder.py): per layer it ranges from 0.75x to 1.9x MKL's addmm, and on the
+# whole encoder it loses or ties in three of four cases, so by default it is on only where ATen
+# reports AVX-512 (oneDNN uses AVX-512 on every vendor, MKL's sgemm does not on AMD).
+# True / False force it.
 USE_ONEDNN_LINEAR: bool | None = None
 _MKLDNN = torch.backends.mkldnn.is_available()
 
 
+@functools.cache
 def _onednn_default() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
