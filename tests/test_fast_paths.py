@@ -56,6 +56,44 @@ def test_fused_linear_matches_plain_ops(monkeypatch):
         common.fused_linear(x, layer, gelu=True, residual=res)
 
 
+@pytest.mark.parametrize("onednn_faster", [True, False])
+def test_linear_backend_tuned_per_shape(monkeypatch, onednn_faster):
+    """Default dispatch: a shape's first calls alternate between MKL's addmm path and oneDNN's
+    fused path, timing each; then the faster is kept. Every call returns the right numbers."""
+    monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", None)
+    monkeypatch.setattr(common, "_tuned", {})
+    used = []
+    plain, onednn = common._linear_plain, common._linear_onednn
+    monkeypatch.setattr(common, "_linear_plain", lambda *a: (used.append("plain"), plain(*a))[1])
+    monkeypatch.setattr(common, "_linear_onednn", lambda *a: (used.append("onednn"), onednn(*a))[1])
+    now = [0.0]
+
+    def fake_clock():  # each timed call of the path meant to win takes 1 s, the other 2 s
+        if used:
+            now[0] += 1.0 if (used[-1] == "onednn") == onednn_faster else 2.0
+        return now[0]
+
+    monkeypatch.setattr(common, "_clock", fake_clock)
+    layer = torch.nn.Linear(32, 64)
+    x, res = torch.randn(7, 32), torch.randn(7, 64)
+    with torch.no_grad():
+        for _ in range(2 * common._TUNE_CALLS + 3):
+            assert rel_err(common.fused_linear(x, layer, gelu=True), torch.nn.functional.gelu(layer(x))) <= 1e-6
+        key = next(iter(common._tuned))
+        assert common._tuned[key] is onednn_faster
+        tuning, after = used[: 2 * common._TUNE_CALLS], used[2 * common._TUNE_CALLS:]
+        assert tuning.count("plain") == tuning.count("onednn") == common._TUNE_CALLS
+        assert set(after) == {"onednn" if onednn_faster else "plain"}
+        # another shape (or the residual form) is tuned on its own
+        common.fused_linear(torch.randn(9, 32), layer, residual=torch.randn(9, 64))
+        assert rel_err(common.fused_linear(x, layer, residual=res), res + layer(x)) <= 1e-6
+        assert len(common._tuned) == 3
+    with torch.enable_grad():  # autograd never goes through the fast paths
+        used.clear()
+        y = common.fused_linear(x, layer, gelu=True)
+        assert y.requires_grad and used == ["plain"]
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_encoder_compiles_without_graph_breaks(tiny, grad):
     tiny.image_size = 128

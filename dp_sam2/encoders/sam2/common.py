@@ -1,7 +1,7 @@
 """Small building blocks shared by the SAM 2 modules."""
 from __future__ import annotations
 
-import functools
+import time
 
 import torch
 import torch.nn.functional as F
@@ -85,35 +85,68 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)
 
 
-# Inference fast path: oneDNN's fused linear (+GELU / +residual add) on CPU in fp32, used only
-# where it cannot change training (no autograd graph, no autocast); elsewhere `fused_linear` is
-# exactly F.linear followed by the activation and the add. Measured on a 2-core AVX2 EPYC
-# (benchmarks/bench_encoder.py): per layer it ranges from 0.75x to 1.9x MKL's addmm, and on the
-# whole encoder it loses or ties in three of four cases, so by default it is on only where ATen
-# reports AVX-512 (oneDNN uses AVX-512 on every vendor, MKL's sgemm does not on AMD).
-# True / False force it.
+# Inference fast path (CPU, fp32, no autograd, no autocast): each linear layer can run as MKL's
+# addmm followed by the GELU / residual add, or as oneDNN's fused linear (+GELU / +add in the
+# GEMM's epilogue). Which is faster depends on the CPU, the thread count and the shape: on the
+# 2-core AVX2 EPYC we develop on, oneDNN ranges from 0.75x to 1.9x of MKL per layer, and AVX-512
+# machines differ again. So by default (``USE_ONEDNN_LINEAR = None``) each shape is timed: its
+# first calls alternate between the two (real work, nothing is run twice) and the faster one is
+# kept for the rest of the process. True / False force one path (bit-for-bit repeatable runs:
+# the tuned choice, and so the last bits of the features, may differ between processes).
+# Elsewhere (autograd, autocast, compile, other devices/dtypes) `fused_linear` is exactly
+# F.linear followed by the activation and the add.
 USE_ONEDNN_LINEAR: bool | None = None
 _MKLDNN = torch.backends.mkldnn.is_available()
+_TUNE_CALLS = 3  # timed calls per path and shape; the first of each is a warm-up, the min counts
+_tuned: dict[tuple, bool | list[list[float]]] = {}
+_clock = time.perf_counter
 
 
-@functools.cache
-def _onednn_default() -> bool:
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
-def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _fast_path_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():  # inductor does its own fusion
         return False
-    use = _onednn_default() if USE_ONEDNN_LINEAR is None else USE_ONEDNN_LINEAR
     return (
-        use
+        _MKLDNN
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and _MKLDNN
     )
+
+
+def _linear_plain(x, layer, gelu, residual, out):
+    y = F.linear(x, layer.weight, layer.bias)
+    if gelu:
+        y = F.gelu(y)
+    if residual is None:
+        return y
+    return residual + y if out is None else torch.add(residual, y, out=out)
+
+
+def _linear_onednn(x, layer, gelu, residual, out):
+    pointwise = torch.ops.mkldnn._linear_pointwise
+    if residual is not None:
+        y = pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+        return y if out is None else out.copy_(y)
+    return pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+
+
+def _linear_tuned(x, layer, gelu, residual, out):
+    key = (x.numel() // x.shape[-1], x.shape[-1], layer.out_features, gelu, residual is not None,
+           out is not None, torch.get_num_threads())
+    state = _tuned.get(key)
+    if isinstance(state, bool):
+        return (_linear_onednn if state else _linear_plain)(x, layer, gelu, residual, out)
+    if state is None:
+        state = _tuned[key] = [[], []]  # seconds per call: [plain, oneDNN]
+    which = 0 if len(state[0]) <= len(state[1]) else 1
+    start = _clock()
+    y = (_linear_onednn if which else _linear_plain)(x, layer, gelu, residual, out)
+    state[which].append(_clock() - start)
+    if len(state[1]) >= _TUNE_CALLS:
+        _tuned[key] = min(state[1][1:]) < min(state[0][1:])
+    return y
 
 
 def fused_linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False,
@@ -124,18 +157,11 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False,
         raise ValueError("fused_linear takes gelu or residual, not both")
     if out is not None and residual is None:
         raise ValueError("fused_linear writes into out only with a residual")
-    if _onednn_ok(x, layer.weight):
-        pointwise = torch.ops.mkldnn._linear_pointwise
-        if residual is not None:
-            y = pointwise.binary(x, residual, layer.weight, layer.bias, "add")
-            return y if out is None else out.copy_(y)
-        return pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-    y = F.linear(x, layer.weight, layer.bias)
-    if gelu:
-        y = F.gelu(y)
-    if residual is None:
-        return y
-    return residual + y if out is None else torch.add(residual, y, out=out)
+    if not _fast_path_ok(x, layer.weight) or USE_ONEDNN_LINEAR is False:
+        return _linear_plain(x, layer, gelu, residual, out)
+    if USE_ONEDNN_LINEAR:
+        return _linear_onednn(x, layer, gelu, residual, out)
+    return _linear_tuned(x, layer, gelu, residual, out)
 
 
 PRECISIONS = ("fp32", "bf16")
