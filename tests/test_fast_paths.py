@@ -36,11 +36,18 @@ def test_inference_path_equals_reference_path(tiny, size, monkeypatch):
         fast = _encode(tiny, x)
         monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", False)
         chunked_plain = _encode(tiny, x)
+        monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", None)  # the default: tuned per shape
+        monkeypatch.setattr(common, "_tuned", {})
+        tuned = [_encode(tiny, x) for _ in range(2 * common._TUNE_CALLS + 1)]
+        assert all(isinstance(v, bool) for v in common._tuned.values())
     reference = [t.detach() for t in _encode(tiny, x)]  # autograd on: the unchunked block code
     assert [t.shape for t in fast] == [t.shape for t in reference]
     for a, b, c in zip(fast, chunked_plain, reference):
         assert rel_err(b, c) <= 1e-5
         assert rel_err(a, c) <= 1e-5
+    for run in tuned:  # while tuning (paths alternate) and after
+        for a, c in zip(run, reference):
+            assert rel_err(a, c) <= 1e-5
 
 
 def test_fused_linear_matches_plain_ops(monkeypatch):
@@ -84,9 +91,13 @@ def test_linear_backend_tuned_per_shape(monkeypatch, onednn_faster):
         tuning, after = used[: 2 * common._TUNE_CALLS], used[2 * common._TUNE_CALLS:]
         assert tuning.count("plain") == tuning.count("onednn") == common._TUNE_CALLS
         assert set(after) == {"onednn" if onednn_faster else "plain"}
-        # another shape (or the residual form) is tuned on its own
-        common.fused_linear(torch.randn(9, 32), layer, residual=torch.randn(9, 64))
+        # more rows: the same layer keeps its path (a batch gives the same bits as its items)
+        used.clear()
+        common.fused_linear(torch.randn(40, 32), layer, gelu=True)
+        assert used == after[:1] and len(common._tuned) == 1
+        # the residual form (or another layer shape) is tuned on its own
         assert rel_err(common.fused_linear(x, layer, residual=res), res + layer(x)) <= 1e-6
+        common.fused_linear(torch.randn(7, 64), torch.nn.Linear(64, 64))
         assert len(common._tuned) == 3
     with torch.enable_grad():  # autograd never goes through the fast paths
         used.clear()

@@ -260,7 +260,9 @@ def test_deepcopy_for_ema_and_state_dict_round_trip(ckpt):
     ema.requires_grad_(False)
     enc.eval()
     obs = obs_for(PUSHT)
-    assert torch.equal(enc(obs), ema(obs))
+    # the frozen copy runs the inference fast paths (fewer padded rows in the GEMMs), the
+    # partly trainable original the autograd path: equal up to float rounding
+    assert rel_err(ema(obs), enc(obs)) <= 1e-6
     # the copy's backbone parameters are still recognised by the optimizer factory
     assert len(adamw_param_groups(ema.parameters()).param_groups) == 2
     other = make_encoder(make_checkpoint(ckpt.parent / "other.pt", seed=5), freeze=False, trainable_blocks=1)

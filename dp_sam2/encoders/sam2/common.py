@@ -89,9 +89,9 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 # addmm followed by the GELU / residual add, or as oneDNN's fused linear (+GELU / +add in the
 # GEMM's epilogue). Which is faster depends on the CPU, the thread count and the shape: on the
 # 2-core AVX2 EPYC we develop on, oneDNN ranges from 0.75x to 1.9x of MKL per layer, and AVX-512
-# machines differ again. So by default (``USE_ONEDNN_LINEAR = None``) each shape is timed: its
-# first calls alternate between the two (real work, nothing is run twice) and the faster one is
-# kept for the rest of the process. True / False force one path (bit-for-bit repeatable runs:
+# machines differ again. So by default (``USE_ONEDNN_LINEAR = None``) each layer shape is timed:
+# its first calls alternate between the two (real work, nothing is run twice) and the faster one
+# per row is kept for the rest of the process. True / False force one path (bit-for-bit repeatable runs:
 # the tuned choice, and so the last bits of the features, may differ between processes).
 # Elsewhere (autograd, autocast, compile, other devices/dtypes) `fused_linear` is exactly
 # F.linear followed by the activation and the add.
@@ -133,17 +133,18 @@ def _linear_onednn(x, layer, gelu, residual, out):
 
 
 def _linear_tuned(x, layer, gelu, residual, out):
-    key = (x.numel() // x.shape[-1], x.shape[-1], layer.out_features, gelu, residual is not None,
-           out is not None, torch.get_num_threads())
+    # Keyed by the layer's shape, not the number of rows: one layer then takes one path whatever
+    # the batch, so a batch gives the same bits as its images one by one.
+    key = (x.shape[-1], layer.out_features, gelu, residual is not None, torch.get_num_threads())
     state = _tuned.get(key)
     if isinstance(state, bool):
         return (_linear_onednn if state else _linear_plain)(x, layer, gelu, residual, out)
     if state is None:
-        state = _tuned[key] = [[], []]  # seconds per call: [plain, oneDNN]
+        state = _tuned[key] = [[], []]  # seconds per row: [plain, oneDNN]
     which = 0 if len(state[0]) <= len(state[1]) else 1
     start = _clock()
     y = (_linear_onednn if which else _linear_plain)(x, layer, gelu, residual, out)
-    state[which].append(_clock() - start)
+    state[which].append((_clock() - start) / max(1, x.numel() // x.shape[-1]))
     if len(state[1]) >= _TUNE_CALLS:
         _tuned[key] = min(state[1][1:]) < min(state[0][1:])
     return y

@@ -66,17 +66,40 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of ``x [B, H, W, C]``; with ``residual``, returns ``residual + attention``."""
-        b, h, w, _ = x.shape
-        qkv = fused_linear(x, self.qkv).view(b, h * w, 3, self.num_heads, -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, HW, d]
+        return fused_linear(self.attend(fused_linear(x, self.qkv)), self.proj, residual=residual)
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The attention between the projections: ``qkv [B, H, W, 3 * dim_out]`` -> the heads'
+        outputs ``[B, H', W', dim_out]`` (``H', W'`` after the query pooling)."""
+        b, h, w, _ = qkv.shape
+        q, k, v = qkv.view(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, heads, HW, d]
         if self.q_stride is not None:
             q = q.transpose(1, 2).reshape(b, h, w, -1)
             q = _max_pool_nhwc(q, self.q_stride)
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, self.num_heads, -1).transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v)
-        x = x.transpose(1, 2).reshape(b, h, w, -1)
-        return fused_linear(x, self.proj, residual=residual)
+        return x.transpose(1, 2).reshape(b, h, w, -1)
+
+    def forward_padded_windows(self, x: torch.Tensor, window: int,
+                               residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Windowed attention of ``x [B, H, W, C]`` whose sides are not multiples of ``window``
+        (inference). The reference zero-pads ``x`` and projects every padded token; a zero token's
+        projections are just the biases, so here only the real tokens go through ``qkv`` and
+        ``proj`` and the padding is filled with the bias (same numbers, fewer FLOPs)."""
+        b, h, w, _ = x.shape
+        qkv = fused_linear(x, self.qkv)
+        hp, wp = h + (-h) % window, w + (-w) % window
+        padded = qkv.new_empty(b, hp, wp, qkv.shape[-1])
+        padded[:, :h, :w] = qkv
+        bias = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(qkv.shape[-1])
+        padded[:, h:] = bias
+        padded[:, :h, w:] = bias
+        out = self.attend(window_partition(padded, window)[0])
+        if self.q_stride is not None:
+            window, h, w = window // self.q_stride[0], h // self.q_stride[0], w // self.q_stride[1]
+            hp, wp = hp // self.q_stride[0], wp // self.q_stride[1]
+        return fused_linear(window_unpartition(out, window, (hp, wp), (h, w)), self.proj, residual=residual)
 
 
 class MultiScaleBlock(nn.Module):
@@ -104,8 +127,20 @@ class MultiScaleBlock(nn.Module):
         # intermediate tensors (qkv, MLP hidden) are never materialised for the whole map.
         if self._windows_fit(x):
             return self._forward_windows_chunked(x)
-        x = self._attention_residual(x)
+        if self.window_size > 0 and not (self.training and not isinstance(self.drop_path, nn.Identity)):
+            x = self._padded_attention_residual(x)
+        else:
+            x = self._attention_residual(x)
         return _rowwise_chunked(x, self._mlp_residual, _chunk_rows(self.mlp))
+
+    def _padded_attention_residual(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.norm1(x)
+        shortcut = x
+        if self.dim != self.dim_out:
+            shortcut = self.proj(normed)
+            if self.q_stride is not None:
+                shortcut = _max_pool_nhwc(shortcut, self.q_stride)
+        return self.attn.forward_padded_windows(normed, self.window_size, residual=shortcut)
 
     def _mlp_residual(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x + mlp(norm2(x))``; ``out`` (inference only) receives it."""

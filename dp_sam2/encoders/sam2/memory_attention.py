@@ -140,7 +140,12 @@ class MemoryAttentionLayer(nn.Module):
         )
         tgt = tgt + self.dropout2(x)
         # MLP
-        x = self.linear2(self.dropout(self.activation(self.linear1(self.norm3(tgt)))))
+        hidden = self.linear1(self.norm3(tgt))
+        if self.activation_str == "relu" and not torch.is_grad_enabled():
+            hidden = hidden.relu_()  # inference: no new hidden-sized tensor
+        else:
+            hidden = self.activation(hidden)
+        x = self.linear2(self.dropout(hidden))
         return tgt + self.dropout3(x)
 
 
