@@ -117,11 +117,16 @@ def _fast_path_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _linear_plain(x, layer, gelu, residual, out):
     y = F.linear(x, layer.weight, layer.bias)
+    inplace = not torch.is_grad_enabled()  # y is fresh: no second large buffer at inference
     if gelu:
-        y = F.gelu(y)
+        y = torch.ops.aten.gelu_(y) if inplace else F.gelu(y)
     if residual is None:
         return y
-    return residual + y if out is None else torch.add(residual, y, out=out)
+    if out is not None:
+        return torch.add(residual, y, out=out)
+    if inplace and y.shape == residual.shape and y.dtype == residual.dtype:
+        return y.add_(residual)  # same bits as residual + y
+    return residual + y
 
 
 def _linear_onednn(x, layer, gelu, residual, out):
