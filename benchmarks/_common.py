@@ -25,10 +25,17 @@ def matmul_peak_gflops(dtype=torch.float32, n: int = 2048, reps: int = 5) -> flo
     return 2 * n ** 3 / best / 1e9
 
 
-def count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+def count_flops(fn, cpu_attention: bool = True) -> int:
+    """FLOPs of ``fn()`` by torch.utils.flop_counter, plus (``cpu_attention``) the CPU
+    flash-attention kernel, which the counter does not know: it counts 0 for SDPA on CPU (Tiny at
+    1024 px has 77 GFLOP of it). ``cpu_attention=False`` gives the counter's own figure."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    with FlopCounterMode(display=False) as counter:
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa} if cpu_attention else {}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -36,9 +43,9 @@ def count_flops(fn) -> int:
 def alternate(fns: dict, rounds: int = 5, warmup: int = 1) -> dict:
     """Run each callable in turn (A B A B ...) and return the list of times per name.
 
-    Warm-up: ``warmup`` rounds, then more (up to 8) until our linear layers have settled their
-    per-shape MKL / oneDNN choice (``dp_sam2.encoders.sam2.common``: six calls per layer shape),
-    so the timed rounds measure the steady state a long-running user sees."""
+    Warm-up: ``warmup`` rounds, then, with ``USE_ONEDNN_LINEAR = "auto"``, more (up to 8) until
+    our linear layers have settled their per-shape MKL / oneDNN choice (six calls per shape), so
+    the timed rounds measure the steady state a long-running user sees."""
     from dp_sam2.encoders.sam2 import common
 
     for i in range(warmup + 8):

@@ -1,9 +1,10 @@
 """Encoder path (forward_image + _prepare_backbone_features): ours vs the official, side by side.
 
-    python benchmarks/bench_encoder.py [--cases tiny@1024x1,tiny@224x8,large@256x4] [--rounds 5]
+    python benchmarks/bench_encoder.py [--cases tiny@1024x1,tiny@224x8,large@256x4] [--rounds 5] [--linear mkl|onednn|auto]
 
 Same perturbed weights and inputs on both sides; outputs are checked equal (rel <= 1e-4) before
-any time counts. Reports the median of alternating runs, the FLOP count and each side's share of
+any time counts. Reports the median of alternating runs, the FLOP count (attention included:
+torch's counter misses the CPU SDPA kernel, see _common.count_flops) and each side's share of
 the measured fp32 matmul peak. Add --bf16 to time ours under CPU bf16 autocast as well.
 """
 from __future__ import annotations
@@ -50,7 +51,11 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
             print(f"bf16 feature cosine vs official fp32: {cos.item():.5f}")
             fns["ours_bf16"] = ours_bf16
         flops = count_flops(lambda: encoder_path(official, x))
+        no_attn = count_flops(lambda: encoder_path(official, x), cpu_attention=False)
+        print(f"{size_name}@{image_size}x{batch}: {flops / 1e9:.1f} GFLOP, of which attention "
+              f"{(flops - no_attn) / 1e9:.1f} (torch's counter alone: {no_attn / 1e9:.1f})")
         times = alternate(fns, rounds=rounds)
+    peak = max(peak, matmul_peak_gflops())  # the machine is shared: take the better of two probes
     row = report(f"{size_name}@{image_size}x{batch}", times, flops, peak)
     row["max_rel_err"] = err
     return row
@@ -61,7 +66,12 @@ def main() -> None:
     ap.add_argument("--cases", default="tiny@1024x1,tiny@224x8,large@256x4")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--linear", choices=["mkl", "onednn", "auto"], default="mkl",
+                    help="our inference linears: MKL (default), oneDNN fused, or tuned per shape")
     args = ap.parse_args()
+    from dp_sam2.encoders.sam2 import common
+
+    common.USE_ONEDNN_LINEAR = {"mkl": False, "onednn": True, "auto": "auto"}[args.linear]
     peak = matmul_peak_gflops()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fp32 matmul peak {peak:.0f} GFLOP/s")
     for case in args.cases.split(","):

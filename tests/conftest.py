@@ -16,9 +16,8 @@ import torch
 
 import dp_sam2.encoders.sam2.common as _linear_paths
 
-# Repeatable numbers: by default each linear layer shape picks MKL or oneDNN by timing its first
-# calls, so the last bits may differ from run to run (and the video tracker's thresholds can
-# amplify them). Tests pin MKL; tests/test_fast_paths.py covers the tuned and oneDNN paths.
+# Repeatable numbers: pin the default MKL linear path even if a developer's session changed it
+# (tests/test_fast_paths.py covers the oneDNN and "auto" paths).
 _linear_paths.USE_ONEDNN_LINEAR = False
 
 HAVE_OFFICIAL = importlib.util.find_spec("sam2") is not None

@@ -36,7 +36,7 @@ def test_inference_path_equals_reference_path(tiny, size, monkeypatch):
         fast = _encode(tiny, x)
         monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", False)
         chunked_plain = _encode(tiny, x)
-        monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", None)  # the default: tuned per shape
+        monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", "auto")  # tuned per shape
         monkeypatch.setattr(common, "_tuned", {})
         tuned = [_encode(tiny, x) for _ in range(2 * common._TUNE_CALLS + 1)]
         assert all(isinstance(v, bool) for v in common._tuned.values())
@@ -65,9 +65,9 @@ def test_fused_linear_matches_plain_ops(monkeypatch):
 
 @pytest.mark.parametrize("onednn_faster", [True, False])
 def test_linear_backend_tuned_per_shape(monkeypatch, onednn_faster):
-    """Default dispatch: a shape's first calls alternate between MKL's addmm path and oneDNN's
-    fused path, timing each; then the faster is kept. Every call returns the right numbers."""
-    monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", None)
+    """``USE_ONEDNN_LINEAR = "auto"``: a shape's first calls alternate between MKL's addmm path and
+    oneDNN's fused path, timing each; then the faster is kept. Every call returns the right numbers."""
+    monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", "auto")
     monkeypatch.setattr(common, "_tuned", {})
     used = []
     plain, onednn = common._linear_plain, common._linear_onednn
@@ -103,6 +103,9 @@ def test_linear_backend_tuned_per_shape(monkeypatch, onednn_faster):
         used.clear()
         y = common.fused_linear(x, layer, gelu=True)
         assert y.requires_grad and used == ["plain"]
+    monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", "fast")
+    with torch.no_grad(), pytest.raises(ValueError, match="False, True or 'auto', got 'fast'"):
+        common.fused_linear(x, layer)
 
 
 @pytest.mark.parametrize("grad", [False, True])

@@ -86,16 +86,16 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 # Inference fast path (CPU, fp32, no autograd, no autocast): each linear layer can run as MKL's
-# addmm followed by the GELU / residual add, or as oneDNN's fused linear (+GELU / +add in the
-# GEMM's epilogue). Which is faster depends on the CPU, the thread count and the shape: on the
-# 2-core AVX2 EPYC we develop on, oneDNN ranges from 0.75x to 1.9x of MKL per layer, and AVX-512
-# machines differ again. So by default (``USE_ONEDNN_LINEAR = None``) each layer shape is timed:
-# its first calls alternate between the two (real work, nothing is run twice) and the faster one
-# per row is kept for the rest of the process. True / False force one path (bit-for-bit repeatable runs:
-# the tuned choice, and so the last bits of the features, may differ between processes).
-# Elsewhere (autograd, autocast, compile, other devices/dtypes) `fused_linear` is exactly
-# F.linear followed by the activation and the add.
-USE_ONEDNN_LINEAR: bool | None = None
+# addmm followed by the GELU / residual add (in place on the fresh output), or as oneDNN's fused
+# linear (+GELU / +add in the GEMM's epilogue). Which is faster depends on the CPU, the thread
+# count and the shape: on the 2-core AVX2 EPYC we develop on, oneDNN ranges from 0.75x to 1.9x of
+# MKL per layer and loses or ties on whole encoders, so MKL is the default (False). True forces
+# oneDNN; "auto" times each layer shape on its first calls (they alternate between the two: real
+# work, nothing is run twice) and keeps the faster per row for the rest of the process; on a
+# shared, noisy machine those few timings can pick wrong, and the choice (so the last bits of the
+# features) may differ between processes. Elsewhere (autograd, autocast, compile, other devices
+# or dtypes) `fused_linear` is exactly F.linear followed by the activation and the add.
+USE_ONEDNN_LINEAR: bool | str = False
 _MKLDNN = torch.backends.mkldnn.is_available()
 _TUNE_CALLS = 3  # timed calls per path and shape; the first of each is a warm-up, the min counts
 _tuned: dict[tuple, bool | list[list[float]]] = {}
@@ -165,9 +165,12 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False,
         raise ValueError("fused_linear writes into out only with a residual")
     if not _fast_path_ok(x, layer.weight) or USE_ONEDNN_LINEAR is False:
         return _linear_plain(x, layer, gelu, residual, out)
-    if USE_ONEDNN_LINEAR:
+    if USE_ONEDNN_LINEAR is True:
         return _linear_onednn(x, layer, gelu, residual, out)
-    return _linear_tuned(x, layer, gelu, residual, out)
+    if USE_ONEDNN_LINEAR == "auto":
+        return _linear_tuned(x, layer, gelu, residual, out)
+    raise ValueError(f"dp_sam2.encoders.sam2.common.USE_ONEDNN_LINEAR must be False, True or 'auto', "
+                     f"got {USE_ONEDNN_LINEAR!r}")
 
 
 PRECISIONS = ("fp32", "bf16")
