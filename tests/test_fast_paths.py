@@ -91,7 +91,7 @@ def test_linear_backend_tuned_per_shape(monkeypatch, onednn_faster):
         tuning, after = used[: 2 * common._TUNE_CALLS], used[2 * common._TUNE_CALLS:]
         assert tuning.count("plain") == tuning.count("onednn") == common._TUNE_CALLS
         assert set(after) == {"onednn" if onednn_faster else "plain"}
-        # more rows: the same layer keeps its path (a batch gives the same bits as its items)
+        # more rows: the same layer keeps its path (no switch with the batch size)
         used.clear()
         common.fused_linear(torch.randn(40, 32), layer, gelu=True)
         assert used == after[:1] and len(common._tuned) == 1

@@ -138,8 +138,8 @@ def _linear_onednn(x, layer, gelu, residual, out):
 
 
 def _linear_tuned(x, layer, gelu, residual, out):
-    # Keyed by the layer's shape, not the number of rows: one layer then takes one path whatever
-    # the batch, so a batch gives the same bits as its images one by one.
+    # Keyed by the layer's shape, not the number of rows: within a process a layer does not
+    # switch paths with the batch size (or the size of a chunk).
     key = (x.shape[-1], layer.out_features, gelu, residual is not None, torch.get_num_threads())
     state = _tuned.get(key)
     if isinstance(state, bool):
