@@ -18,7 +18,17 @@ memory leaves RSS). Memory: peak RSS during the measured step minus the RSS held
 SAM 2 weights are not needed for timing: the encoder is built with
 DP_SAM2_ALLOW_MISSING_CHECKPOINT=1 (random weights). Needs Diffusion Policy importable.
 
-Measured 2026-11-25 on the shared 2-core CPU (load average 6-9 from other jobs, so times are
+Measured 2026-11-25, quieter machine (two measured steps per case after a warm-up):
+
+    model  case            image  step_s  peak-minus-held MiB  held MiB
+    large  frozen_live       256    31.4               1165      6429
+    large  frozen_cached     256     5.85              1165      6424
+    tiny   frozen_live       224     9.4               1165      5004
+    tiny   frozen_cached     224     6.9               1164      5000
+    tiny   finetune          224    15.6               2567      5212
+    tiny   finetune_ckpt     224    15.3               1530      5216
+
+Earlier the same day on the shared 2-core CPU (load average 6-9 from other jobs, so times are
 inflated and noisy; one measured step per case after a warm-up, large run once):
 
     model  case            image  step_s  peak-minus-held MiB  held MiB
