@@ -127,7 +127,7 @@ class MultiScaleBlock(nn.Module):
         # intermediate tensors (qkv, MLP hidden) are never materialised for the whole map.
         if self._windows_fit(x):
             return self._forward_windows_chunked(x)
-        if self.window_size > 0 and not (self.training and not isinstance(self.drop_path, nn.Identity)):
+        if self.window_size > 0 and not self._drop_path_active():
             x = self._padded_attention_residual(x)
         else:
             x = self._attention_residual(x)
@@ -135,22 +135,28 @@ class MultiScaleBlock(nn.Module):
 
     def _padded_attention_residual(self, x: torch.Tensor) -> torch.Tensor:
         normed = self.norm1(x)
-        shortcut = x
-        if self.dim != self.dim_out:
-            shortcut = self.proj(normed)
-            if self.q_stride is not None:
-                shortcut = _max_pool_nhwc(shortcut, self.q_stride)
-        return self.attn.forward_padded_windows(normed, self.window_size, residual=shortcut)
+        return self.attn.forward_padded_windows(normed, self.window_size, residual=self._shortcut(x, normed))
+
+    def _shortcut(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """The residual branch: ``x``, or where the block widens, the projected (and, with query
+        pooling, pooled) normed input."""
+        if self.dim == self.dim_out:
+            return x
+        shortcut = self.proj(normed)
+        return _max_pool_nhwc(shortcut, self.q_stride) if self.q_stride is not None else shortcut
+
+    def _drop_path_active(self) -> bool:
+        return self.training and not isinstance(self.drop_path, nn.Identity)
 
     def _mlp_residual(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x + mlp(norm2(x))``; ``out`` (inference only) receives it."""
-        if self.training and not isinstance(self.drop_path, nn.Identity):
+        if self._drop_path_active():
             return x + self.drop_path(self.mlp(self.norm2(x)))
         fc1, fc2 = self.mlp.layers
         return fused_linear(fused_linear(self.norm2(x), fc1, gelu=True), fc2, residual=x, out=out)
 
     def _attn_residual(self, normed: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        if self.training and not isinstance(self.drop_path, nn.Identity):
+        if self._drop_path_active():
             return shortcut + self.drop_path(self.attn(normed))
         return self.attn(normed, residual=shortcut)
 
@@ -185,21 +191,14 @@ class MultiScaleBlock(nn.Module):
         for start in range(0, windows.shape[0], step):
             chunk = windows[start: start + step]
             normed = self.norm1(chunk)
-            shortcut = chunk
-            if self.dim != self.dim_out:
-                shortcut = self.proj(normed)
-                if self.q_stride is not None:
-                    shortcut = _max_pool_nhwc(shortcut, self.q_stride)
-            self._mlp_residual(self._attn_residual(normed, shortcut), out=out[start: start + step])
+            self._mlp_residual(self._attn_residual(normed, self._shortcut(chunk, normed)),
+                               out=out[start: start + step])
         return out
 
     def _attention_residual(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.norm1(x)
-        if self.dim != self.dim_out:
-            shortcut = self.proj(x)
-            if self.q_stride is not None:
-                shortcut = _max_pool_nhwc(shortcut, self.q_stride)
+        normed = self.norm1(x)
+        shortcut = self._shortcut(x, normed)
+        x = normed
         window = self.window_size
         if window > 0:
             hw = x.shape[1:3]
