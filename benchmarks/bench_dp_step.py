@@ -7,7 +7,7 @@ DESIGN ruling 13: DP's ``pusht_image`` policy defaults (``DiffusionUnetImagePoli
 ``down_dims [512, 1024, 2048]``, ``n_obs_steps 2``, horizon 16, crop 76 of 96 px), batch 8, CPU,
 each model at its default ``image_size`` (large 256, tiny 224). A step is DP's: ``compute_loss``
 on a batch as DP's dataset returns it (16 frames; the policy keeps the first 2), ``backward``,
-AdamW (``dp_sam2.encoders.finetune.adamw_param_groups``), ``zero_grad``, EMA update.
+AdamW (``dp_sam2.encoders.obs.finetune.adamw_param_groups``), ``zero_grad``, EMA update.
 
 Cases: ``frozen_live`` (images through the frozen backbone), ``frozen_cached`` (float16 features
 from a feature cache in place of the images), ``finetune`` (``freeze=false``) and
@@ -92,7 +92,7 @@ def build(model: str, case: str):
     from diffusion_policy.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
 
     from dp_sam2 import SAM2ObsEncoder
-    from dp_sam2.encoders.finetune import adamw_param_groups
+    from dp_sam2.encoders.obs.finetune import adamw_param_groups
 
     shape_meta = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
                   "action": {"shape": [2]}}

@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--linear", choices=["mkl", "onednn", "auto"], default="mkl",
                     help="our inference linears: MKL (default), oneDNN fused, or tuned per shape")
     args = ap.parse_args()
-    from dp_sam2.encoders.sam2 import common
+    from dp_sam2.encoders.sam2 import linear as common
 
     common.USE_ONEDNN_LINEAR = {"mkl": False, "onednn": True, "auto": "auto"}[args.linear]
     peak = matmul_peak_gflops()

@@ -8,24 +8,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "build_sam2": "dp_sam2.encoders.sam2.build",
     "build_sam2_video_predictor": "dp_sam2.encoders.sam2.build",
-    "SAM2ImagePredictor": "dp_sam2.encoders.predictors.image",
-    "SAM2VideoPredictor": "dp_sam2.encoders.predictors.video",
-    "SAM2AutomaticMaskGenerator": "dp_sam2.encoders.predictors.automatic_mask_generator",
-    "SAM2ObsEncoder": "dp_sam2.encoders.obs_encoder",
+    "SAM2ImagePredictor": "dp_sam2.predictors.image",
+    "SAM2VideoPredictor": "dp_sam2.predictors.video",
+    "SAM2AutomaticMaskGenerator": "dp_sam2.predictors.automatic_mask_generator",
+    "SAM2ObsEncoder": "dp_sam2.encoders.obs.encoder",
 }
 
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dp_sam2.encoders.obs_encoder import SAM2ObsEncoder
-    from dp_sam2.encoders.predictors.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from dp_sam2.encoders.predictors.image import SAM2ImagePredictor
-    from dp_sam2.encoders.predictors.video import SAM2VideoPredictor
+    from dp_sam2.encoders.obs.encoder import SAM2ObsEncoder
+    from dp_sam2.predictors.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from dp_sam2.predictors.image import SAM2ImagePredictor
+    from dp_sam2.predictors.video import SAM2VideoPredictor
     from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
 
 

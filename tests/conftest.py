@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import dp_sam2.encoders.sam2.common as _linear_paths
+import dp_sam2.encoders.sam2.linear as _linear_paths
 
 # Repeatable numbers: pin the default MKL linear path even if a developer's session changed it
 # (tests/test_fast_paths.py covers the oneDNN and "auto" paths).

@@ -22,7 +22,7 @@ import torch
 
 from conftest import build_official, requires_official, save_official_checkpoint
 from dp_sam2 import SAM2AutomaticMaskGenerator, build_sam2
-from dp_sam2.encoders.predictors import amg
+from dp_sam2.predictors import amg
 from test_image_predictor import feat_sizes, scipy_connected_components
 
 pytestmark = requires_official

@@ -120,7 +120,7 @@ def test_stale_cache_is_refused(cached, ckpts, tmp_path):
 
 def test_resume_after_interruption(cached, ckpts, tmp_path, monkeypatch):
     path, res = cached
-    from dp_sam2.encoders.obs_encoder import SAM2ObsEncoder
+    from dp_sam2.encoders.obs.encoder import SAM2ObsEncoder
 
     real = SAM2ObsEncoder.encode_images
     calls = []
@@ -149,7 +149,7 @@ def test_two_rank_torchrun_matches_one_process(cached, ckpts, tmp_path):
     path, res = cached
     out = tmp_path / "two.zarr"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "dp_sam2.cli", "cache-features", "--zarr", str(path), "--out", str(out),
+           "-m", "dp_sam2.tools.cli", "cache-features", "--zarr", str(path), "--out", str(out),
            "--obs-encoder", "sam2_tiny", "--checkpoint", str(ckpts[0]), "--image-size", str(SIZE),
            "--batch-size", "5", "--no-progress", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -13,7 +13,7 @@ import torch
 import zarr
 from PIL import Image
 
-from dp_sam2.cli import build_parser, main
+from dp_sam2.tools.cli import build_parser, main
 
 COMMANDS = ["demo", "download", "segment", "track", "viz", "cache-features", "info"]
 
@@ -22,7 +22,7 @@ COMMANDS = ["demo", "download", "segment", "track", "viz", "cache-features", "in
 def ckpt_dir(tmp_path_factory) -> Path:
     """Generated checkpoints under their official names: sam2_hiera_tiny.pt, sam2.1_hiera_tiny.pt."""
     from dp_sam2 import build_sam2
-    from dp_sam2.registry import MODELS
+    from dp_sam2.checkpoints.registry import MODELS
 
     folder = tmp_path_factory.mktemp("ckpt_dir")
     for name in ("sam2_tiny", "sam2.1_tiny"):
@@ -87,7 +87,7 @@ def test_demo_writes_pictures(tmp_path, monkeypatch, capsys):
 
 def test_demo_uses_official_weights_when_found(tmp_path, monkeypatch, ckpt_dir, recwarn):
     monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(ckpt_dir))
-    from dp_sam2.viz import find_checkpoint
+    from dp_sam2.tools.commands import find_checkpoint
 
     assert find_checkpoint("sam2_tiny", None, random_weights=True) == ckpt_dir / "sam2_hiera_tiny.pt"
     assert not [w for w in recwarn if "RANDOM" in str(w.message)]
@@ -105,7 +105,7 @@ def test_segment(tmp_path, ckpt_dir, monkeypatch, capsys):
     # with a box too
     assert main(args + ["--box", "30,20,100,90"]) == 0
     # the result is the image predictor's best mask, drawn over the image
-    from dp_sam2.viz import segment_image
+    from dp_sam2.tools.commands import segment_image
 
     res = segment_image(image, point=(65, 55), model="sam2.1_tiny", checkpoint=str(ckpt_dir / "sam2.1_hiera_tiny.pt"),
                         out=tmp_path / "m2.png", image_size=256)
@@ -164,7 +164,7 @@ def test_viz(tmp_path, ckpt_dir, capsys):
                  "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--out", str(out)]) == 0
     with Image.open(out) as img:
         assert img.height > 200 and img.width > 400
-    from dp_sam2.viz import pca_rgb
+    from dp_sam2.tools.draw import pca_rgb
 
     feats = np.random.default_rng(0).normal(size=(16, 5, 7))
     rgb = pca_rgb(feats)
@@ -205,6 +205,6 @@ def test_info(tmp_path, ckpt_dir, monkeypatch, capsys):
 
 
 def test_python_m_entry(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dp_sam2.cli", "download", "no_such_model", "--dest", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "dp_sam2.tools.cli", "download", "no_such_model", "--dest", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert proc.returncode == 1 and "unknown SAM 2 model" in proc.stderr

@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
-from dp_sam2 import download as dl
-from dp_sam2.registry import MODELS
+from dp_sam2.checkpoints import download as dl
+from dp_sam2.checkpoints.registry import MODELS
 
 
 class _Server:
@@ -109,7 +109,7 @@ def test_interrupted_run_leaves_part_and_next_run_resumes(server, tmp_path, tiny
 
 
 def test_cli_download_and_bad_file(server, tmp_path, capsys):
-    from dp_sam2.cli import main
+    from dp_sam2.tools.cli import main
 
     assert main(["download", "sam2_tiny", "--dest", str(tmp_path), "--base-url", server.url, "--no-progress"]) == 0
     assert "sam2_hiera_tiny.pt" in capsys.readouterr().out

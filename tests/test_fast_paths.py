@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dp_sam2.encoders.sam2.common as common
+import dp_sam2.encoders.sam2.linear as common
 from conftest import rel_err
 from dp_sam2 import build_sam2
 

@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from dp_sam2 import SAM2ObsEncoder
-from dp_sam2.registry import MODELS
+from dp_sam2.checkpoints.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_CONFIG = ROOT / "tests" / "fixtures" / "dp" / "config"
@@ -153,7 +153,7 @@ def test_shipped_workspace_defaults_to_large_and_keeps_dp_keys():
     assert encoder_node(cfg)["model_cfg"] == "sam2_large" and encoder_node(cfg)["image_size"] == 256
     assert cfg._target_.endswith("TrainDiffusionUnetImageWorkspace")
     assert cfg.policy._target_.endswith("DiffusionUnetImagePolicy")
-    assert cfg.optimizer._target_ == "dp_sam2.encoders.finetune.adamw_param_groups"
+    assert cfg.optimizer._target_ == "dp_sam2.encoders.obs.finetune.adamw_param_groups"
     assert cfg.training.freeze_encoder is False
     assert "${hydra:" not in OmegaConf.to_yaml(cfg.policy)
 
@@ -188,7 +188,7 @@ def test_dp_shaped_yaml_instantiates_the_policy_with_sam2(checkpoint_dir, monkey
     assert enc.crop_shape["image"] == (76, 76) and enc.checkpoint == "checkpoints/sam2_hiera_tiny.pt"
     obs = {"image": torch.rand(3, 3, 96, 96) * 2 - 1, "agent_pos": torch.rand(3, 2)}
     assert enc(obs).shape == (3, 258)
-    opt = instantiate({"_target_": "dp_sam2.encoders.finetune.adamw_param_groups", "lr": 1e-4},
+    opt = instantiate({"_target_": "dp_sam2.encoders.obs.finetune.adamw_param_groups", "lr": 1e-4},
                       params=policy.parameters())
     assert len(opt.param_groups) == 2
 

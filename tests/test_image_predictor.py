@@ -179,7 +179,7 @@ def test_postprocess_masks_matches_official(monkeypatch, threshold):
     import sam2.utils.misc
     from sam2.utils.transforms import SAM2Transforms as Official
 
-    from dp_sam2.encoders.predictors.transforms import SAM2Transforms
+    from dp_sam2.predictors.transforms import SAM2Transforms
 
     monkeypatch.setattr(sam2.utils.misc, "get_connected_components", scipy_connected_components)
     gen = torch.Generator().manual_seed(int(threshold * 10))

@@ -12,7 +12,7 @@ import torch
 
 from dp_sam2 import build_sam2
 from dp_sam2.encoders.sam2.build import load_model_config
-from dp_sam2.registry import MODELS, get_spec
+from dp_sam2.checkpoints.registry import MODELS, get_spec
 
 SHAPES = json.loads((Path(__file__).parent / "sam2_state_dict_shapes.json").read_text())
 ALL_CONFIGS = sorted(SHAPES)

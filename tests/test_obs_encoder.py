@@ -14,9 +14,9 @@ from torch import nn
 
 from conftest import build_official, perturb_, rel_err, requires_official, save_official_checkpoint
 from dp_sam2 import SAM2ObsEncoder
-from dp_sam2.encoders.finetune import LoRALinear, adamw_param_groups
-from dp_sam2.encoders.obs_encoder import SAM2Backbone
-from dp_sam2.resolve import CheckpointNotFoundError
+from dp_sam2.encoders.obs.finetune import LoRALinear, adamw_param_groups
+from dp_sam2.encoders.obs.backbone import SAM2Backbone
+from dp_sam2.checkpoints.resolve import CheckpointNotFoundError
 
 SIZE = 64
 PUSHT = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},
@@ -112,7 +112,7 @@ def _coordinate_image(h, w):
 def test_crops_random_in_training_center_in_eval(ckpt, monkeypatch):
     enc = make_encoder(ckpt, crop_shape=[76, 76])
     seen = []
-    monkeypatch.setattr("dp_sam2.encoders.obs_encoder.resize", lambda x, hw: (seen.append(x), x)[1])
+    monkeypatch.setattr("dp_sam2.encoders.obs.encoder.resize", lambda x, hw: (seen.append(x), x)[1])
     img = _coordinate_image(96, 96).repeat(8, 1, 1, 1)
     enc.eval()
     enc.preprocess(img)
@@ -443,7 +443,7 @@ def test_pooling_heads_by_name(ckpt, pooling):
 
 
 def test_spatial_softmax_returns_keypoint_coordinates():
-    from dp_sam2.encoders.heads import SpatialSoftmax
+    from dp_sam2.encoders.obs.heads import SpatialSoftmax
 
     head = SpatialSoftmax(in_channels=2, feat_hw=(4, 4), feature_dim=4, num_kp=2)
     with torch.no_grad():

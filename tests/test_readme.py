@@ -89,7 +89,7 @@ def _photo(path: Path, size=(640, 480), shift=0) -> None:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     from dp_sam2 import build_sam2
-    from dp_sam2.registry import MODELS
+    from dp_sam2.checkpoints.registry import MODELS
 
     box = tmp_path_factory.mktemp("readme")
     _photo(box / "photo.jpg")
@@ -143,7 +143,7 @@ def _run_cli(cmd: str, box: Path) -> str:
     """``dp-sam2 ...`` run as written, in a fresh process, with the small predictor input."""
     args = shlex.split(cmd)
     assert args[0] == "dp-sam2"
-    return _run_python("import sys\nfrom dp_sam2.cli import main\nsys.exit(main(sys.argv[1:]))", box, args[1:])
+    return _run_python("import sys\nfrom dp_sam2.tools.cli import main\nsys.exit(main(sys.argv[1:]))", box, args[1:])
 
 
 # --------------------------------------------------------------------------- bash handlers
@@ -163,7 +163,7 @@ def h_cd(cmd, box):
 
 
 def h_demo(cmd, box):
-    from dp_sam2.cli import build_parser
+    from dp_sam2.tools.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(cmd)[1:])  # valid as written
     assert args.command == "demo" and args.steps is None and not args.quick
@@ -186,7 +186,7 @@ def h_outputs(cmd, box):
 
 
 def h_download(cmd, box):
-    from dp_sam2.download import resolve_names
+    from dp_sam2.checkpoints.download import resolve_names
 
     args = shlex.split(cmd)[2:]
     names = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or not args[i - 1].startswith("--"))]
@@ -349,7 +349,7 @@ def _table(header_start: str) -> list[list[str]]:
 
 
 def test_models_table_matches_the_registry():
-    from dp_sam2.registry import MODELS
+    from dp_sam2.checkpoints.registry import MODELS
 
     rows = _table("| name | SAM |")
     assert [r[0] for r in rows] == list(MODELS)
@@ -362,7 +362,7 @@ def test_models_table_matches_the_registry():
 
 
 def test_environment_variables_are_exactly_the_three():
-    from dp_sam2 import resolve
+    from dp_sam2.checkpoints import resolve
 
     rows = _table("| variable | meaning |")
     names = [r[0].split("=")[0] for r in rows]

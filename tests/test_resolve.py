@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dp_sam2.resolve import (
+from dp_sam2.checkpoints.resolve import (
     CheckpointNotFoundError, allow_missing_checkpoint, cache_dir, candidates, dp_repo_root, resolve_checkpoint,
 )
 
@@ -97,7 +97,7 @@ def test_without_dp_or_env_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("DP_SAM2_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("dp_sam2.resolve.dp_repo_root", lambda: None)
+    monkeypatch.setattr("dp_sam2.checkpoints.resolve.dp_repo_root", lambda: None)
     assert cache_dir() == tmp_path / "home" / ".cache" / "dp_sam2"
     with pytest.raises(CheckpointNotFoundError, match="diffusion_policy` package is not importable") as err:
         resolve_checkpoint(REL, "sam2_tiny")

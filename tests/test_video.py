@@ -321,7 +321,7 @@ def test_progress_bars_on_and_off(small, capsys):
 def test_jpeg_folder_loading_matches_official(tmp_path):
     from sam2.utils.misc import load_video_frames as official_load
 
-    from dp_sam2.encoders.predictors.video_io import load_video_frames
+    from dp_sam2.predictors.video_io import load_video_frames
 
     folder = write_jpegs(tmp_path / "f", synthetic_frames(3))
     ref, h, w = official_load(folder, 128, offload_video_to_cpu=True, compute_device=torch.device("cpu"))
@@ -331,7 +331,7 @@ def test_jpeg_folder_loading_matches_official(tmp_path):
 
 
 def test_sources_give_the_same_frames(tmp_path):
-    from dp_sam2.encoders.predictors.video_io import decode_video_file, load_video_frames
+    from dp_sam2.predictors.video_io import decode_video_file, load_video_frames
 
     frames = synthetic_frames(3)
     folder = write_jpegs(tmp_path / "f", frames)

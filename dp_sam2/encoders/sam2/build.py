@@ -14,15 +14,15 @@ from typing import Iterable
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dp_sam2.registry import get_spec, known_names
-from .common import check_precision
+from dp_sam2.checkpoints.registry import get_spec, known_names
+from .precision import check_precision
 
 _POSTPROCESSING = (
     "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
     "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
     "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
 )
-_VIDEO_TARGET = "dp_sam2.encoders.predictors.video.SAM2VideoPredictor"
+_VIDEO_TARGET = "dp_sam2.predictors.video.SAM2VideoPredictor"
 
 
 def config_path(config_file: str | os.PathLike) -> Path:
@@ -102,7 +102,7 @@ def _build(config_file, ckpt_path, device, mode, overrides) -> torch.nn.Module:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from .checkpoints import load_into
+    from dp_sam2.checkpoints.files import load_into
 
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")

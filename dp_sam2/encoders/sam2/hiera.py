@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, DropPath, fused_linear
+from .layers import MLP, DropPath
+from .linear import fused_linear
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:

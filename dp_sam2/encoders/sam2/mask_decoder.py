@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm2d
+from .layers import MLP, LayerNorm2d
 
 
 class DecoderOutput(NamedTuple):

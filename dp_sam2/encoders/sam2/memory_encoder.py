@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .common import DropPath, LayerNorm2d
+from .layers import DropPath, LayerNorm2d
 
 
 class MaskDownSampler(nn.Module):

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from .common import MLP
+from .layers import MLP
 from .mask_decoder import MaskDecoder
-from .neck import ImageEncoder
+from .image_encoder import ImageEncoder
 from .prompt_encoder import PromptEncoder
 from .tracking import SAM2TrackingMixin
 from .transformer import TwoWayTransformer

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from .layers import LayerNorm2d
 from .position_encoding import PositionEmbeddingRandom
 
 # point labels: -1 padding ("not a point"), 0 negative click, 1 positive click,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP
+from .layers import MLP
 
 
 class Attention(nn.Module):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dp_sam2.encoders.sam2.common import check_precision, precision_autocast
+from dp_sam2.encoders.sam2.precision import check_precision, precision_autocast
 from dp_sam2.encoders.sam2.model import NO_OBJ_SCORE, SAM2Base
 
 from .video_io import load_video_frames, prepare_frame

@@ -218,7 +218,8 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     """Run the demo into ``out``; returns ``[(path, description), ...]`` of what it wrote."""
     from dp_sam2 import cache as C
     from dp_sam2.encoders.sam2.build import resolve_device
-    from dp_sam2.viz import find_checkpoint, grid, line_plot, pca_rgb
+    from dp_sam2.tools.commands import find_checkpoint
+    from dp_sam2.tools.draw import grid, line_plot, pca_rgb
 
     size = QUICK if quick else FULL
     steps = size.train_steps if steps is None else int(steps)
@@ -291,10 +292,11 @@ def zarr_open_frames(path: Path) -> np.ndarray:
 def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     import torch
 
-    from dp_sam2.encoders.predictors.image import SAM2ImagePredictor
+    from dp_sam2.predictors.image import SAM2ImagePredictor
     from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
-    from dp_sam2.registry import get_spec
-    from dp_sam2.viz import grid, overlay, segment_array, track_frames
+    from dp_sam2.checkpoints.registry import get_spec
+    from dp_sam2.tools.commands import segment_array, track_frames
+    from dp_sam2.tools.draw import grid, overlay
 
     spec = get_spec("sam2_tiny")
     overrides = [f"++model.image_size={size.predictor_size}"]

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from dp_sam2.registry import ModelSpec, get_spec
+from dp_sam2.checkpoints.registry import ModelSpec, get_spec
 
 CHUNK = 1 << 20
 USER_AGENT = "dp-sam2-download/0.1"
@@ -52,7 +52,7 @@ def find_dp_root(start: str | os.PathLike | None = None) -> Path | None:
 
 def default_dest() -> Path:
     """``<DP repo root>/checkpoints`` inside a DP checkout, else the user cache."""
-    from dp_sam2.resolve import cache_dir
+    from dp_sam2.checkpoints.resolve import cache_dir
 
     root = find_dp_root()
     return root / "checkpoints" if root is not None else cache_dir()
@@ -83,7 +83,7 @@ def verify_checkpoint(path: str | os.PathLike, spec: ModelSpec) -> None:
     """Raise ValueError unless ``path`` loads safely and fits ``spec``'s config strictly (every
     key and shape), by loading it into a freshly built model."""
     from dp_sam2.encoders.sam2.build import build_sam2
-    from dp_sam2.encoders.sam2.checkpoints import load_checkpoint_state_dict
+    from dp_sam2.checkpoints.files import load_checkpoint_state_dict
 
     load_checkpoint_state_dict(path, spec.config)  # readable and the right model (clear errors)
     build_sam2(spec.config, ckpt_path=path, device="cpu", apply_postprocessing=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dp_sam2.registry import MODELS, ModelSpec
+from dp_sam2.checkpoints.registry import MODELS, ModelSpec
 
 # (trunk width, number of Hiera blocks) -> size
 _SIZE_BY_TRUNK = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base_plus", (144, 48): "large"}
@@ -88,7 +88,7 @@ def check_fits(state: dict[str, torch.Tensor], expected: ModelSpec | None, path,
 
 def load_checkpoint_state_dict(path: str | os.PathLike, config_file: str | None = None) -> dict[str, torch.Tensor]:
     """Read ``path`` and check it fits ``config_file`` (any official config name or short name)."""
-    from dp_sam2.registry import get_spec
+    from dp_sam2.checkpoints.registry import get_spec
 
     state = read_checkpoint_file(path)
     if config_file is not None:

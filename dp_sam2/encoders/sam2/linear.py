@@ -1,4 +1,4 @@
-"""Small building blocks shared by the SAM 2 modules."""
+"""The inference linear layer: MKL addmm or oneDNN's fused linear, + GELU / residual add."""
 from __future__ import annotations
 
 import time
@@ -6,83 +6,6 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-class MLP(nn.Module):
-    """A stack of ``num_layers`` linear layers with an activation between them.
-
-    The layers live in ``self.layers`` (checkpoint keys ``<name>.layers.<i>.weight``).
-    """
-
-    def __init__(
-        self,
-        input_dim: int,
-        hidden_dim: int,
-        output_dim: int,
-        num_layers: int,
-        activation: type[nn.Module] = nn.ReLU,
-        sigmoid_output: bool = False,
-    ) -> None:
-        super().__init__()
-        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
-        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
-        self.act = activation()
-        self.sigmoid_output = sigmoid_output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < last:
-                x = self.act(x)
-        return torch.sigmoid(x) if self.sigmoid_output else x
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel dimension of an NCHW tensor."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample while training."""
-
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-        self.scale_by_keep = scale_by_keep
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        if keep > 0.0 and self.scale_by_keep:
-            mask.div_(keep)
-        return x * mask
-
-
-def activation_from_name(name: str) -> type[nn.Module]:
-    """``"relu"`` / ``"gelu"`` / ``"glu"`` -> the activation module class."""
-    table = {"relu": nn.ReLU, "gelu": nn.GELU, "glu": nn.GLU}
-    if name not in table:
-        raise ValueError(f"activation must be one of {sorted(table)}, got {name!r}")
-    return table[name]
-
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x)
 
 
 # Inference fast path (CPU, fp32, no autograd, no autocast): each linear layer can run as MKL's
@@ -169,21 +92,5 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False,
         return _linear_onednn(x, layer, gelu, residual, out)
     if USE_ONEDNN_LINEAR == "auto":
         return _linear_tuned(x, layer, gelu, residual, out)
-    raise ValueError(f"dp_sam2.encoders.sam2.common.USE_ONEDNN_LINEAR must be False, True or 'auto', "
+    raise ValueError(f"dp_sam2.encoders.sam2.linear.USE_ONEDNN_LINEAR must be False, True or 'auto', "
                      f"got {USE_ONEDNN_LINEAR!r}")
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    return precision
-
-
-def precision_autocast(device: torch.device | str, precision: str):
-    """The predictors' and obs encoder's precision switch: ``bf16`` runs under
-    ``torch.autocast(<device type>, bfloat16)``; ``fp32`` is plain fp32."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                          enabled=check_precision(precision) == "bf16")

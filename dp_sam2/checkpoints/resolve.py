@@ -101,7 +101,7 @@ def candidates(path: str | os.PathLike) -> list[Candidate]:
 
 def download_hint(path: str | os.PathLike, model: str | None = None) -> str:
     """The command that downloads the file ``path`` names (by registry short name)."""
-    from dp_sam2.registry import get_spec
+    from dp_sam2.checkpoints.registry import get_spec
 
     name = model
     for key in (Path(os.fspath(path)).name, model):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..sam2.common import check_precision, precision_autocast
+from dp_sam2.encoders.sam2.precision import check_precision, precision_autocast
 from .transforms import SAM2Transforms, image_hw, image_to_array
 
 _PREDICTOR_KWARGS = ("mask_threshold", "max_hole_area", "max_sprinkle_area", "precision")
@@ -69,7 +69,7 @@ class SAM2ImagePredictor:
         ``"configs/sam2.1/sam2.1_hiera_t.yaml"``, ``"facebook/sam2-hiera-large"``).
 
         Keyword arguments: ``ckpt_path`` (or ``checkpoint``; default: the official file name,
-        found by :mod:`dp_sam2.resolve`), ``device``, ``mode``, ``hydra_overrides_extra``,
+        found by :mod:`dp_sam2.checkpoints.resolve`), ``device``, ``mode``, ``hydra_overrides_extra``,
         ``apply_postprocessing``, ``image_size`` and the predictor's own options."""
         own = {k: kwargs.pop(k) for k in _PREDICTOR_KWARGS if k in kwargs}
         return cls(build_pretrained(model_id_or_name, **kwargs), **own)
@@ -334,7 +334,7 @@ def build_pretrained(model_id_or_name: str, **kwargs):
     """A SAM2Base for a registry / config name with its official checkpoint (see
     :meth:`SAM2ImagePredictor.from_pretrained`)."""
     from dp_sam2.encoders.sam2.build import build_sam2
-    from dp_sam2.registry import get_spec
+    from dp_sam2.checkpoints.registry import get_spec
 
     spec = get_spec(model_id_or_name)
     ckpt = kwargs.pop("ckpt_path", None)
@@ -353,6 +353,6 @@ def build_pretrained(model_id_or_name: str, **kwargs):
 
 def _resolve(filename: str, name: str):
     """``checkpoints/<official file name>``, looked up as the obs encoder looks up its default."""
-    from dp_sam2.resolve import resolve_checkpoint
+    from dp_sam2.checkpoints.resolve import resolve_checkpoint
 
     return resolve_checkpoint(f"checkpoints/{filename}", model=name)

@@ -1,0 +1,269 @@
+"""Frozen SAM 2 features of a Diffusion Policy replay buffer, computed once, and a dataset wrapper
+that serves them in place of images.
+
+With a frozen backbone the features of a frame never change, so computing them once instead of
+at every training step makes DP training many times faster. :func:`cache_features` encodes every
+frame of the rgb arrays of a DP zarr replay buffer (``data/<key>`` of shape ``(N, H, W, 3)``,
+uint8 or float on a 0-255 scale, as DP stores them) with :meth:`SAM2ObsEncoder.encode_images`
+(the obs encoder's deterministic eval preprocessing: optional resize, centre crop, resize to
+``image_size``, SAM 2 normalisation; stride-16 features with ``no_mem_embed``) and stores them as
+
+    <store>/dp_sam2_features/<model>-<image_size>px-<digest12>[-c<H>x<W>][-r<H>x<W>]/
+        .attrs                 the full key (model, checkpoint sha256, image size, crop, resize),
+                               the source (frames, episode_ends digest, shapes), complete flag
+        features/<key>         (N, 256, image_size/16, image_size/16) float16, one chunk per frame
+        done/<key>             (N,) bool: which frames are written (resume after an interruption)
+
+``<store>`` is the replay zarr itself by default (DP's ``ReplayBuffer`` reads only ``data/`` and
+``meta/``, so an extra group does no harm) or any other zarr path. A cache whose key differs from
+what the training config asks for is never used: :func:`open_cache` raises a ValueError naming
+both keys. Both the zarr 2 and the zarr 3 APIs are supported.
+
+Under ``torchrun`` (``torch.distributed``; gloo is enough, also on GPU machines) each rank
+encodes a share of the frames (whole blocks of the done mask, so ranks never write the same
+chunk); the result is the same as one process's.
+
+**The random-crop trade-off.** DP trains with random crops (``crop_shape``, ``random_crop``) as
+augmentation. Cached features are of one fixed view, the centre crop the encoder uses in eval,
+so training on the cache gives up that augmentation: expect somewhat more overfitting on small
+datasets, in exchange for several times faster steps. Options: cache without a crop
+(``crop_shape: null`` in both the cache and the policy), or train a few epochs on the cache and
+fine-tune on live images, or skip the cache when augmentation matters more than speed.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dist import Dist, current_dist, torchrun_process_group
+from .key import GROUP, RANDOM_INIT, CacheKey, _check_attrs, make_key
+from .store import Source, _create_array, _delete, _has, _member_names, _open_group, _require_group, describe_source
+from .store import to_model_input
+
+DONE_BLOCK = 64  # frames per chunk of the done mask: the unit of work of one rank
+
+
+@dataclass
+class CacheResult:
+    store: str
+    group: str
+    key: CacheKey
+    n_frames: int
+    computed: int  # frames this process encoded now
+    complete: bool
+
+    def __str__(self) -> str:
+        state = "complete" if self.complete else "INCOMPLETE"
+        return (f"feature cache {self.store}/{self.group}: {self.n_frames} frames, {self.key.model} "
+                f"at {self.key.image_size}px, {state} ({self.computed} frames encoded now)")
+
+
+def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, device, low_dim=None, **options):
+    """A frozen SAM2ObsEncoder with the weights ``key`` names (seed 0 for random init), for the
+    rgb keys of ``source`` (plus ``low_dim`` ``{key: shape}``); ``options`` go to the encoder."""
+    from dp_sam2 import SAM2ObsEncoder
+    from dp_sam2.checkpoints.resolve import ENV_ALLOW_MISSING
+
+    shape_meta = {"obs": {k: {"shape": [3, source.shapes[k][0], source.shapes[k][1]], "type": "rgb"}
+                          for k in source.keys}}
+    shape_meta["obs"].update({k: {"shape": list(v), "type": "low_dim"} for k, v in (low_dim or {}).items()})
+    kwargs = dict(model_cfg=key.model, image_size=key.image_size, pooling="mean", freeze=True, precision=key.precision,
+                  crop_shape=list(key.crop_shape) if key.crop_shape else None,
+                  resize_shape=list(key.resize_shape) if key.resize_shape else None)
+    kwargs.update(options)
+    if checkpoint_path is not None:
+        encoder = SAM2ObsEncoder(shape_meta, checkpoint=str(checkpoint_path), **kwargs)
+    else:
+        torch.manual_seed(0)  # "random-init" means these weights, reproducibly
+        old = os.environ.get(ENV_ALLOW_MISSING)
+        os.environ[ENV_ALLOW_MISSING] = "1"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                encoder = SAM2ObsEncoder(shape_meta, checkpoint="dp_sam2-random-init.pt", **kwargs)
+        finally:
+            if old is None:
+                os.environ.pop(ENV_ALLOW_MISSING, None)
+            else:
+                os.environ[ENV_ALLOW_MISSING] = old
+    from dp_sam2.encoders.sam2.build import resolve_device
+
+    return encoder.to(resolve_device(device)).eval()
+
+
+def _prepare_group(store, key: CacheKey, source: Source, feature_shape, overwrite: bool):
+    """Create (or check and reopen) the cache group; only rank 0 calls this."""
+    root = _open_group(store, "a")
+    top = _require_group(root, GROUP)
+    if overwrite and _has(top, key.name):
+        _delete(top, key.name)
+    group = _require_group(top, key.name)
+    wanted = {**key.as_dict(), "n_frames": source.n_frames, "episode_ends_sha256": source.episode_ends_sha256,
+              "feature_shape": list(feature_shape), "dtype": "float16"}
+    attrs = dict(group.attrs)
+    if attrs:
+        _check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint="pass --overwrite to recompute it")
+    else:
+        group.attrs.update({**wanted, "complete": False, "keys": list(source.keys)})
+    feats, done = _require_group(group, "features"), _require_group(group, "done")
+    block = max(1, min(DONE_BLOCK, source.n_frames // 16))  # small buffers: still spread over ranks
+    for k in source.keys:
+        if not _has(feats, k):
+            _create_array(feats, k, (source.n_frames, *feature_shape), (1, *feature_shape), "float16", 0)
+            _create_array(done, k, (source.n_frames,), (block,), "bool", False)
+    group.attrs["keys"] = sorted(set(group.attrs.get("keys", [])) | set(source.keys))
+    return group
+
+
+
+
+def cache_features(zarr_path, obs_encoder: str = "sam2_large", checkpoint=None, image_size=None, *,
+                   keys=None, out=None, crop_shape=None, resize_shape=None, batch_size: int = 16,
+                   device=None, overwrite: bool = False, progress: bool = True,
+                   random_weights: bool = False, precision: str = "fp32") -> CacheResult:
+    """Encode every frame of the replay buffer's rgb arrays into the cache (see the module doc).
+    Frames already marked done are skipped (resume); under torch.distributed each rank takes its
+    share of the frames."""
+    from tqdm.auto import tqdm
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    zarr_path = Path(zarr_path)
+    if not zarr_path.exists():
+        raise FileNotFoundError(f"replay buffer not found: {zarr_path}")
+    store = Path(out) if out is not None else zarr_path
+    dist = current_dist()
+    source = describe_source(_open_group(zarr_path, "r"), keys)
+    key, ckpt = make_key(obs_encoder, checkpoint, image_size, crop_shape, resize_shape, random_weights, precision)
+    if ckpt is None and dist.rank == 0:
+        warnings.warn(f"no {key.model} checkpoint found: caching features of RANDOM weights (seed 0); "
+                      f"they are only good for tests. Get the real ones with `dp-sam2 download {key.model}`.")
+    encoder = build_encoder(key, source, ckpt, device)
+    if dist.rank == 0:
+        _prepare_group(store, key, source, encoder.feature_shape, overwrite)
+    dist.barrier()
+    group = _open_group(store, "a")[GROUP][key.name]
+    if dist.rank != 0:
+        _check_attrs(dict(group.attrs), {**key.as_dict(), "n_frames": source.n_frames}, str(store), "")
+    data = _open_group(zarr_path, "r")["data"]
+    computed = 0
+    for k in source.keys:
+        todo = _pending_frames(group["done"][k], dist)
+        bar = tqdm(total=len(todo), desc=f"{key.name}/{k}", unit="frame",
+                   disable=not progress or dist.rank != 0)
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start: start + batch_size]
+            _encode_and_write(encoder, data[k], group["features"][k], group["done"][k], k, idx)
+            computed += len(idx)
+            bar.update(len(idx))
+        bar.close()
+    dist.barrier()
+    complete = all(bool(np.all(group["done"][k][:])) for k in source.keys)
+    if dist.rank == 0 and complete:
+        group.attrs["complete"] = True
+    return CacheResult(str(store), f"{GROUP}/{key.name}", key, source.n_frames, computed, complete)
+
+
+def _pending_frames(done_arr, dist: Dist) -> np.ndarray:
+    """Frames not yet done in the blocks of the done mask that belong to this rank."""
+    done = np.asarray(done_arr[:], dtype=bool)
+    block = int(done_arr.chunks[0])  # ranks own whole chunks of the done mask: no shared writes
+    owner = (np.arange(len(done)) // block) % dist.world
+    return np.nonzero(~done & (owner == dist.rank))[0]
+
+
+def _runs(idx: np.ndarray):
+    """Contiguous runs ``(start, stop, offset into idx)`` of sorted frame indices."""
+    breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
+    offset = 0
+    for run in np.split(idx, breaks):
+        yield int(run[0]), int(run[-1]) + 1, offset
+        offset += len(run)
+
+
+@torch.inference_mode()
+def _encode_and_write(encoder, src, feats_arr, done_arr, key: str, idx: np.ndarray) -> None:
+    frames = np.concatenate([src[a:b] for a, b, _ in _runs(idx)])
+    x = to_model_input(frames).to(encoder.device)
+    out = encoder.encode_images(x, key).float().cpu().numpy().astype(np.float16)
+    for a, b, off in _runs(idx):
+        feats_arr[a:b] = out[off: off + (b - a)]
+    for a, b, _ in _runs(idx):  # after the features: a crash in between only recomputes
+        done_arr[a:b] = True
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass
+class CacheHandle:
+    """An opened, checked cache: ``features[key]`` arrays of ``(N, C, h, w)`` float16."""
+
+    store: str
+    group: str
+    key: CacheKey
+    keys: tuple[str, ...]
+    n_frames: int
+    feature_shape: tuple[int, ...]
+
+    def arrays(self) -> dict:
+        group = _open_group(self.store, "r")[self.group]
+        return {k: group["features"][k] for k in self.keys}
+
+
+def open_cache(store, key: CacheKey, n_frames: int | None = None, checkpoint=None) -> CacheHandle:
+    """Open the cache of ``key`` in ``store``; a missing, stale or incomplete cache is refused
+    with an error that says what was found and the command that makes the right one."""
+    store = Path(store)
+    cmd = (f"dp-sam2 cache-features --zarr <replay.zarr> --obs-encoder {key.model} --image-size {key.image_size}"
+           + (f" --checkpoint {checkpoint}" if checkpoint else "")
+           + (" --random-weights" if key.checkpoint_sha256 == RANDOM_INIT else "")
+           + (f" --crop-shape {key.crop_shape[0]},{key.crop_shape[1]}" if key.crop_shape else "")
+           + (f" --resize-shape {key.resize_shape[0]},{key.resize_shape[1]}" if key.resize_shape else "")
+           + (f" --precision {key.precision}" if key.precision != "fp32" else "")
+           + ("" if store.suffix == ".zarr" else f" --out {store}"))
+    root = _open_group(store, "r")
+    if not _has(root, GROUP) or not _has(root[GROUP], key.name):
+        others = _member_names(root[GROUP]) if _has(root, GROUP) else []
+        stale = ""
+        if others:
+            stale = (" It holds caches for other settings (stale for this config): "
+                     + "; ".join(f"{o}: {_summary(dict(root[GROUP][o].attrs))}" for o in others) + ".")
+        raise ValueError(f"no SAM 2 feature cache for {key.name} ({_summary(key.as_dict())}) in {store}."
+                         f"{stale} Make it with `{cmd}`.")
+    group = root[GROUP][key.name]
+    attrs = dict(group.attrs)
+    wanted = key.as_dict() | ({"n_frames": n_frames} if n_frames is not None else {})
+    _check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint=f"recompute it with `{cmd} --overwrite`")
+    if not attrs.get("complete"):
+        raise ValueError(f"the SAM 2 feature cache {store}/{GROUP}/{key.name} is incomplete (interrupted?); "
+                         f"run `{cmd}` again to finish it")
+    return CacheHandle(str(store), f"{GROUP}/{key.name}", key, tuple(attrs.get("keys", [])),
+                       int(attrs["n_frames"]), tuple(attrs["feature_shape"]))
+
+
+def _summary(attrs: dict) -> str:
+    digest = str(attrs.get("checkpoint_sha256", "?"))
+    return (f"model {attrs.get('model')}, checkpoint {digest[:12]}, image_size {attrs.get('image_size')}, "
+            f"crop {attrs.get('crop_shape')}, resize {attrs.get('resize_shape')}, precision {attrs.get('precision')}")
+
+
+# --------------------------------------------------------------------------- CLI entry
+def cache_features_cli(args) -> str | None:
+    with torchrun_process_group():
+        dist = current_dist()
+        device = args.device
+        if device is None and dist.world > 1 and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', dist.rank))}"
+        result = cache_features(
+            args.zarr, args.obs_encoder, args.checkpoint, args.image_size, keys=args.keys, out=args.out,
+            crop_shape=args.crop_shape, resize_shape=args.resize_shape, batch_size=args.batch_size,
+            device=device, overwrite=args.overwrite, progress=not args.no_progress,
+            random_weights=args.random_weights, precision=args.precision)
+    if dist.rank != 0:
+        return f"rank {dist.rank}: encoded {result.computed} frames"
+    return str(result) + (f" [rank 0 of {dist.world}]" if dist.world > 1 else "")
+

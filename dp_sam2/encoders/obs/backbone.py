@@ -1,0 +1,76 @@
+"""The SAM 2 part of the obs encoder: Hiera trunk + FPN neck + ``no_mem_embed`` under the official
+names, returning the stride-16 feature map the official image predictor uses."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from dp_sam2.encoders.obs.finetune import run_block
+
+
+class SAM2Backbone(nn.Module):
+    """SAM 2's image encoder (Hiera trunk + FPN neck) and ``no_mem_embed``, under their official
+    names, returning the stride-16 map with ``no_mem_embed`` added (as the official image
+    predictor does): ``(N, 3, S, S)`` normalised images -> ``(N, 256, S/16, S/16)``."""
+
+    def __init__(self, model_cfg: str, image_size: int) -> None:
+        super().__init__()
+        from hydra.utils import instantiate
+
+        from dp_sam2.encoders.sam2.build import load_model_config
+
+        cfg = load_model_config(model_cfg, [f"++model.image_size={image_size}"])
+        self.image_encoder = instantiate(cfg.model.image_encoder, _recursive_=True, _convert_="all")
+        self.channels = int(self.image_encoder.neck.d_model)
+        self.add_no_mem_embed = bool(cfg.model.get("directly_add_no_mem_embed", True))
+        self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, self.channels))
+        self.activation_checkpointing = False
+
+    def load_official(self, path: str | os.PathLike, model_cfg: str) -> None:
+        """Load the ``image_encoder.*`` and ``no_mem_embed`` weights of an official ``.pt``."""
+        from dp_sam2.checkpoints.files import load_checkpoint_state_dict
+
+        state = load_checkpoint_state_dict(path, model_cfg)
+        wanted = {k: v for k, v in state.items() if k.startswith("image_encoder.") or k == "no_mem_embed"}
+        missing, unexpected = self.load_state_dict(wanted, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {path} does not fit the {model_cfg} image encoder: missing keys "
+                f"{missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
+
+    def freeze_unused_neck_levels(self) -> None:
+        """The neck's stride-4 and stride-8 lateral convs never feed the stride-16 map: keep them
+        out of training (they stay in the state dict, under the official names)."""
+        neck = self.image_encoder.neck
+        n = len(neck.convs)
+        level = n - 1 - self.image_encoder.scalp
+        for j in range(n - level, n):  # convs[n - 1 - i] serves trunk level i < level
+            neck.convs[j].requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        encoder = self.image_encoder
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            feats = self._forward_checkpointed(images)
+        else:
+            feats = encoder.forward_lowest_kept_level(images)
+        if self.add_no_mem_embed:
+            feats = feats + self.no_mem_embed.view(1, -1, 1, 1).to(feats.dtype)
+        return feats
+
+    def _forward_checkpointed(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk block by block with activation checkpointing, then the neck's needed levels."""
+        trunk, neck = self.image_encoder.trunk, self.image_encoder.neck
+        x = trunk.patch_embed(images)
+        x = x + trunk._get_pos_embed(tuple(x.shape[1:3]))
+        outputs = []
+        for i, block in enumerate(trunk.blocks):
+            x = run_block(block, x, use_checkpoint=True)
+            if i in trunk.stage_ends:
+                outputs.append(x.permute(0, 3, 1, 2))
+        level = len(outputs) - 1 - self.image_encoder.scalp
+        features, _ = neck(outputs, min_level=level)
+        return features[level]
+
