@@ -328,7 +328,7 @@ def test_cached_dataset_snippet_instantiates(sandbox, tmp_path, monkeypatch):
         GlobalHydra.instance().clear()
     try:
         ds = instantiate(cfg.task.dataset)
-        assert type(ds).__mro__[1].__module__ == "dp_sam2.cache" and len(ds) == 1
+        assert type(ds).__mro__[1].__module__ == "dp_sam2.cache.dataset" and len(ds) == 1
         assert tuple(ds[0]["obs"]["image"].shape) == (2, 256, 14, 14)
         assert float(ds.get_normalizer()["image"].scale[0]) == 1.0
     finally:

@@ -27,7 +27,7 @@ _CLASSES: dict = {}
 def _dataset_class():
     base = _dp_base()
     if base not in _CLASSES:
-        _CLASSES[base] = type("CachedFeatureDataset", (_CachedFeatures, base), {"__module__": "dp_sam2.cache"})
+        _CLASSES[base] = type("CachedFeatureDataset", (_CachedFeatures, base), {"__module__": __name__})
     return _CLASSES[base]
 
 
