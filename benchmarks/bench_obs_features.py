@@ -15,9 +15,17 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from _common import alternate, build_official, count_flops, matmul_peak_gflops, rel_err, report, save_official_checkpoint
 from dp_sam2.encoders.obs.backbone import SAM2Backbone
+
+from _common import (
+    alternate,
+    build_official,
+    count_flops,
+    matmul_peak_gflops,
+    rel_err,
+    report,
+    save_official_checkpoint,
+)
 
 CONFIGS = {"tiny": ("configs/sam2/sam2_hiera_t.yaml", "sam2_tiny"),
            "large": ("configs/sam2/sam2_hiera_l.yaml", "sam2_large")}

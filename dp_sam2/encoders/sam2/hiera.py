@@ -16,7 +16,7 @@ from torch import nn
 
 from . import hiera_fast
 from .layers import MLP, DropPath
-from .linear import LinearBackend
+from .linear import LinearBackend, pack_weight
 from .windows import max_pool_nhwc, padded_size, window_partition, window_unpartition
 
 ROUTES = ("fast", "reference")
@@ -206,21 +206,38 @@ class Hiera(nn.Module):
             self._pos_cache = {key: pos.detach()}
         return pos
 
-    def lowp_weight(self, t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        """``t`` in ``dtype``; for a parameter, a copy made once and kept until the parameter
-        changes (in-place update, ``load_state_dict``, ``.to()``: keyed on ``_version``, storage
-        and device). Not a buffer: never in ``state_dict``."""
-        if t is None or t.dtype == dtype:
+    def lowp_weight(self, t: torch.Tensor | None, dtype: torch.dtype, pack: bool = False) -> torch.Tensor | None:
+        """``t`` in ``dtype`` (``pack``: bf16 in oneDNN's GEMM layout, :func:`.linear.pack_weight`).
+        For a parameter the copy is made once and kept until the parameter changes (in-place update,
+        ``load_state_dict``, ``.to()``: keyed on ``_version``, storage and device). Not a buffer:
+        never in ``state_dict``. (``p.data.copy_(...)`` bypasses ``_version``: use ``p.copy_``.)"""
+        if t is None or (t.dtype == dtype and not pack):
             return t
-        if not isinstance(t, nn.Parameter) or torch.compiler.is_compiling():
-            return t.detach().to(dtype)
-        stamp = (t._version, t.data_ptr(), t.device, dtype)
+        if not isinstance(t, nn.Parameter) or t.is_inference() or torch.compiler.is_compiling():
+            return pack_weight(t) if pack else t.detach().to(dtype)
+        stamp = (t._version, t.data_ptr(), t.device, t.dtype, t.shape, dtype, pack)
         entry = self._lowp_cache.get(id(t))
         if entry is not None and entry[0]() is t and entry[1] == stamp:
             return entry[2]
-        copy = t.detach().to(dtype)
+        copy = pack_weight(t) if pack else t.detach().to(dtype)
         self._lowp_cache[id(t)] = (weakref.ref(t), stamp, copy)
         return copy
+
+    def clear_caches(self) -> None:
+        """Drop the position-embedding and low-precision weight caches (rebuilt on the next call)."""
+        self._pos_cache, self._lowp_cache = {}, {}
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .float(): the copies would be stale
+        self.clear_caches()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_caches()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):  # deepcopy (EMA) and pickling copy the module without its caches
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_pos_cache": {}, "_lowp_cache": {}}
 
     def _use_fast_route(self, x: torch.Tensor) -> bool:
         if self.inference_route != "fast":

@@ -14,30 +14,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .linear import linear_act_residual
+from .linear import can_pack, linear_act_residual
 from .windows import max_pool_nhwc, padded_size, window_partition, window_unpartition
 
 CHUNK_ELEMENTS = 1 << 22  # MLP-hidden elements per chunk of tokens (16 MB in fp32)
 
 
 class _Route:
-    """One forward's settings: the trunk (for its weight copies and linear backend), the dtype the
-    matmuls run in and the dtype of the residual stream."""
+    """One forward's settings: the trunk (for its weight copies and linear backend) and the dtype
+    everything runs in (fp32, or bf16 under bf16 autocast; LayerNorm and softmax statistics are
+    accumulated in fp32 by the kernels either way). ``pack``: bf16 linears on packed weights."""
 
-    def __init__(self, trunk, compute: torch.dtype, stream: torch.dtype) -> None:
-        self.trunk, self.compute, self.stream = trunk, compute, stream
+    def __init__(self, trunk, dtype: torch.dtype, pack: bool = False) -> None:
+        self.trunk, self.dtype, self.pack = trunk, dtype, pack
 
     def weights(self, layer):
-        return self.trunk.lowp_weight(layer.weight, self.compute), self.trunk.lowp_weight(layer.bias, self.compute)
+        return (self.trunk.lowp_weight(layer.weight, self.dtype, pack=self.pack),
+                self.trunk.lowp_weight(layer.bias, self.dtype))
 
     def linear(self, x, layer, **kwargs):
         weight, bias = self.weights(layer)
         return linear_act_residual(x, weight, bias, backend=self.trunk.linear, **kwargs)
 
     def norm(self, x, ln):
-        """LayerNorm with statistics in the stream's dtype, output in the compute dtype."""
         weight, bias = self.trunk.lowp_weight(ln.weight, x.dtype), self.trunk.lowp_weight(ln.bias, x.dtype)
-        return F.layer_norm(x, ln.normalized_shape, weight, bias, ln.eps).to(self.compute)
+        return F.layer_norm(x, ln.normalized_shape, weight, bias, ln.eps)
 
 
 def chunk_rows(block) -> int:
@@ -60,7 +61,7 @@ def out_window(block) -> int:
 def _shortcut(route: _Route, block, x, normed):
     if block.dim == block.dim_out:
         return x
-    shortcut = route.linear(normed, block.proj).to(route.stream)
+    shortcut = route.linear(normed, block.proj)
     return max_pool_nhwc(shortcut, block.q_stride) if block.q_stride is not None else shortcut
 
 
@@ -149,5 +150,15 @@ def _run_blocks(route: _Route, trunk, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def forward_trunk(trunk, x: torch.Tensor) -> list[torch.Tensor]:
-    """The trunk's blocks on the embedded map ``x [B, H, W, C]`` -> the kept stage maps (NCHW)."""
-    return _run_blocks(_Route(trunk, x.dtype, x.dtype), trunk, x)
+    """The trunk's blocks on the embedded map ``x [B, H, W, C]`` -> the kept stage maps (NCHW).
+
+    Under ``torch.autocast(<device>, bfloat16)`` the whole route runs in bf16 with autocast off:
+    weights cast (on CPU: packed for oneDNN) once per parameter version, not per call; attention
+    by SDPA in bf16; the stage maps come out in bf16, as the official's do under autocast (the
+    neck, still under autocast, then returns the official's dtypes)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+        x = x.to(torch.bfloat16)
+        with torch.autocast(device, enabled=False):
+            return _run_blocks(_Route(trunk, torch.bfloat16, pack=can_pack(x)), trunk, x)
+    return _run_blocks(_Route(trunk, x.dtype), trunk, x)

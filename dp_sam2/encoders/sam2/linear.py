@@ -95,6 +95,8 @@ class LinearBackend:
         return all(isinstance(v, bool) for v in self.choices.values())
 
     def run(self, x, weight, bias, gelu, residual, out):
+        if weight.is_mkldnn:  # a weight packed by pack_weight(): oneDNN's layout, oneDNN only
+            return _onednn(x, weight, bias, gelu, residual, out)
         if self.name == "mkl" or not _onednn_ok(x, weight):
             return _mkl(x, weight, bias, gelu, residual, out)
         if self.name == "onednn":
@@ -116,6 +118,17 @@ class LinearBackend:
 
 
 _PLAIN = LinearBackend("mkl")
+
+
+def can_pack(x: torch.Tensor) -> bool:
+    """Whether :func:`pack_weight` applies: bf16 inference on a CPU with oneDNN, not compiling."""
+    return (_MKLDNN and x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling())
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A bf16 copy of ``weight`` in oneDNN's blocked GEMM layout (made once, reused every call)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16))
 
 
 def linear_act_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False,
