@@ -1,17 +1,12 @@
 """Tracking logic of SAM2Base: memory conditioning, memory encoding and ``track_step``.
 
-A frame's features attend to a memory bank built from earlier frames of the same object:
-
-* spatial memories (``maskmem_features``, stored in bfloat16 by the video predictor) of the
-  conditioning frames (temporal slot 0) and of up to ``num_maskmem - 1`` recent frames, each with
-  its spatial position encoding plus the learned temporal encoding ``maskmem_tpos_enc``;
-* object pointers (one token per frame, split into ``hidden_dim // mem_dim`` tokens) with a sine
-  encoding of their temporal distance (projected by ``obj_ptr_tpos_proj`` in SAM 2.1).
-
-Stored memories are cast to the compute dtype when used, so fp32 on a CPU works and bf16 autocast
-works too. ``output_dict`` is ``{"cond_frame_outputs": {t: out}, "non_cond_frame_outputs": {t: out}}``
-where each ``out`` is indexable by ``"maskmem_features"``, ``"maskmem_pos_enc"`` and ``"obj_ptr"``
-(plain dicts, as the official code passes, or the predictor's ``FrameOutput``).
+A frame's features attend to a memory bank of earlier frames of the same object: spatial memories
+(``maskmem_features``, stored in bf16 by the video predictor, cast to the compute dtype at use) of
+the conditioning frames and up to ``num_maskmem - 1`` recent frames, each with its position
+encoding plus the temporal ``maskmem_tpos_enc``; and object pointers (one token per frame, split
+into ``hidden_dim // mem_dim`` tokens) with a sine encoding of their temporal distance.
+``output_dict`` is ``{"cond_frame_outputs": {t: out}, "non_cond_frame_outputs": {t: out}}``, each
+``out`` indexable by ``"maskmem_features"``, ``"maskmem_pos_enc"`` and ``"obj_ptr"``.
 """
 from __future__ import annotations
 
