@@ -132,3 +132,14 @@ def test_training_under_bf16_autocast(monkeypatch, mode):
         want = fresh(obs)
     assert rel_err(after, want) <= 1e-6
     assert rel_err(after, before) > 1e-3
+
+
+@pytest.mark.slow
+def test_bf16_route_compiles_without_graph_breaks():
+    model = _perturbed_tiny(64)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want, _ = _encode(model, x, bf16=True)
+        got, _ = torch.compile(lambda t: _encode(model, t, bf16=True), backend="eager", fullgraph=True)(x)
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    assert all(_cos(a, b) >= 0.999 for a, b in zip(got, want)), [_cos(a, b) for a, b in zip(got, want)]

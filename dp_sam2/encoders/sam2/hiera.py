@@ -213,7 +213,7 @@ class Hiera(nn.Module):
         never in ``state_dict``. (``p.data.copy_(...)`` bypasses ``_version``: use ``p.copy_``.)"""
         if t is None or (t.dtype == dtype and not pack):
             return t
-        if not isinstance(t, nn.Parameter) or t.is_inference() or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not isinstance(t, nn.Parameter) or t.is_inference():
             return pack_weight(t) if pack else t.detach().to(dtype)
         stamp = (t._version, t.data_ptr(), t.device, t.dtype, t.shape, dtype, pack)
         entry = self._lowp_cache.get(id(t))
