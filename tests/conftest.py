@@ -14,12 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import dp_sam2.encoders.sam2.linear as _linear_paths
-
-# Repeatable numbers: pin the default MKL linear path even if a developer's session changed it
-# (tests/test_fast_paths.py covers the oneDNN and "auto" paths).
-_linear_paths.USE_ONEDNN_LINEAR = False
-
 HAVE_OFFICIAL = importlib.util.find_spec("sam2") is not None
 requires_official = pytest.mark.skipif(not HAVE_OFFICIAL, reason="official sam2 not installed")
 
@@ -38,10 +32,9 @@ def rel_err(ours, ref) -> float:
 @contextlib.contextmanager
 def _official_hydra():
     """Give the official builder its global Hydra, then leave Hydra as clean as we found it."""
+    import sam2  # noqa: F401  (its import initialises GlobalHydra: undo that)
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-
-    import sam2  # noqa: F401  (its import initialises GlobalHydra: undo that)
 
     GlobalHydra.instance().clear()
     initialize_config_module("sam2", version_base="1.2")
