@@ -23,8 +23,10 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +198,33 @@ def _final_message(err: DownloadError, url: str, part: Path, dest: Path, spec: M
             f"named by $DP_SAM2_CHECKPOINT_DIR).")
 
 
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Raise DownloadError unless a TCP connection to ``url``'s host (or the proxy configured for
+    it) opens within ``timeout`` seconds, the name lookup included (which a socket timeout does not
+    bound, so it runs in a thread)."""
+    target = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = target.hostname or ""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    failure: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            failure.append(err)
+
+    thread = threading.Thread(target=connect, name="dp-sam2-reachable", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise DownloadError(f"no answer from {host}:{port} within {timeout:g} s")
+    if failure:
+        raise DownloadError(f"cannot reach {host}:{port} ({type(failure[0]).__name__}: {failure[0]})")
+
+
 def _open(url: str, offset: int, timeout: float):
     headers = {"User-Agent": USER_AGENT}
     if offset:
@@ -257,3 +286,22 @@ def download(names, dest: str | os.PathLike | None = None, **kwargs) -> list[Dow
     specs = resolve_names(names)
     folder = Path(dest).expanduser() if dest is not None else default_dest()
     return [download_one(spec, folder, **kwargs) for spec in specs]
+
+
+def fetch_pretrained(model: str, *, source: str = "official", dest: str | os.PathLike | None = None,
+                     progress: bool = True) -> Path:
+    """The checkpoint of ``model`` for ``from_pretrained``: the local lookup first (the places of
+    :func:`dp_sam2.checkpoints.resolve.find_weights`), then a download from ``source`` into
+    ``dest`` (default :func:`default_dest`, a place the lookup searches)."""
+    from dp_sam2.checkpoints.resolve import CheckpointNotFoundError, find_weights
+
+    spec = get_spec(model)
+    check_source(source)
+    try:
+        path = find_weights(spec.name, warn=False)
+    except CheckpointNotFoundError:
+        path = None
+    if path is None:  # missing (also when DP_SAM2_ALLOW_MISSING_CHECKPOINT would allow that)
+        folder = Path(dest).expanduser() if dest is not None else default_dest()
+        path = download_one(spec, folder, source=source, progress=progress).path
+    return path
