@@ -66,16 +66,20 @@ class _Server:
         self.httpd.server_close()
 
 
-@pytest.fixture(scope="module")
-def tiny_bytes(tmp_path_factory) -> bytes:
+def _tiny_checkpoint_bytes(folder) -> bytes:
     """A generated sam2_tiny checkpoint (our random model, fp16 to keep it small)."""
     from dp_sam2 import build_sam2
 
     torch.manual_seed(0)
     model = build_sam2("sam2_tiny", device="cpu", apply_postprocessing=False)
-    path = tmp_path_factory.mktemp("gen") / "sam2_hiera_tiny.pt"
+    path = folder / "generated_sam2_hiera_tiny.pt"
     torch.save({"model": {k: v.half() for k, v in model.state_dict().items()}}, path)
     return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_bytes(tmp_path_factory) -> bytes:
+    return _tiny_checkpoint_bytes(tmp_path_factory.mktemp("gen"))
 
 
 @pytest.fixture

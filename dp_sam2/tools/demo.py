@@ -232,7 +232,7 @@ def demo_weights(offline: bool = False, base_url: str | None = None, timeout: fl
         print(f"      no local {spec.filename}: downloading it from {url} (--offline to skip)", flush=True)
         try:
             dl.check_reachable(url, timeout)
-            path = dl.download_one(spec, dl.default_dest(), base_url=base_url, retries=1, timeout=timeout).path
+            path = dl.download_one(spec, dl.default_dest(), base_url=base_url, retries=0, timeout=timeout).path
         except (dl.DownloadError, OSError, ValueError) as err:
             print(f"      download failed, continuing without it: {str(err).splitlines()[0]}", flush=True)
     if path is None:
