@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from PIL import Image
-
 from dp_sam2.tools.cli import build_parser, main
+from PIL import Image
 
 COMMANDS = ["demo", "download", "segment", "track", "viz", "cache-features", "info"]
 
@@ -181,7 +180,8 @@ def test_cache_features_command(tmp_path, ckpt_dir, capsys):
 
     replay = write_replay(tmp_path / "replay.zarr")
     args = ["cache-features", "--zarr", str(replay), "--obs-encoder", "sam2_tiny", "--image-size", "64",
-            "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--batch-size", "8", "--no-progress", "--device", "cpu"]
+            "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--batch-size", "8", "--no-progress",
+            "--device", "cpu"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "16 frames" in out and "complete" in out and "(16 frames encoded now)" in out
@@ -228,10 +228,10 @@ def test_demo_weights_fall_back_fast_or_download(tmp_path, monkeypatch, capsys):
     import threading
     import time
 
-    from test_download import _Server
-
     from dp_sam2.checkpoints import download as dl
     from dp_sam2.tools.demo import demo_weights
+
+    from test_download import _Server
 
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
@@ -317,8 +317,8 @@ def test_library_calls_leave_the_callers_rng_alone(tmp_path):
 
 
 def test_python_m_entry(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dp_sam2.tools.cli", "download", "no_such_model", "--dest", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    cmd = [sys.executable, "-m", "dp_sam2.tools.cli", "download", "no_such_model", "--dest", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert proc.returncode == 1 and "unknown SAM 2 model" in proc.stderr
 
 
