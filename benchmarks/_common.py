@@ -41,16 +41,13 @@ def count_flops(fn, cpu_attention: bool = True) -> int:
     return counter.get_total_flops()
 
 
-def alternate(fns: dict, rounds: int = 5, warmup: int = 1) -> dict:
+def alternate(fns: dict, rounds: int = 5, warmup: int = 1, settled=lambda: True) -> dict:
     """Run each callable in turn (A B A B ...) and return the list of times per name.
 
-    Warm-up: ``warmup`` rounds, then, with ``USE_ONEDNN_LINEAR = "auto"``, more (up to 8) until
-    our linear layers have settled their per-shape MKL / oneDNN choice (six calls per shape), so
-    the timed rounds measure the steady state a long-running user sees."""
-    from dp_sam2.encoders.sam2 import linear
-
+    Warm-up: ``warmup`` rounds, then more (up to 8) until ``settled()`` (e.g. a trunk's "auto"
+    linear backend has chosen per shape), so the timed rounds measure the steady state."""
     for i in range(warmup + 8):
-        if i >= warmup and all(isinstance(v, bool) for v in getattr(linear, "_tuned", {}).values()):
+        if i >= warmup and settled():
             break
         for fn in fns.values():
             fn()

@@ -8,16 +8,12 @@ official ``{"model": state_dict}`` format and loaded into ours.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
-import dp_sam2.encoders.sam2.linear as _linear_paths
 import pytest
 import torch
 
 from official_ref import _official_hydra, build_official, perturb_, rel_err, save_official_checkpoint  # noqa: F401
-
-# Repeatable numbers: pin the default MKL linear path even if a developer's session changed it
-# (tests/test_fast_paths.py covers the oneDNN and "auto" paths).
-_linear_paths.USE_ONEDNN_LINEAR = False
 
 HAVE_OFFICIAL = importlib.util.find_spec("sam2") is not None
 requires_official = pytest.mark.skipif(not HAVE_OFFICIAL, reason="official sam2 not installed")
@@ -47,3 +43,18 @@ def scipy_connected_components(mask: torch.Tensor):
         counts[0] = 0
         labels[i, 0], areas[i, 0] = lab, counts[lab]
     return torch.from_numpy(labels).to(mask.device), torch.from_numpy(areas).to(mask.device)
+
+
+def synthetic_photo(path: Path, size=(160, 120), shift: int = 0) -> Path:
+    """A synthetic photo: a grey background, a blue disc and an orange square, laid out relative to
+    ``size`` (at 160 x 120: disc in [40, 90] x [30, 80], square [110, 150] x [60, 110]); ``shift``
+    moves the disc right by that many pixels (for video frames)."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    img = Image.new("RGB", size, (200, 200, 200))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([w // 4 + shift, h // 4, w * 9 // 16 + shift, h * 2 // 3], fill=(30, 60, 220))
+    draw.rectangle([w * 11 // 16, h // 2, w * 15 // 16, h * 11 // 12], fill=(240, 140, 20))
+    img.save(path)
+    return path

@@ -15,6 +15,8 @@ import zarr
 from dp_sam2.tools.cli import build_parser, main
 from PIL import Image
 
+from conftest import synthetic_photo as picture
+
 COMMANDS = ["demo", "download", "segment", "track", "viz", "cache-features", "info"]
 
 
@@ -32,18 +34,6 @@ def ckpt_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def picture(path: Path, size=(160, 120), shift=0) -> Path:
-    """A synthetic photo: a grey background with a blue disc and an orange square."""
-    from PIL import ImageDraw
-
-    img = Image.new("RGB", size, (200, 200, 200))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse([40 + shift, 30, 90 + shift, 80], fill=(30, 60, 220))
-    draw.rectangle([110, 60, 150, 110], fill=(240, 140, 20))
-    img.save(path)
-    return path
-
-
 def test_help_on_every_command(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -54,7 +44,10 @@ def test_help_on_every_command(capsys):
         assert info.value.code == 0
         assert f"usage: dp-sam2 {cmd}" in capsys.readouterr().out
     assert main([]) == 0 and "COMMAND" in capsys.readouterr().out
-    # the console script is installed
+
+
+@pytest.mark.slow
+def test_console_script_is_installed():
     proc = subprocess.run(["dp-sam2", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "cache-features" in proc.stdout
 
@@ -316,6 +309,7 @@ def test_library_calls_leave_the_callers_rng_alone(tmp_path):
     assert not torch.equal(model.no_mem_embed, torch.zeros_like(model.no_mem_embed))
 
 
+@pytest.mark.slow
 def test_python_m_entry(tmp_path):
     cmd = [sys.executable, "-m", "dp_sam2.tools.cli", "download", "no_such_model", "--dest", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ))
