@@ -195,8 +195,10 @@ def h_demo(cmd, box):
     from dp_sam2.tools.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(cmd)[1:])  # valid as written
-    assert args.command == "demo" and args.steps is None and not args.quick
-    # the run itself (with --quick): tests/test_cli.py::test_demo_writes_pictures
+    assert args.command == "demo" and args.steps is None and not args.quick and not args.offline
+    # the run itself, never on the network (--offline; --quick: same code, smaller sizes):
+    # tests/test_cli.py::test_demo_writes_pictures and ::test_demo_log_fits_in_150_lines; the
+    # download-or-fall-back step against loopback servers: ::test_demo_weights_fall_back_fast_or_download
 
 
 def h_run(cmd, box):
@@ -216,10 +218,12 @@ def h_outputs(cmd, box):
 
 def h_download(cmd, box):
     from dp_sam2.checkpoints.download import resolve_names
+    from dp_sam2.tools.cli import build_parser
 
+    assert build_parser().parse_args(shlex.split(cmd)[1:]).command == "download"  # valid as written
     args = shlex.split(cmd)[2:]
     names = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or not args[i - 1].startswith("--"))]
-    assert resolve_names(names)  # the command itself: tests/test_download.py
+    assert resolve_names(names)  # the command itself: tests/test_download.py (--source huggingface too)
 
 
 def h_cache(cmd, box):

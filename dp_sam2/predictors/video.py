@@ -47,11 +47,8 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
 
     @classmethod
     def from_pretrained(cls, model_id: str, **kwargs) -> "SAM2VideoPredictor":
-        """Build from a hub id (``"facebook/sam2-hiera-large"``), short name or config name, the
-        checkpoint found locally or downloaded (``source="official"`` or ``"huggingface"``); other
-        keyword arguments go to ``build_sam2_video_predictor`` (see :mod:`.pretrained`)."""
+        """Hub id, short name or config name; checkpoint found or downloaded (see :mod:`.pretrained`)."""
         from .pretrained import build_pretrained
-
         return build_pretrained(model_id, video=True, **kwargs)
 
     def _progress(self, progress: bool | None) -> bool:
