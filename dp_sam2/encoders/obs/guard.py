@@ -46,12 +46,10 @@ def _safe_target(node):
 
 def _complain_about_parent(target: str) -> None:
     try:
-        from hydra.utils import get_class, get_method
+        from hydra.utils import get_method
 
-        try:
-            params = inspect.signature(get_class(target).__init__).parameters
-        except Exception:  # noqa: BLE001 - not a class: a factory function such as dp_sam2's
-            params = inspect.signature(get_method(target)).parameters
+        built = get_method(target)  # a class or a factory function (dp_sam2.policies.sam2_diffusion_policy)
+        params = inspect.signature(built.__init__ if isinstance(built, type) else built).parameters
     except Exception:  # noqa: BLE001
         return
     if "obs_encoder" in params:
