@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from dp_sam2 import SAM2ObsEncoder
 from dp_sam2.checkpoints.registry import MODELS
 
@@ -128,7 +127,8 @@ def encoder(paper_policy):
 def batch(policy, n=2, horizon=None):
     gen = torch.Generator().manual_seed(0)
     to = policy.n_obs_steps
-    obs = {"image": torch.rand(n, to, 3, 96, 96, generator=gen) * 2 - 1, "agent_pos": torch.rand(n, to, 2, generator=gen)}
+    obs = {"image": torch.rand(n, to, 3, 96, 96, generator=gen) * 2 - 1,
+           "agent_pos": torch.rand(n, to, 2, generator=gen)}
     return {"obs": obs, "action": torch.randn(n, horizon or policy.horizon, 2, generator=gen)}
 
 
@@ -177,7 +177,6 @@ def test_encoder_selection_alone_in_a_hybrid_workspace_names_the_one_that_works(
 # ----------------------------------------------------------------------------- building the policies
 def test_unet_hybrid_maps_the_kwargs_and_trains(paper_policy):
     from diffusion_policy.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
-
     from dp_sam2.policies import SAM2DiffusionUnetHybridImagePolicy
 
     policy = copy.deepcopy(paper_policy)
