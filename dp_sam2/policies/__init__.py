@@ -27,7 +27,15 @@ from __future__ import annotations
 
 import logging
 
-from .kwargs import TRANSFORMER_HYBRID, UNET_HYBRID, UNET_IMAGE, check_required, check_step_kwargs, policy_kind
+from .kwargs import (
+    TRANSFORMER_HYBRID,
+    UNET_ARGS,
+    UNET_HYBRID,
+    UNET_IMAGE,
+    check_required,
+    check_step_kwargs,
+    policy_kind,
+)
 
 __all__ = ["sam2_diffusion_policy", "policy_class", "SAM2DiffusionUnetHybridImagePolicy",
            "SAM2DiffusionTransformerHybridImagePolicy"]
@@ -66,8 +74,6 @@ def sam2_diffusion_policy(obs_encoder=None, **kwargs):
     check_required(kind, kwargs)
     cls = policy_class(kind)
     if kind == UNET_IMAGE:
-        from .kwargs import UNET_ARGS
-
         check_step_kwargs(kind, {k: v for k, v in kwargs.items() if k not in UNET_ARGS}, kwargs["noise_scheduler"])
         policy = cls(**kwargs)
         log.info("dp_sam2: built DP's DiffusionUnetImagePolicy with obs encoder %s",
