@@ -142,8 +142,8 @@ def test_one_policy_group_file_per_model_each_selecting_the_encoder_group():
         assert cfg == {"defaults": [{"/obs_encoder@obs_encoder": name}, "_self_"], "_target_": FACTORY}
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("model", ["sam2_large", "sam2.1_tiny"])
+@pytest.mark.parametrize("shape, model", [(s, "sam2_large") for s in sorted(SHAPES)]
+                         + [("paper_flattened", "sam2.1_tiny"), ("transformer_hybrid", "sam2.1_tiny")])
 def test_selection_composes_in_every_workspace_shape_with_the_issue_overrides(shape, model):
     config_dir, name, extra = SHAPES[shape]
     cfg = compose(config_dir, name, [f"+sam2_policy@policy={model}", *_present(shape, ISSUE_OVERRIDES), *extra])
