@@ -251,6 +251,33 @@ def h_train(cmd, box):
     assert node["model_cfg"] == (chosen[-1] if chosen else "sam2_large")
 
 
+def h_train_hybrid(cmd, box):
+    """The hybrid-workspace commands (`+sam2_policy@policy=`): composed from the DP-shaped fixtures
+    (`--config-dir=.` is DP's root, where the flattened paper yaml sits: tests/fixtures/dp) with the
+    small overrides the issue appends; tests/test_hybrid.py builds and trains the policies."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    args = shlex.split(cmd)[2:]
+    name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
+    config_dir = FIXTURE_CONFIG.parent if any(a == "--config-dir=." for a in args) else FIXTURE_CONFIG
+    overrides = [a for a in args if not a.startswith("--")]
+    model = next(o.split("=", 1)[1] for o in overrides if o.startswith("+sam2_policy@policy="))
+    extra = ["policy.obs_encoder.image_size=64", "policy.num_inference_steps=4"]
+    extra += ["task=pusht_image", "policy.n_layer=2", "policy.n_emb=64"] if "transformer" in name else \
+        ["policy.down_dims=[32,64,128]"]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir), version_base=None):
+            cfg = compose(name, overrides=overrides + extra)
+    finally:
+        GlobalHydra.instance().clear()
+    assert cfg.policy._target_ == "dp_sam2.policies.sam2_diffusion_policy"
+    enc = cfg.policy.obs_encoder
+    assert (enc._target_, enc.model_cfg, enc.image_size) == ("dp_sam2.SAM2ObsEncoder", model, 64)
+    assert cfg.task.name == "pusht_image" and cfg.policy.crop_shape is not None
+
+
 HANDLERS = [
     (r"^pip install ", h_pip),
     (r"^bash \.ci/run$", h_ci),
@@ -261,7 +288,8 @@ HANDLERS = [
     (r"^dp-sam2 (segment|track|viz) .*--out \S+", h_outputs),
     (r"^dp-sam2 download ", h_download),
     (r"^(dp-sam2|torchrun --standalone --nproc_per_node \d+ -m dp_sam2\.cli) cache-features ", h_cache),
-    (r"^python train\.py --config-name=\S+", h_train),
+    (r"^python train\.py --config-name=(?!.*\+sam2_policy@)\S+", h_train),
+    (r"^python train\.py (--config-dir=\S+ )?--config-name=\S+ \+sam2_policy@policy=\S+$", h_train_hybrid),
 ]
 
 
@@ -426,4 +454,5 @@ def test_sections():
                   "## Checkpoints", "## The feature cache", "## The command line", "## The predictors",
                   "## Troubleshooting", "## Speed", "## Running the real Diffusion Policy"):
         assert title in text, title
-    assert "Hybrid workspaces are not supported" in text
+    assert "Hybrid workspaces are not supported" not in text
+    assert "### Hybrid workspaces (the paper's configs)" in text
