@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from conftest import synthetic_photo
 
 # Every README command and snippet runs in a fresh process: the whole file is in the slow set.
@@ -147,8 +148,9 @@ def h_pip(cmd, box):
     """``pip install .`` / ``pip install /path/to/dp_sam2``: .ci/run did the install; check that what is
     installed is this checkout (same version) and that the console script it declares resolves."""
     import importlib
-    import tomllib
     from importlib import metadata
+
+    import tomllib
 
     import dp_sam2
 
