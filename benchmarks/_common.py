@@ -1,5 +1,6 @@
 """Shared benchmark helpers: side-by-side timing (A B A B ...), FLOP counting and the machine's
-measured matmul peak."""
+measured matmul peak; the reference helpers (official model with perturbed weights, rel_err) come
+from tests/official_ref.py, which needs neither pytest nor scipy."""
 from __future__ import annotations
 
 import statistics
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import build_official, rel_err, save_official_checkpoint  # noqa: E402,F401
+from official_ref import build_official, rel_err, save_official_checkpoint  # noqa: E402,F401
 
 
 def matmul_peak_gflops(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:

@@ -96,7 +96,8 @@ def test_plugin_is_discovered_and_adds_the_package_configs():
     from hydra.core.plugins import Plugins
     from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-    plugins = [p for p in Plugins.instance().discover(SearchPathPlugin) if p.__module__.startswith("hydra_plugins.dp_sam2")]
+    plugins = [p for p in Plugins.instance().discover(SearchPathPlugin)
+               if p.__module__.startswith("hydra_plugins.dp_sam2")]
     assert len(plugins) == 1
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 
@@ -212,7 +213,8 @@ def test_hybrid_workspace_selection_fails_clearly(checkpoint_dir, monkeypatch):
 
     monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(checkpoint_dir))
     cfg = compose("train_hybrid_shaped_workspace", ["+obs_encoder=sam2_tiny", f"policy.obs_encoder.image_size={SIZE}"])
-    with pytest.raises(InstantiationException, match=r"(?s)FakeHybridPolicy takes no obs_encoder.*DiffusionUnetImagePolicy"):
+    expected = r"(?s)FakeHybridPolicy takes no obs_encoder.*DiffusionUnetImagePolicy"
+    with pytest.raises(InstantiationException, match=expected):
         instantiate(cfg.policy)
 
 
@@ -262,6 +264,7 @@ def _check_install(python, work, expect_under):
         assert Path(result["dp_sam2"]).resolve().is_relative_to(expect_under), result["dp_sam2"]
 
 
+@pytest.mark.slow
 def test_compose_outside_checkout_with_the_current_install(tmp_path):
     work = _app_dir(tmp_path)
     _check_install(sys.executable, work, ROOT)  # the editable install of this checkout
@@ -281,6 +284,7 @@ def _wheel_tools_available() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_compose_outside_checkout_after_a_wheel_install(tmp_path):
     """pip wheel + a fresh venv (its site-packages first, this environment's for torch/hydra
     after it, through a path-only .pth: this environment's editable finder is not loaded)."""
