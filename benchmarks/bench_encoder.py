@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from dp_sam2 import build_sam2
 
 from _common import (
     alternate,
@@ -30,6 +29,7 @@ from _common import (
     report,
     save_official_checkpoint,
 )
+from dp_sam2 import build_sam2
 
 CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
            "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml", "large": "configs/sam2.1/sam2.1_hiera_l.yaml"}
@@ -108,6 +108,7 @@ def main() -> None:
                     help="our trunk's linear backend (default: the machine's default)")
     args = ap.parse_args()
     import sam2
+
     from dp_sam2.encoders.sam2.linear import machine_default_backend
 
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""

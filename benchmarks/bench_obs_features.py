@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from dp_sam2.encoders.obs.backbone import SAM2Backbone
 
 from _common import (
     alternate,
@@ -26,6 +25,7 @@ from _common import (
     report,
     save_official_checkpoint,
 )
+from dp_sam2.encoders.obs.backbone import SAM2Backbone
 
 CONFIGS = {"tiny": ("configs/sam2/sam2_hiera_t.yaml", "sam2_tiny"),
            "large": ("configs/sam2/sam2_hiera_l.yaml", "sam2_large")}

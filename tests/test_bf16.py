@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from dp_sam2 import build_sam2
 
 from conftest import build_official, rel_err, requires_official, save_official_checkpoint
+from dp_sam2 import build_sam2
 
 
 def _cos(a, b) -> float:

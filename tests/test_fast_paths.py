@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from conftest import rel_err
 from dp_sam2 import build_sam2
 from dp_sam2.encoders.sam2 import hiera_fast
 from dp_sam2.encoders.sam2.linear import LinearBackend, linear_act_residual, linear_backend, machine_default_backend
-
-from conftest import rel_err
 
 
 def _tiny(image_size: int = 512):
