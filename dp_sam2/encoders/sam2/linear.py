@@ -28,9 +28,9 @@ def check_backend(name: str) -> str:
 
 
 def machine_default_backend() -> str:
-    """The backend measured best per CPU class (README, "Speed"): oneDNN's fused linears on AVX-512
-    CPUs, MKL's addmm elsewhere (on AVX2 oneDNN lost or tied on whole encoders)."""
-    return "onednn" if _MKLDNN and torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "mkl"
+    """MKL's addmm on every CPU class: on AVX2 oneDNN lost or tied on whole encoders; on AVX-512 the
+    runs so far do not separate the two (README, "Speed")."""
+    return "mkl"
 
 
 def default_backend() -> str:
