@@ -218,6 +218,42 @@ def h_train(cmd, box):
     assert node["model_cfg"] == (chosen[-1] if chosen else "sam2_large")
 
 
+UMI_CONFIG = ROOT / "tests" / "fixtures" / "umi" / "config"  # UMI-shaped stand-ins (tests/test_umi.py)
+
+
+def h_umi_train(cmd, box):
+    """UMI's train.py needs UMI: its command is composed against the UMI-shaped fixture yamls and
+    the encoder it selects is built (random weights, 64 px) and run on UMI-shaped obs."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    args = shlex.split(cmd)[2:]
+    name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
+    overrides = [a for a in args if not a.startswith("--")]
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("+umi_obs_encoder@policy.obs_encoder=")]
+    assert chosen, f"no +umi_obs_encoder@policy.obs_encoder= selection in {cmd}"
+    OmegaConf.register_new_resolver("eval", eval, replace=True)  # as UMI's train.py does
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(UMI_CONFIG), version_base=None):
+            cfg = compose(name, overrides=overrides + ["policy.obs_encoder.pretrained=false",
+                                                       "policy.obs_encoder.image_size=64"])
+        node = cfg.policy.obs_encoder
+        assert node._target_ == "dp_sam2.SAM2ObsEncoder" and node.model_name == chosen[-1]
+        assert node.input_layout == "umi"
+        enc = instantiate(node).train()
+        meta = OmegaConf.to_container(cfg.task.shape_meta, resolve=True)
+        obs = {k: torch.rand(1, a["horizon"], *a["shape"]) for k, a in meta["obs"].items()}
+        out = enc(obs)
+        assert out.shape[0] == 1 and out[0].numel() == int(np.prod(enc.output_shape()))
+    finally:
+        GlobalHydra.instance().clear()
+        OmegaConf.clear_resolver("eval")
+
+
 HANDLERS = [
     (r"^pip install ", h_pip),
     (r"^bash \.ci/run$", h_ci),
@@ -227,7 +263,8 @@ HANDLERS = [
     (r"^dp-sam2 (segment|track|viz) .*--out \S+", h_outputs),
     (r"^dp-sam2 download ", h_download),
     (r"^(dp-sam2|torchrun --standalone --nproc_per_node \d+ -m dp_sam2\.cli) cache-features ", h_cache),
-    (r"^python train\.py --config-name=\S+", h_train),
+    (r"^python train\.py --config-name=(?!\S*_umi_)\S+", h_train),
+    (r"^python train\.py --config-name=train_diffusion_\w*_umi_workspace ", h_umi_train),
 ]
 
 

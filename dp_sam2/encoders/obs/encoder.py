@@ -375,7 +375,7 @@ class SAM2ObsEncoder(nn.Module):
 
     def _run_backbone(self, key: str, x: torch.Tensor) -> torch.Tensor:
         backbone = self._backbone(key)
-        run = backbone.compiled() if self.use_compile else backbone
+        run = backbone.compiled(x) if self.use_compile else backbone
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains(key)), \
                 precision_autocast(x.device, self.precision):
             feats = run(x)
