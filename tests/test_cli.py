@@ -2,6 +2,7 @@
 info, and their errors. Models are tiny with generated (random) checkpoints."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from dp_sam2.tools.cli import build_parser, main
 from PIL import Image
 
-from dp_sam2.tools.cli import build_parser, main
+from conftest import synthetic_photo as picture
 
 COMMANDS = ["demo", "download", "segment", "track", "viz", "cache-features", "info"]
 
@@ -32,18 +34,6 @@ def ckpt_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def picture(path: Path, size=(160, 120), shift=0) -> Path:
-    """A synthetic photo: a grey background with a blue disc and an orange square."""
-    from PIL import ImageDraw
-
-    img = Image.new("RGB", size, (200, 200, 200))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse([40 + shift, 30, 90 + shift, 80], fill=(30, 60, 220))
-    draw.rectangle([110, 60, 150, 110], fill=(240, 140, 20))
-    img.save(path)
-    return path
-
-
 def test_help_on_every_command(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -54,7 +44,10 @@ def test_help_on_every_command(capsys):
         assert info.value.code == 0
         assert f"usage: dp-sam2 {cmd}" in capsys.readouterr().out
     assert main([]) == 0 and "COMMAND" in capsys.readouterr().out
-    # the console script is installed
+
+
+@pytest.mark.slow
+def test_console_script_is_installed():
     proc = subprocess.run(["dp-sam2", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "cache-features" in proc.stdout
 
@@ -73,7 +66,7 @@ def test_demo_writes_pictures(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        assert main(["demo", "--out", "out", "--quick", "--steps", "6"]) == 0
+        assert main(["demo", "--out", "out", "--quick", "--steps", "6", "--offline"]) == 0
     captured = capsys.readouterr()
     assert "dp-sam2 download sam2_tiny" in captured.err  # the loud warning says how to get real weights
     for name in ("loss_curve.png", "actions.png", "features_pca.png", "mask_overlay.png", "track.png"):
@@ -180,7 +173,8 @@ def test_cache_features_command(tmp_path, ckpt_dir, capsys):
 
     replay = write_replay(tmp_path / "replay.zarr")
     args = ["cache-features", "--zarr", str(replay), "--obs-encoder", "sam2_tiny", "--image-size", "64",
-            "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--batch-size", "8", "--no-progress", "--device", "cpu"]
+            "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--batch-size", "8", "--no-progress",
+            "--device", "cpu"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "16 frames" in out and "complete" in out and "(16 frames encoded now)" in out
@@ -201,10 +195,193 @@ def test_info(tmp_path, ckpt_dir, monkeypatch, capsys):
     assert f"sam2_hiera_tiny.pt         {ckpt_dir / 'sam2_hiera_tiny.pt'}" in out
     assert "not found (dp-sam2 download sam2_large)" in out or "sam2_hiera_large.pt" in out
     assert "Hydra sees the obs_encoder group: yes: sam2.1_base_plus" in out
+    assert "Hydra sees the umi_obs_encoder group: " in out
     assert not GlobalHydra.instance().is_initialized()  # info leaves Hydra as it found it
+    assert "official     https://dl.fbaipublicfiles.com" in out and "HF_ENDPOINT unset" in out
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080")
+    from dp_sam2.tools import info
+
+    lines = info.source_lines() + info.optional_lines()
+    assert any("HF_ENDPOINT=http://mirror.example:8080" in line for line in lines)
+    # usable only when both our module and its dependency are importable (found, not imported)
+    states = {line.split(":")[0].strip(): line for line in lines if " + " in line}
+    assert len(states) == 3
+    have_robomimic = importlib.util.find_spec("robomimic") is not None
+    have_policies = importlib.util.find_spec("dp_sam2.policies") is not None
+    assert ("usable" in states["hybrid DP policies         dp_sam2.policies + robomimic"].split(": ", 1)[1]
+            .split(" ")[0]) == (have_robomimic and have_policies)
+    assert "robomimic" not in sys.modules or have_robomimic  # never imported by info
 
 
+def test_demo_weights_fall_back_fast_or_download(tmp_path, monkeypatch, capsys):
+    """--offline never touches the network; a closed port, a server that drops the connection and
+    a host that does not answer all mean random weights within the 5 s budget; a server that has
+    the file means a verified download into the user cache."""
+    import socket
+    import threading
+    import time
+
+    from dp_sam2.checkpoints import download as dl
+    from dp_sam2.tools.demo import demo_weights
+
+    from test_download import _Server
+
+    monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dl, "check_reachable", _fail_if_called)
+    assert demo_weights(offline=True) is None
+    assert "dp-sam2 download sam2_tiny" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    dropper = socket.socket()  # accepts, then closes at once: a dropped connection
+    dropper.bind(("127.0.0.1", 0))
+    dropper.listen(8)
+
+    def drop():
+        while True:
+            try:
+                conn, _ = dropper.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    silent = socket.socket()  # listens but never accepts (backlog 0): connects hang or stall
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    try:
+        for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{dropper.getsockname()[1]}",
+                    f"http://127.0.0.1:{silent.getsockname()[1]}"):
+            start = time.monotonic()
+            assert demo_weights(base_url=url, timeout=2.0) is None
+            assert time.monotonic() - start < 12.0
+            err = capsys.readouterr()
+            assert "download failed, continuing without it" in err.out and "RANDOM weights" in err.err
+    finally:
+        dropper.close()
+        silent.close()
+    assert not (tmp_path / "cache" / "sam2_hiera_tiny.pt").exists()
+
+    import test_download
+
+    data = test_download._tiny_checkpoint_bytes(tmp_path)
+    server = _Server({"sam2_hiera_tiny.pt": data})
+    try:
+        path = demo_weights(base_url=server.url)
+    finally:
+        server.close()
+    assert path == tmp_path / "cache" / "sam2_hiera_tiny.pt" and path.read_bytes() == data
+
+
+def _fail_if_called(*args, **kwargs):
+    raise AssertionError("--offline must not touch the network")
+
+
+def test_library_calls_leave_the_callers_rng_alone(tmp_path):
+    """Random-init weights are the same every time (seed 0) and the caller's RNG is untouched."""
+    from dp_sam2.cache import CacheKey, Source, build_encoder
+    from dp_sam2.tools.commands import build_model
+
+    key = CacheKey("sam2_tiny", "random-init", 64)
+    source = Source(("image",), 1, "", {"image": (64, 64, 3)})
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = build_encoder(key, source, None, "cpu")
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(7)
+    second = build_encoder(key, source, None, "cpu")
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+    torch.manual_seed(123)
+    model = build_model("sam2_tiny", image_size=64, device="cpu", random_weights=True)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    again = build_model("sam2_tiny", image_size=64, device="cpu", random_weights=True)
+    assert torch.equal(model.no_mem_embed, again.no_mem_embed)
+    assert not torch.equal(model.no_mem_embed, torch.zeros_like(model.no_mem_embed))
+
+
+@pytest.mark.slow
 def test_python_m_entry(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dp_sam2.tools.cli", "download", "no_such_model", "--dest", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    cmd = [sys.executable, "-m", "dp_sam2.tools.cli", "download", "no_such_model", "--dest", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert proc.returncode == 1 and "unknown SAM 2 model" in proc.stderr
+
+
+# --------------------------------------------------------------------------- logs
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_bars_fit_logs(monkeypatch):
+    from dp_sam2 import _progress
+
+    log = _Stream(tty=False)
+    bar = _progress.progress(range(1000), desc="work", file=log, unit="step")
+    assert isinstance(bar, _progress.LogProgress)
+    assert sum(1 for _ in bar) == 1000
+    lines = log.text.splitlines()
+    assert "\r" not in log.text and 10 <= len(lines) <= 12
+    assert "work:   0%" in lines[0] and "1000/1000" in lines[-1] and "100%" in lines[-1]
+    assert [int(line.split("%")[0].split()[-1]) for line in lines[1:-1]] == list(range(10, 100, 10))[:len(lines) - 2]
+    # a download-style bar: updates of bytes, resumed from an offset, total known
+    log = _Stream(tty=False)
+    with _progress.progress(total=100 << 20, initial=50 << 20, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc="file.pt", file=log) as bar:
+        for _ in range(50):
+            bar.update(1 << 20)
+    assert len(log.text.splitlines()) <= 7 and "100M/100M" in log.text.splitlines()[-1]
+    # no total: lines after 5, 10, 20 ... seconds only
+    clock = [0.0]
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: clock[0])
+    log = _Stream(tty=False)
+    bar = _progress.progress(desc="stream", file=log)
+    for _ in range(600):  # ten minutes, one update a second
+        clock[0] += 1.0
+        bar.update()
+    bar.close()
+    assert len(log.text.splitlines()) == 2 + 7  # start, 5/10/20/40/80/160/320 s, end
+    # disabled: nothing at all; on a terminal: tqdm as usual
+    log = _Stream(tty=False)
+    list(_progress.progress(range(5), file=log, disable=True))
+    assert log.text == ""
+    from tqdm.auto import tqdm
+
+    assert isinstance(_progress.progress(range(3), file=_Stream(tty=True)), tqdm)
+
+
+@pytest.mark.slow
+def test_demo_log_fits_in_150_lines(tmp_path):
+    """`dp-sam2 demo --offline` with stdout and stderr redirected to a file: at most 150 lines,
+    a carriage return counted as a line break."""
+    log = tmp_path / "demo.log"
+    env = {**os.environ, "DP_SAM2_CACHE": str(tmp_path / "empty_cache")}
+    env.pop("DP_SAM2_CHECKPOINT_DIR", None)
+    with open(log, "w") as out:
+        proc = subprocess.run([sys.executable, "-m", "dp_sam2.tools.cli", "demo", "--out", str(tmp_path / "out"),
+                               "--offline", "--quick"], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+                              timeout=1200)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    lines = text.replace("\r", "\n").splitlines()
+    assert len(lines) <= 150, f"{len(lines)} lines:\n{text[-3000:]}"
+    assert "RANDOM weights" in text and "training the diffusion action head: 100%" in text
+    assert "downloading" not in text  # --offline: no attempt

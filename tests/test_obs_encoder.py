@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from conftest import build_official, perturb_, rel_err, requires_official, save_official_checkpoint
 from dp_sam2 import SAM2ObsEncoder
 from dp_sam2.checkpoints.resolve import CheckpointNotFoundError
 from dp_sam2.encoders.obs.backbone import SAM2Backbone
 from dp_sam2.encoders.obs.finetune import LoRALinear, adamw_param_groups
-from torch import nn
-
-from conftest import build_official, perturb_, rel_err, requires_official, save_official_checkpoint
 
 SIZE = 64
 PUSHT = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from dp_sam2 import SAM2ObsEncoder
-from dp_sam2.checkpoints.registry import MODELS
 from torch import nn
 
 from conftest import rel_err
+from dp_sam2 import SAM2ObsEncoder
+from dp_sam2.checkpoints.registry import MODELS
 from test_obs_encoder import file_state, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

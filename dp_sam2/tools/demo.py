@@ -1,7 +1,8 @@
 """``dp-sam2 demo``: the whole pipeline offline in a few minutes on a CPU.
 
-1. the ``sam2_tiny`` obs encoder (official weights when the resolver finds them, otherwise random
-   weights and a loud warning that says how to get real ones);
+1. the ``sam2_tiny`` obs encoder: official weights when the resolver finds them, else downloaded
+   as ``dp-sam2 download sam2_tiny`` does; with ``offline=True``, or when the network fails
+   (5 s connect timeout), random weights and a loud warning that says how to get real ones;
 2. a small synthetic Push-T-style replay buffer (zarr, DP's layout: ``data/img`` float32 0-255,
    ``data/state``, ``data/action``, ``meta/episode_ends``);
 3. its SAM 2 features, cached (:mod:`dp_sam2.cache`);
@@ -160,7 +161,8 @@ def train_head(encoder, feats: torch.Tensor, agent_pos: torch.Tensor, targets: t
                steps: int, seed: int, device):
     """DDPM training of the pooling head + noise predictor on cached features; returns the losses."""
     from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
+
+    from dp_sam2._progress import progress
 
     torch.manual_seed(seed)
     scheduler = DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2", clip_sample=True,
@@ -170,7 +172,7 @@ def train_head(encoder, feats: torch.Tensor, agent_pos: torch.Tensor, targets: t
     optim = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-6)
     encoder.train()
     losses = []
-    bar = tqdm(range(steps), desc="training the diffusion action head", unit="step")
+    bar = progress(range(steps), desc="training the diffusion action head", unit="step")
     for _ in bar:
         idx = torch.randint(0, len(feats), (min(size.batch_size, len(feats)),))
         cond = encoder({"image": feats[idx].to(device), "agent_pos": agent_pos[idx].to(device)})
@@ -214,11 +216,36 @@ def draw_actions(frame: np.ndarray, demo: np.ndarray, pred: np.ndarray, scale: i
     return img
 
 
-def run_demo(out, steps: int | None = None, quick: bool = False, device=None, seed: int = 0):
-    """Run the demo into ``out``; returns ``[(path, description), ...]`` of what it wrote."""
+def demo_weights(offline: bool = False, base_url: str | None = None, timeout: float = 5.0):
+    """The ``sam2_tiny`` checkpoint: found locally, else downloaded (unless ``offline``), else
+    ``None`` (random weights) after a loud warning. A network that does not answer within
+    ``timeout`` seconds, or drops the connection, means random weights, not an error."""
+    from dp_sam2.checkpoints import download as dl
+    from dp_sam2.checkpoints.registry import get_spec
+    from dp_sam2.checkpoints.resolve import candidates, default_checkpoint, find_weights
+    from dp_sam2.tools.commands import random_weights_warning
+
+    spec = get_spec("sam2_tiny")
+    path = find_weights(spec.name, random_weights=True, warn=False)
+    if path is None and not offline:
+        url = dl.url_for(spec, base_url)
+        print(f"      no local {spec.filename}: downloading it from {url} (--offline to skip)", flush=True)
+        try:
+            dl.check_reachable(url, timeout)
+            path = dl.download_one(spec, dl.default_dest(), base_url=base_url, retries=0, timeout=timeout).path
+        except (dl.DownloadError, OSError, ValueError) as err:
+            print(f"      download failed, continuing without it: {str(err).splitlines()[0]}", flush=True)
+    if path is None:
+        random_weights_warning(spec, [c.path for c in candidates(default_checkpoint(spec.name))])
+    return path
+
+
+def run_demo(out, steps: int | None = None, quick: bool = False, device=None, seed: int = 0,
+             offline: bool = False):
+    """Run the demo into ``out``; returns ``[(path, description), ...]`` of what it wrote.
+    ``offline=True`` never downloads the checkpoint (see :func:`demo_weights`)."""
     from dp_sam2 import cache as C
     from dp_sam2.encoders.sam2.build import resolve_device
-    from dp_sam2.tools.commands import find_checkpoint
     from dp_sam2.tools.draw import grid, line_plot, pca_rgb
 
     size = QUICK if quick else FULL
@@ -231,7 +258,7 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     written = []
 
     print("[1/5] sam2_tiny weights")
-    ckpt = find_checkpoint("sam2_tiny", None, random_weights=True)
+    ckpt = demo_weights(offline)
     print(f"      {'official checkpoint ' + str(ckpt) if ckpt else 'RANDOM weights (see the warning above)'}")
 
     print("[2/5] synthetic Push-T replay buffer")
@@ -245,7 +272,8 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     handle = C.open_cache(zarr_path, res.key)
     feats = torch.from_numpy(np.asarray(handle.arrays()["img"][:]))
     per_frame = feats[0].numel() * 2 / 1024
-    written.append((zarr_path / res.group, f"feature cache: {tuple(feats.shape)} float16, {per_frame:.0f} KiB per frame"))
+    written.append((zarr_path / res.group,
+                    f"feature cache: {tuple(feats.shape)} float16, {per_frame:.0f} KiB per frame"))
 
     print("[4/5] training a diffusion action head on the cached features")
     source = C.Source(("image",), len(states), "", {"image": (96, 96, 3)})
@@ -258,11 +286,13 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     path = out / "loss_curve.png"
     line_plot({"loss": losses, f"moving average ({window})": np.concatenate([[np.nan] * (window - 1), smooth])},
-              title=f"DDPM noise-prediction loss (sam2_tiny features, {steps} steps)", ylabel="MSE", log_y=True).save(path)
+              title=f"DDPM noise-prediction loss (sam2_tiny features, {steps} steps)", ylabel="MSE",
+              log_y=True).save(path)
     written.append((path, f"loss curve: {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}"))
 
     show = np.linspace(0, len(states) - 1, 4).astype(int)
-    pred = from_unit(sample_actions(encoder, head, scheduler, feats[show].to(dev), agent_pos[show].to(dev), seed).cpu().numpy())
+    sampled = sample_actions(encoder, head, scheduler, feats[show].to(dev), agent_pos[show].to(dev), seed)
+    pred = from_unit(sampled.cpu().numpy())
     frames96 = zarr_open_frames(zarr_path)
     tiles = [draw_actions(frames96[i], from_unit(targets[i].numpy()), pred[k]) for k, i in enumerate(show)]
     path = out / "actions.png"
@@ -292,9 +322,9 @@ def zarr_open_frames(path: Path) -> np.ndarray:
 def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     import torch
 
-    from dp_sam2.predictors.image import SAM2ImagePredictor
-    from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
     from dp_sam2.checkpoints.registry import get_spec
+    from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
+    from dp_sam2.predictors.image import SAM2ImagePredictor
     from dp_sam2.tools.commands import segment_array, track_frames
     from dp_sam2.tools.draw import grid, overlay
 
@@ -311,7 +341,8 @@ def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     mask, score = segment_array(SAM2ImagePredictor(model), frame, point=click)
     path = out / "mask_overlay.png"
     overlay(frame, [mask], points=[click]).save(path)
-    written.append((path, f"image predictor: mask of the block from one click (score {score:.2f}, {int(mask.sum())} px)"))
+    written.append((path, f"image predictor: mask of the block from one click (score {score:.2f}, "
+                          f"{int(mask.sum())} px)"))
     del model
 
     torch.manual_seed(0)
