@@ -166,7 +166,7 @@ class SAM2ObsEncoder(nn.Module):
         self.random_crop = bool(random_crop)
         self.resize_shape = inputs._per_key_hw(resize_shape, self.keys.rgb, "resize_shape")
         self.crop_shape = inputs._per_key_hw(crop_shape, self.keys.rgb, "crop_shape")
-        inputs.check_crops(self.keys, self.crop_shape, self.resize_shape)
+        self._check_crops()
         crop_ratio, self.augment = umi.parse_transforms(transforms)
         self.ratio_crop = {k: umi.ratio_crop(self._cropped_hw(k), crop_ratio) for k in self.keys.rgb}
         self.share_rgb_model = bool(share_rgb_model)
@@ -203,6 +203,9 @@ class SAM2ObsEncoder(nn.Module):
         self.train(self.training)
 
     # ---------------------------------------------------------------- construction helpers
+    def _check_crops(self) -> None:  # also for callers that set crop_shape after construction (policies/)
+        inputs.check_crops(self.keys, self.crop_shape, self.resize_shape)
+
     def _cropped_hw(self, key: str) -> tuple[int, int]:
         return self.crop_shape[key] or self.resize_shape[key] or self.keys.shapes[key][1:]
 
