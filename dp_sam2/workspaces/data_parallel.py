@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import random
 
@@ -77,9 +78,14 @@ def wrap_ddp(policy: nn.Module, dist: D.Dist, ddp_cfg) -> nn.Module:
             p.requires_grad_(False)
     if not any(p.requires_grad for p in policy.parameters()):
         raise ValueError("the policy has no trainable parameter: nothing to train in parallel")
-    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return DistributedDataParallel(LossForward(policy), device_ids=device_ids, broadcast_buffers=bool(broadcast),
-                                   find_unused_parameters=bool(ddp_cfg.get("find_unused_parameters", False)))
+    kwargs = {"device_ids": [dist.device.index] if dist.device.type == "cuda" else None,
+              "find_unused_parameters": bool(ddp_cfg.get("find_unused_parameters", False))}
+    # per-forward buffer sync (torch >= 2.14 names it forward_sync_buffers; both sync once at init)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        kwargs["forward_sync_buffers"] = bool(broadcast)
+    else:
+        kwargs["broadcast_buffers"] = bool(broadcast)
+    return DistributedDataParallel(LossForward(policy), **kwargs)
 
 
 class _NullLog:
