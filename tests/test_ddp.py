@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dill
@@ -208,13 +207,18 @@ def test_resume_from_latest(two_proc, checkout):
 
 
 # --------------------------------------------------------------------------- DDP and the lock
-def _lock_job(index: int, out: str) -> None:
-    target = Path(out, "checkpoints", "shared.pt")
-    with D.rank_zero_first(D.Dist(), Path(out, "checkpoints", ".dp_sam2.lock")):
-        if not target.exists():
-            time.sleep(0.5)
-            with open(target, "a") as fh:
-                fh.write(f"job {index}\n")
+LOCK_JOB = """
+import sys, time
+from pathlib import Path
+from dp_sam2.workspaces import dist as D
+out = Path(sys.argv[1])
+with D.rank_zero_first(D.Dist(), out / "checkpoints" / ".dp_sam2.lock"):
+    target = out / "checkpoints" / "shared.pt"
+    if not target.exists():  # what a resolver that downloads would do
+        time.sleep(0.5)
+        with open(target, "a") as fh:
+            fh.write("job " + sys.argv[2] + "\\n")
+"""
 
 
 @pytest.mark.slow
@@ -238,7 +242,8 @@ def test_only_rank_zero_resolves_the_sam2_file_under_a_lock(two_proc, checkout, 
     assert (checkout / "checkpoints" / ".dp_sam2.lock").is_file()  # taken by rank 0 around it
     # two independent jobs (e.g. rank 0 of two machines sharing the file system): the file lock
     # lets one of them create the file; the other finds it
-    torch.multiprocessing.spawn(_lock_job, args=(str(tmp_path),), nprocs=2)
+    jobs = [subprocess.Popen([sys.executable, "-c", LOCK_JOB, str(tmp_path), str(i)], cwd=ROOT) for i in range(2)]
+    assert [job.wait(timeout=120) for job in jobs] == [0, 0]
     assert (tmp_path / "checkpoints" / "shared.pt").read_text().count("job") == 1
 
 
@@ -351,9 +356,9 @@ def test_obs_encoder_group_through_hydra_initialize_and_compose():
     try:
         with hydra.initialize(version_base=None, config_path="fixtures/dp/config"):
             cfg = hydra.compose(config_name="train_dp_shaped_workspace",
-                                overrides=["+obs_encoder@policy.obs_encoder=sam2_tiny", "training.seed=43"])
+                                overrides=["+obs_encoder@policy.obs_encoder=sam2_tiny", "n_obs_steps=3"])
             assert cfg.policy.obs_encoder._target_ == "dp_sam2.SAM2ObsEncoder"
-            assert cfg.policy.obs_encoder.model_cfg == "sam2_tiny" and cfg.training.seed == 43
+            assert cfg.policy.obs_encoder.model_cfg == "sam2_tiny" and cfg.policy.n_obs_steps == 3
             cfg = hydra.compose(config_name=CONFIG, overrides=["obs_encoder=sam2.1_tiny"])
             assert cfg._target_ == "dp_sam2.workspaces.data_parallel.TrainDiffusionDataParallelWorkspace"
             assert cfg.policy.obs_encoder.model_cfg == "sam2.1_tiny" and "run_dir" in cfg.multi_run
