@@ -16,6 +16,10 @@ What is not run for real, and where it is checked instead:
   `build_sam2_video_predictor` build get a 256 px input instead of 1024 px (see SMALL_INPUT).
 * `python train.py ...` needs Diffusion Policy: the config it would compose is composed here
   from DP-shaped fixture yamls (tests/fixtures/dp/config) and its obs encoder checked.
+* `torchrun ... train.py` / `accelerate launch ... train.py` (the data-parallel workspace) and
+  `python ray_train_multirun.py ...` need DP too: their configs are composed here the same way
+  (Ray's through `hydra.initialize` + `hydra.compose`, as DP's script does); the workspace itself
+  runs under torchrun on a stand-in DP checkout in tests/test_ddp.py.
 * `sam2_large` commands run with DP_SAM2_ALLOW_MISSING_CHECKPOINT=1 (random weights) on a
   two-frame replay buffer.
 """
@@ -218,6 +222,48 @@ def h_train(cmd, box):
     assert node["model_cfg"] == (chosen[-1] if chosen else "sam2_large")
 
 
+DDP_TARGET = "dp_sam2.workspaces.data_parallel.TrainDiffusionDataParallelWorkspace"
+
+
+def h_train_parallel(cmd, box):
+    """torchrun / accelerate launch of DP's train.py: the same composition as `python train.py`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    args = shlex.split(cmd)
+    rest = args[args.index("train.py") + 1:]
+    h_train(shlex.join(["python", "train.py", *rest]), box)
+    name = next(a.split("=", 1)[1] for a in rest if a.startswith("--config-name="))
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(FIXTURE_CONFIG), version_base=None):
+            cfg = compose(name, overrides=[a for a in rest if not a.startswith("--")])
+    finally:
+        GlobalHydra.instance().clear()
+    assert cfg._target_ == DDP_TARGET and cfg.policy._target_.endswith("DiffusionUnetImagePolicy")
+    assert cfg.task.name == "pusht_image"
+
+
+def h_ray(cmd, box):
+    """DP's ray_train_multirun.py composes with hydra.initialize(config_path=<relative>) + compose."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    args = shlex.split(cmd)
+    name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
+    overrides = args[args.index("--") + 1:]
+    GlobalHydra.instance().clear()
+    try:
+        with hydra.initialize(version_base=None, config_path="fixtures/dp/config"):
+            cfg = hydra.compose(config_name=name, overrides=overrides + ["training.seed=43"])
+    finally:
+        GlobalHydra.instance().clear()
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=")[0].split("@")[0].lstrip("+") == "obs_encoder"]
+    assert cfg.policy.obs_encoder._target_ == "dp_sam2.SAM2ObsEncoder"
+    assert cfg.policy.obs_encoder.model_cfg == chosen[-1]
+    assert cfg.training.seed == 43 and "run_dir" in cfg.multi_run  # what the script reads
+
+
 HANDLERS = [
     (r"^pip install ", h_pip),
     (r"^bash \.ci/run$", h_ci),
@@ -228,6 +274,9 @@ HANDLERS = [
     (r"^dp-sam2 download ", h_download),
     (r"^(dp-sam2|torchrun --standalone --nproc_per_node \d+ -m dp_sam2\.cli) cache-features ", h_cache),
     (r"^python train\.py --config-name=\S+", h_train),
+    (r"^(torchrun --standalone --nproc_per_node \d+|accelerate launch --num_processes \d+) train\.py --config-name=\S+",
+     h_train_parallel),
+    (r"^python ray_train_multirun\.py --config-name=\S+ .* -- ", h_ray),
 ]
 
 
@@ -372,7 +421,8 @@ def test_environment_variables_are_exactly_the_three():
 def test_sections():
     text = README.read_text()
     for title in ("## On a fresh machine", "## Install beside Diffusion Policy", "## Selecting the encoder",
-                  "## Checkpoints", "## The feature cache", "## The command line", "## The predictors",
+                  "## Checkpoints", "## The feature cache", "## Training on many GPUs", "## The command line",
+                  "## The predictors",
                   "## Troubleshooting", "## Speed", "## Running the real Diffusion Policy"):
         assert title in text, title
     assert "Hybrid workspaces are not supported" in text
