@@ -145,6 +145,7 @@ def test_resume_after_interruption(cached, ckpts, tmp_path, monkeypatch):
     np.testing.assert_array_equal(_features(out, again), _features(path, res))
 
 
+@pytest.mark.slow
 def test_two_rank_torchrun_matches_one_process(cached, ckpts, tmp_path):
     path, res = cached
     out = tmp_path / "two.zarr"

@@ -293,6 +293,7 @@ def _run_cli(*args, env_extra=None, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_status_and_build_cli(tmp_path, monkeypatch, capsys):
     env = {"DP_SAM2_CACHE": str(tmp_path)}
     status = _run_cli("status", env_extra=env)  # nothing built: says so, builds nothing
@@ -313,6 +314,7 @@ def test_status_and_build_cli(tmp_path, monkeypatch, capsys):
     assert f"CPU op:      built: {tmp_path}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_import_compiles_nothing(tmp_path):
     probe = ("import sys, dp_sam2.ext as e; "
              "print(sorted(m for m in ('torch.utils.cpp_extension', 'scipy') if m in sys.modules))")

@@ -262,6 +262,7 @@ def _check_install(python, work, expect_under):
         assert Path(result["dp_sam2"]).resolve().is_relative_to(expect_under), result["dp_sam2"]
 
 
+@pytest.mark.slow
 def test_compose_outside_checkout_with_the_current_install(tmp_path):
     work = _app_dir(tmp_path)
     _check_install(sys.executable, work, ROOT)  # the editable install of this checkout
@@ -281,6 +282,7 @@ def _wheel_tools_available() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_compose_outside_checkout_after_a_wheel_install(tmp_path):
     """pip wheel + a fresh venv (its site-packages first, this environment's for torch/hydra
     after it, through a path-only .pth: this environment's editable finder is not loaded)."""

@@ -192,12 +192,14 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_import_and_build_have_no_hydra_side_effects(tmp_path):
     out = subprocess.run([sys.executable, "-c", _NO_HYDRA_SCRIPT], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout
 
 
+@pytest.mark.slow
 def test_build_inside_running_hydra_app(tmp_path):
     script = tmp_path / "app.py"
     script.write_text(_HYDRA_APP_SCRIPT)

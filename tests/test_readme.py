@@ -25,6 +25,8 @@ What is not run for real, and where it is checked instead:
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shlex
@@ -38,6 +40,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import synthetic_photo
+
+# Every README command and snippet runs in a fresh process: the whole file is in the slow set.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -80,26 +86,16 @@ def bash_commands() -> list[str]:
 
 
 # --------------------------------------------------------------------------- the sandbox
-def _photo(path: Path, size=(640, 480), shift=0) -> None:
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", size, (210, 210, 210))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse([260 + shift, 180, 380 + shift, 300], fill=(30, 60, 220))
-    draw.rectangle([420, 260, 560, 400], fill=(240, 140, 20))
-    img.save(path)
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     from dp_sam2 import build_sam2
     from dp_sam2.checkpoints.registry import MODELS
 
     box = tmp_path_factory.mktemp("readme")
-    _photo(box / "photo.jpg")
+    synthetic_photo(box / "photo.jpg", size=(640, 480))
     (box / "frames").mkdir()
     for i in range(3):
-        _photo(box / "frames" / f"{i:05d}.jpg", shift=10 * i)
+        synthetic_photo(box / "frames" / f"{i:05d}.jpg", size=(640, 480), shift=10 * i)
     (box / "checkpoints").mkdir()
     for name in ("sam2_tiny", "sam2.1_tiny"):
         torch.manual_seed(5)
@@ -152,9 +148,20 @@ def _run_cli(cmd: str, box: Path) -> str:
 
 # --------------------------------------------------------------------------- bash handlers
 def h_pip(cmd, box):
+    """``pip install .`` / ``pip install /path/to/dp_sam2``: .ci/run did the install; check that what is
+    installed is this checkout (same version) and that the console script it declares resolves."""
+    import importlib
+    import tomllib
     from importlib import metadata
 
-    assert metadata.version("dp-sam2")  # installed by .ci/run (see the module docstring)
+    import dp_sam2
+
+    args = shlex.split(cmd)
+    assert args[:2] == ["pip", "install"] and len(args) == 3, cmd
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert dp_sam2.__version__ == project["version"] and metadata.version("dp-sam2") == project["version"]
+    module, _, attr = project["scripts"]["dp-sam2"].partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
 
 
 def h_ci(cmd, box):
@@ -162,8 +169,30 @@ def h_ci(cmd, box):
     assert "python -m pytest tests -q" in (ROOT / ".ci" / "run").read_text()
 
 
+def h_quick_tests(cmd, box):
+    """The quick inner loop: collect it (running it from inside the suite would recurse) and check it
+    keeps the tiny-config parity and bad-input tests and leaves out the slow ones."""
+    args = shlex.split(cmd)
+    assert args[:4] == ["python", "-m", "pytest", "tests"] and args[-2:] == ["-m", "not slow"], cmd
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args[4:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    collected = proc.stdout
+    assert "test_model_parity.py" in collected and "test_image_predictor.py" in collected
+    assert "test_readme.py" not in collected and "test_compose_outside_checkout" not in collected
+
+
 def h_cd(cmd, box):
-    pass  # the sandbox stands in for the DP checkout
+    """``cd diffusion_policy``: from a DP checkout, dp_sam2 finds the DP repo root (where relative
+    checkpoint paths are looked up) through the imported ``diffusion_policy`` package."""
+    target = shlex.split(cmd)[1]
+    assert target == "diffusion_policy", cmd
+    repo = box / target
+    (repo / "diffusion_policy").mkdir(parents=True, exist_ok=True)  # DP's package has no __init__.py
+    code = "from dp_sam2.checkpoints.resolve import dp_repo_root; print(dp_repo_root())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env=dict(_env(box), PYTHONPATH=str(repo)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and Path(proc.stdout.strip()) == repo.resolve(), proc.stdout + proc.stderr
 
 
 def h_demo(cmd, box):
@@ -267,6 +296,7 @@ def h_ray(cmd, box):
 HANDLERS = [
     (r"^pip install ", h_pip),
     (r"^bash \.ci/run$", h_ci),
+    (r"^python -m pytest tests ", h_quick_tests),
     (r"^cd \S+$", h_cd),
     (r"^dp-sam2 demo --out \S+$", h_demo),
     (r"^dp-sam2 (--help|info)$", h_run),
@@ -306,9 +336,22 @@ def test_bash_command(cmd, sandbox):
 PY_BLOCKS = [b for b in readme_blocks() if b.lang == "python"]
 
 
+# What each snippet prints (a regex on its output), keyed by a line of the snippet: a new snippet
+# without an expectation fails, and so does one that prints something else.
+SNIPPET_OUTPUT = {
+    "predictor = SAM2ImagePredictor(model)": r"^\(3, 480, 640\) \[",
+    "predictor.propagate_in_video(state)": r"^3 frames tracked$",
+    "SAM2AutomaticMaskGenerator.from_pretrained": r"^(0 masks; none|[1-9]\d* masks; \[.*'segmentation'.*\])$",
+    "encoder = SAM2ObsEncoder(shape_meta": r"^torch\.Size\(\[4, 258\]\) \(258,\)$",
+}
+
+
 @pytest.mark.parametrize("block", PY_BLOCKS, ids=[f"line{b.line}" for b in PY_BLOCKS])
 def test_python_snippet(block, sandbox):
-    assert _run_python(block.text, sandbox).strip()
+    expected = [regex for key, regex in SNIPPET_OUTPUT.items() if key in block.text]
+    assert len(expected) == 1, f"README snippet at line {block.line} needs one entry in SNIPPET_OUTPUT"
+    out = _run_python(block.text, sandbox).strip().splitlines()
+    assert out and re.search(expected[0], out[-1]), out[-5:]
 
 
 def _yaml_blocks():
@@ -397,6 +440,9 @@ def _table(header_start: str) -> list[list[str]]:
     return rows
 
 
+OFFICIAL_SHAPES = json.loads((ROOT / "tests" / "sam2_state_dict_shapes.json").read_text())
+
+
 def test_models_table_matches_the_registry():
     from dp_sam2.checkpoints.registry import MODELS
 
@@ -406,7 +452,8 @@ def test_models_table_matches_the_registry():
         spec = MODELS[row[0]]
         side = spec.obs_image_size // 16
         kib = 256 * side * side * 2 / 1024
-        assert row[1:6] == [spec.version, spec.size, spec.config, spec.filename, row[5]] and row[4] == spec.filename
+        n_params = sum(math.prod(shape) for shape in OFFICIAL_SHAPES[spec.config].values())
+        assert row[1:6] == [spec.version, spec.size, spec.config, spec.filename, f"{n_params / 1e6:.1f} M"]
         assert row[6] == str(spec.obs_image_size) and row[7] == f"256 x {side} x {side}" and row[8] == f"{kib:.0f} KiB"
 
 

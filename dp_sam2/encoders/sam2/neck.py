@@ -88,3 +88,12 @@ def _composed_1x1(first: nn.Conv2d, second: nn.Conv2d, x: torch.Tensor) -> torch
     weight = (w2 @ first.weight.flatten(1))[:, :, None, None]
     bias = w2 @ first.bias + second.bias
     return F.conv2d(x, weight, bias)
+
+
+def __getattr__(name: str):
+    # 0.1.x model yamls named dp_sam2.encoders.sam2.neck.ImageEncoder; it now has its own module.
+    if name == "ImageEncoder":
+        from .image_encoder import ImageEncoder
+
+        return ImageEncoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
