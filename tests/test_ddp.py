@@ -14,6 +14,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import dill
@@ -207,18 +209,16 @@ def test_resume_from_latest(two_proc, checkout):
 
 
 # --------------------------------------------------------------------------- DDP and the lock
-LOCK_JOB = """
-import sys, time
-from pathlib import Path
-from dp_sam2.workspaces import dist as D
-out = Path(sys.argv[1])
-with D.rank_zero_first(D.Dist(), out / "checkpoints" / ".dp_sam2.lock"):
-    target = out / "checkpoints" / "shared.pt"
-    if not target.exists():  # what a resolver that downloads would do
-        time.sleep(0.5)
-        with open(target, "a") as fh:
-            fh.write("job " + sys.argv[2] + "\\n")
-"""
+def _lock_job(out: Path, index: int, log: list) -> None:
+    """What a resolver that downloads would do, as one job's rank 0 (world 1) under the file lock.
+    flock locks belong to an open file description, so two threads exclude each other as two
+    processes would."""
+    with D.rank_zero_first(D.Dist(), out / "checkpoints" / ".dp_sam2.lock"):
+        target = out / "checkpoints" / "shared.pt"
+        if not target.exists():
+            time.sleep(0.3)
+            target.write_text(f"job {index}\n")
+            log.append(index)
 
 
 @pytest.mark.slow
@@ -242,9 +242,13 @@ def test_only_rank_zero_resolves_the_sam2_file_under_a_lock(two_proc, checkout, 
     assert (checkout / "checkpoints" / ".dp_sam2.lock").is_file()  # taken by rank 0 around it
     # two independent jobs (e.g. rank 0 of two machines sharing the file system): the file lock
     # lets one of them create the file; the other finds it
-    jobs = [subprocess.Popen([sys.executable, "-c", LOCK_JOB, str(tmp_path), str(i)], cwd=ROOT) for i in range(2)]
-    assert [job.wait(timeout=120) for job in jobs] == [0, 0]
-    assert (tmp_path / "checkpoints" / "shared.pt").read_text().count("job") == 1
+    log: list = []
+    jobs = [threading.Thread(target=_lock_job, args=(tmp_path, i, log)) for i in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=60)
+    assert len(log) == 1 and (tmp_path / "checkpoints" / "shared.pt").read_text() == f"job {log[0]}\n"
 
 
 # --------------------------------------------------------------------------- pieces
