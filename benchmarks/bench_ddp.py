@@ -24,13 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_policy(args, torch):
-    from torch import nn
-
+def build_policy(args):
     from dp_sam2 import SAM2ObsEncoder
+
+    nn = torch.nn
 
     meta = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
             "action": {"shape": [2]}}
@@ -57,15 +59,13 @@ def build_policy(args, torch):
 
 
 def worker(args) -> None:
-    import torch
-
     from dp_sam2.workspaces import dist as D
     from dp_sam2.workspaces.data_parallel import wrap_ddp
 
     torch.set_num_threads(args.threads)
     dist = D.init_from_env(args.device)
     device = dist.device if dist.enabled else torch.device(args.device)
-    policy = build_policy(args, torch).to(device)
+    policy = build_policy(args).to(device)
     step_fn = wrap_ddp(policy, dist, {}) if dist.enabled else policy.compute_loss
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
     local = args.global_batch // dist.world
@@ -104,8 +104,6 @@ def worker(args) -> None:
                                       "step_s": statistics.median(synced), "no_sync_s": statistics.median(local_only),
                                       "trainable": trainable}), flush=True)
     if dist.enabled:
-        import torch.distributed
-
         torch.distributed.destroy_process_group()
 
 
