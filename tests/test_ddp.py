@@ -21,6 +21,7 @@ from pathlib import Path
 import dill
 import pytest
 import torch
+
 from dp_sam2.workspaces import dist as D
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,6 +259,7 @@ from test_cache import SHAPE_META, SIZE, cached, ckpts, fake_dp  # noqa: E402,F4
 def test_cached_features_are_sharded(fake_dp, cached, ckpts):  # noqa: F811
     """Each rank's loader reads its own part of the frozen-feature cache, together all of it."""
     from diffusion_policy.dataset.pusht_image_dataset import PushTImageDataset
+
     from dp_sam2.cache import CachedFeatureDataset
 
     path, _ = cached
