@@ -16,6 +16,11 @@ import numpy as np
 import torch
 
 CAMERAS = ("observation.images.top", "observation.images.wrist")
+MODEL = "sam2_tiny"
+# A small SAM 2 input, U-Net and horizon, so that a training step takes seconds on a CPU (the rest
+# stays LeRobot's diffusion defaults).
+SMALL = ["--policy.image_size=64", "--policy.down_dims=[32,64]", "--policy.horizon=8", "--policy.n_action_steps=4",
+         "--policy.drop_n_last_frames=3", "--policy.num_inference_steps=3"]
 
 
 def make_dataset(root: str | Path, repo_id: str = "local/sam2_test", episodes: int = 2, frames: int = 12,

@@ -64,10 +64,11 @@ def find_sam2_file(config, reloading: bool) -> Path | None:
 class SAM2CameraEncoder(nn.Module):
     """SAM 2 backbone (stride-16 map + ``no_mem_embed``) shared by the cameras, one head each.
 
-    ``weights``: ``"file"`` loads the official SAM 2 file (see :func:`find_sam2_file`);
-    ``"checkpoint"`` leaves the backbone to be filled from a saved policy that holds all of it."""
+    ``saved_keys``: ``None`` for a new policy; when a saved policy is being loaded, the backbone
+    keys its ``model.safetensors`` holds. The official SAM 2 file is read unless they are all of
+    them (see :func:`find_sam2_file`)."""
 
-    def __init__(self, config, weights: str = "file", reloading: bool = False) -> None:
+    def __init__(self, config, saved_keys: frozenset[str] | None = None) -> None:
         super().__init__()
         spec = get_spec(config.sam2_model)
         self.image_size = config.sam2_image_size
@@ -79,7 +80,8 @@ class SAM2CameraEncoder(nn.Module):
         self.camera_keys = list(config.image_features)
 
         self.backbone = SAM2Backbone(spec.name, self.image_size)
-        path = find_sam2_file(config, reloading) if weights == "file" else None
+        whole = saved_keys is not None and set(self.backbone.state_dict()) <= saved_keys
+        path = None if whole else find_sam2_file(config, reloading=saved_keys is not None)
         if path is not None:
             self.backbone.load_official(path, spec.name)
         # True when the backbone's weights are those of a SAM 2 file that a reload can read again

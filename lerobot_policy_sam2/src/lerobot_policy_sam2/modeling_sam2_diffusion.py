@@ -40,10 +40,10 @@ class SAM2DiffusionModel(DiffusionModel):
     """``DiffusionModel`` with :class:`SAM2CameraEncoder` as ``rgb_encoder``; the U-Net, the noise
     scheduler, ``compute_loss`` and ``conditional_sample`` are LeRobot's."""
 
-    def __init__(self, config: SAM2DiffusionConfig, weights: str = "file", reloading: bool = False):
+    def __init__(self, config: SAM2DiffusionConfig, saved_keys: frozenset[str] | None = None):
         nn.Module.__init__(self)  # DiffusionModel.__init__ would build a ResNet per camera
         self.config = config
-        self.rgb_encoder = SAM2CameraEncoder(config, weights=weights, reloading=reloading)
+        self.rgb_encoder = SAM2CameraEncoder(config, saved_keys=saved_keys)
         cond_dim = config.robot_state_feature.shape[0] + len(config.image_features) * self.rgb_encoder.feature_dim
         if config.env_state_feature:
             cond_dim += config.env_state_feature.shape[0]
@@ -87,11 +87,10 @@ class SAM2DiffusionPolicy(DiffusionPolicy):
         config.validate_features()
         self.config = config
         self._queues = None
-        saved = _SAVED_KEYS.get()
-        weights, reloading = "file", saved is not None
-        if saved is not None and _holds_whole_backbone(saved, config):
-            weights = "checkpoint"  # the saved policy carries every backbone weight: no SAM 2 file needed
-        self.diffusion = SAM2DiffusionModel(config, weights=weights, reloading=reloading)
+        saved = _SAVED_KEYS.get()  # inside from_pretrained: what the saved model.safetensors holds
+        if saved is not None:
+            saved = frozenset(k[len(BACKBONE_PREFIX):] for k in saved if k.startswith(BACKBONE_PREFIX))
+        self.diffusion = SAM2DiffusionModel(config, saved_keys=saved)
         self.reset()
 
     # ------------------------------------------------------------------ optimizer
@@ -155,13 +154,3 @@ def _saved_keys(pretrained_name_or_path) -> frozenset[str]:
     with safe_open(str(path), framework="pt") as f:
         return frozenset(f.keys())
 
-
-def _holds_whole_backbone(saved: frozenset[str], config: SAM2DiffusionConfig) -> bool:
-    """True when ``saved`` has every official backbone weight (a policy saved with its whole trunk)."""
-    if not any(k.startswith(BACKBONE_PREFIX) for k in saved):
-        return False
-    from dp_sam2.encoders.obs.backbone import SAM2Backbone
-
-    with torch.device("meta"):
-        names = SAM2Backbone(config.sam2_model, config.sam2_image_size).state_dict().keys()
-    return all(BACKBONE_PREFIX + k in saved for k in names)
