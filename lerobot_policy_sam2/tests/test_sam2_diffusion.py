@@ -238,3 +238,45 @@ def test_random_weight_policy_is_saved_whole_and_loads_without_the_file(dataset_
     loaded = SAM2DiffusionPolicy.from_pretrained(tmp_path / "whole")
     full, reloaded = policy.state_dict(), loaded.state_dict()
     assert all(torch.equal(reloaded[k], full[k]) for k in full)
+
+
+def readme_lerobot_train() -> str:
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    lines = [line.strip() for line in readme.read_text().splitlines() if line.strip().startswith("lerobot-train ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_readme_lerobot_train_command_trains_saves_and_reloads(sam2_dir, dataset_root, tmp_path):
+    """The README's command as it stands, the model swapped for sam2_tiny, with the CPU overrides a
+    check appends (plus a small U-Net), run by LeRobot's own lerobot-train; then the checkpoint
+    reloads, without the frozen trunk in it and with the trunk equal to the SAM 2 file."""
+    import os
+    import shlex
+    from pathlib import Path
+
+    from dp_sam2.checkpoints.files import load_checkpoint_state_dict
+    from lerobot_policy_sam2 import SAM2DiffusionPolicy
+
+    cmd = readme_lerobot_train()
+    assert "--policy.type=sam2_diffusion" in cmd and "--policy.sam2_model=sam2_large" in cmd
+    cmd = cmd.replace("--policy.sam2_model=sam2_large", f"--policy.sam2_model={MODEL}")
+    out = tmp_path / "train"
+    extra = ["--dataset.repo_id=local/sam2_test", f"--dataset.root={dataset_root}", "--policy.device=cpu",
+             "--policy.push_to_hub=false", "--wandb.enable=false", "--steps=2", "--batch_size=2", "--save_freq=2",
+             "--num_workers=0", f"--output_dir={out}", *SMALL]
+    args = shlex.split(cmd)
+    args[0] = str(Path(sys.executable).parent / "lerobot-train")  # this venv's console script
+    proc = subprocess.run(args + extra, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          env=dict(os.environ, DP_SAM2_CHECKPOINT_DIR=str(sam2_dir)))
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    saved = out / "checkpoints" / "000002" / "pretrained_model"
+    assert not any(k.startswith(BACKBONE) for k in saved_keys(saved))
+    policy = SAM2DiffusionPolicy.from_pretrained(saved)
+    assert policy.config.sam2_model == MODEL and policy.config.freeze is True
+    official = load_checkpoint_state_dict(sam2_dir / "sam2_hiera_tiny.pt", MODEL)
+    trunk = policy.diffusion.rgb_encoder.backbone.state_dict()
+    assert trunk and all(torch.equal(v, official[k]) for k, v in trunk.items())
