@@ -1,5 +1,6 @@
 """Shared benchmark helpers: side-by-side timing (A B A B ...), FLOP counting and the machine's
-measured matmul peak."""
+measured matmul peak; the reference helpers (official model with perturbed weights, rel_err) come
+from tests/official_ref.py, which needs neither pytest nor scipy."""
 from __future__ import annotations
 
 import statistics
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import build_official, rel_err, save_official_checkpoint  # noqa: E402,F401
+from official_ref import build_official, rel_err, save_official_checkpoint  # noqa: E402,F401
 
 
 def matmul_peak_gflops(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
@@ -40,16 +41,13 @@ def count_flops(fn, cpu_attention: bool = True) -> int:
     return counter.get_total_flops()
 
 
-def alternate(fns: dict, rounds: int = 5, warmup: int = 1) -> dict:
+def alternate(fns: dict, rounds: int = 5, warmup: int = 1, settled=lambda: True) -> dict:
     """Run each callable in turn (A B A B ...) and return the list of times per name.
 
-    Warm-up: ``warmup`` rounds, then, with ``USE_ONEDNN_LINEAR = "auto"``, more (up to 8) until
-    our linear layers have settled their per-shape MKL / oneDNN choice (six calls per shape), so
-    the timed rounds measure the steady state a long-running user sees."""
-    from dp_sam2.encoders.sam2 import common
-
+    Warm-up: ``warmup`` rounds, then more (up to 8) until ``settled()`` (e.g. a trunk's "auto"
+    linear backend has chosen per shape), so the timed rounds measure the steady state."""
     for i in range(warmup + 8):
-        if i >= warmup and all(isinstance(v, bool) for v in common._tuned.values()):
+        if i >= warmup and settled():
             break
         for fn in fns.values():
             fn()

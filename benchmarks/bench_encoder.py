@@ -1,22 +1,35 @@
 """Encoder path (forward_image + _prepare_backbone_features): ours vs the official, side by side.
 
-    python benchmarks/bench_encoder.py [--cases tiny@1024x1,tiny@224x8,large@256x4] [--rounds 5] [--linear mkl|onednn|auto]
+    python benchmarks/bench_encoder.py [--cases tiny@1024x1,tiny@224x8,large@256x4] [--rounds 5]
+        [--linear mkl|onednn|auto] [--bf16]
 
 Same perturbed weights and inputs on both sides; outputs are checked equal (rel <= 1e-4) before
 any time counts. Reports the median of alternating runs, the FLOP count (attention included:
 torch's counter misses the CPU SDPA kernel, see _common.count_flops) and each side's share of
-the measured fp32 matmul peak. Add --bf16 to time ours under CPU bf16 autocast as well.
+the measured fp32 matmul peak. ``--linear`` sets our trunk's linear backend (default: the
+machine's, see dp_sam2.encoders.sam2.linear); the backend that ran is printed. ``--bf16`` also
+times both sides under ``torch.autocast("cpu", bfloat16)``, after checking the feature cosine of
+each against the official fp32 (>= 0.999).
 """
 from __future__ import annotations
 
 import argparse
+import platform
 import tempfile
 from pathlib import Path
 
 import torch
-
-from _common import alternate, build_official, count_flops, matmul_peak_gflops, rel_err, report, save_official_checkpoint
 from dp_sam2 import build_sam2
+
+from _common import (
+    alternate,
+    build_official,
+    count_flops,
+    matmul_peak_gflops,
+    rel_err,
+    report,
+    save_official_checkpoint,
+)
 
 CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
            "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml", "large": "configs/sam2.1/sam2.1_hiera_l.yaml"}
@@ -27,14 +40,31 @@ def encoder_path(model, x):
     return model._prepare_backbone_features(out)
 
 
-def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: float, bf16: bool) -> dict:
+def bf16(fn):
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn()
+    return run
+
+
+def cosine(got, ref) -> float:
+    """The smallest cosine over the feature levels (flattened) against ``ref``."""
+    return min(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
+               for a, b in zip(got[1], ref[1]))
+
+
+def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: float, args) -> dict:
     config = CONFIGS[size_name]
     official = build_official(config, image_size=image_size, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_official_checkpoint(official, Path(tmp) / "ckpt.pt")
         ours = build_sam2(config, ckpt_path=str(path), device="cpu",
                           hydra_overrides_extra=[f"++model.image_size={image_size}"])
+    trunk = ours.image_encoder.trunk
+    if args.linear:
+        trunk.set_linear_backend(args.linear)
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    name = f"{size_name}@{image_size}x{batch}"
     with torch.inference_mode():
         ref = encoder_path(official, x)
         got = encoder_path(ours, x)
@@ -42,22 +72,30 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
         if err > 1e-4:
             raise SystemExit(f"outputs differ (rel {err:.2e}); timing refused")
         fns = {"official": lambda: encoder_path(official, x), "ours": lambda: encoder_path(ours, x)}
-        if bf16:
-            def ours_bf16():
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return encoder_path(ours, x)
-            b = ours_bf16()
-            cos = torch.nn.functional.cosine_similarity(b[1][-1].float().flatten(), ref[1][-1].flatten(), dim=0)
-            print(f"bf16 feature cosine vs official fp32: {cos.item():.5f}")
-            fns["ours_bf16"] = ours_bf16
+        if args.bf16:
+            fns["official_bf16"] = bf16(fns["official"])
+            fns["ours_bf16"] = bf16(fns["ours"])
+            cos_off, cos_ours = cosine(fns["official_bf16"](), ref), cosine(fns["ours_bf16"](), ref)
+            print(f"{name}: bf16 feature cosine vs official fp32: official {cos_off:.5f}, ours {cos_ours:.5f}")
+            if cos_ours < 0.999:
+                raise SystemExit(f"ours in bf16 is too far from the official fp32 (cosine {cos_ours:.5f})")
         flops = count_flops(lambda: encoder_path(official, x))
         no_attn = count_flops(lambda: encoder_path(official, x), cpu_attention=False)
-        print(f"{size_name}@{image_size}x{batch}: {flops / 1e9:.1f} GFLOP, of which attention "
+        print(f"{name}: {flops / 1e9:.1f} GFLOP, of which attention "
               f"{(flops - no_attn) / 1e9:.1f} (torch's counter alone: {no_attn / 1e9:.1f})")
-        times = alternate(fns, rounds=rounds)
+        times = alternate(fns, rounds=rounds, settled=trunk.linear.settled)
     peak = max(peak, matmul_peak_gflops())  # the machine is shared: take the better of two probes
-    row = report(f"{size_name}@{image_size}x{batch}", times, flops, peak)
+    row = report(name, times, flops, peak)
     row["max_rel_err"] = err
+    row["linear_backend"] = trunk.linear.name
+    if trunk.linear.name == "auto":
+        row["onednn_shapes"] = f"{sum(v is True for v in trunk.linear.choices.values())}/{len(trunk.linear.choices)}"
+    if args.bf16:
+        row["bf16_ours_vs_official_bf16"] = round(row["official_bf16_s"] / row["ours_bf16_s"], 3)
+    print(f"{name}: linear backend {row['linear_backend']}"
+          + (f" (oneDNN for {row['onednn_shapes']} layer shapes)" if "onednn_shapes" in row else "")
+          + (f"; bf16: ours / official-under-autocast speed {row['bf16_ours_vs_official_bf16']}x" if args.bf16 else ""),
+          flush=True)
     return row
 
 
@@ -66,18 +104,24 @@ def main() -> None:
     ap.add_argument("--cases", default="tiny@1024x1,tiny@224x8,large@256x4")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--linear", choices=["mkl", "onednn", "auto"], default="mkl",
-                    help="our inference linears: MKL (default), oneDNN fused, or tuned per shape")
+    ap.add_argument("--linear", choices=["mkl", "onednn", "auto"], default=None,
+                    help="our trunk's linear backend (default: the machine's default)")
     args = ap.parse_args()
-    from dp_sam2.encoders.sam2 import linear as common
+    import sam2
+    from dp_sam2.encoders.sam2.linear import machine_default_backend
 
-    common.USE_ONEDNN_LINEAR = {"mkl": False, "onednn": True, "auto": "auto"}[args.linear]
+    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next((label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                if flag in flags), "?")
     peak = matmul_peak_gflops()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fp32 matmul peak {peak:.0f} GFLOP/s")
+    print(f"torch {torch.__version__}, sam2 {getattr(sam2, '__version__', '1.1.0')}, "
+          f"python {platform.python_version()}, "
+          f"cpu class {cpu} ({torch.backends.cpu.get_cpu_capability()}), threads {torch.get_num_threads()}, "
+          f"fp32 matmul peak {peak:.0f} GFLOP/s, machine default linear backend {machine_default_backend()}")
     for case in args.cases.split(","):
         name, rest = case.split("@")
         size, batch = rest.split("x")
-        run_case(name, int(size), int(batch), args.rounds, peak, args.bf16)
+        run_case(name, int(size), int(batch), args.rounds, peak, args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _common import alternate, rel_err, report  # noqa: E402
-from test_video import build_pair, cast_official_memory_at_use, synthetic_frames, write_jpegs  # noqa: E402
+
+
+def _video_helpers():
+    """tests/test_video.py's helpers (they need pytest): imported only when the benchmark runs."""
+    import test_video
+
+    return test_video
 
 
 def prepared_session(predictor, folder):
@@ -67,10 +73,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     tmp = Path(tempfile.mkdtemp())
-    official, ours = build_pair(tmp, args.config, args.image_size)
-    cast_official_memory_at_use(official)
+    helpers = _video_helpers()
+    official, ours = helpers.build_pair(tmp, args.config, args.image_size)
+    helpers.cast_official_memory_at_use(official)
     official.show_progress = False
-    folder = write_jpegs(tmp / "frames", synthetic_frames(args.frames))
+    folder = helpers.write_jpegs(tmp / "frames", helpers.synthetic_frames(args.frames))
     states = {"official": prepared_session(official, folder), "ours": prepared_session(ours, folder)}
     ref, got = propagate(official, states["official"]), propagate(ours, states["ours"])
     worst = max(rel_err(a, b) for a, b in zip(got, ref))

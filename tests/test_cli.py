@@ -2,6 +2,7 @@
 info, and their errors. Models are tiny with generated (random) checkpoints."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def test_demo_writes_pictures(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        assert main(["demo", "--out", "out", "--quick", "--steps", "6"]) == 0
+        assert main(["demo", "--out", "out", "--quick", "--steps", "6", "--offline"]) == 0
     captured = capsys.readouterr()
     assert "dp-sam2 download sam2_tiny" in captured.err  # the loud warning says how to get real weights
     for name in ("loss_curve.png", "actions.png", "features_pca.png", "mask_overlay.png", "track.png"):
@@ -193,7 +194,118 @@ def test_info(tmp_path, ckpt_dir, monkeypatch, capsys):
     assert f"sam2_hiera_tiny.pt         {ckpt_dir / 'sam2_hiera_tiny.pt'}" in out
     assert "not found (dp-sam2 download sam2_large)" in out or "sam2_hiera_large.pt" in out
     assert "Hydra sees the obs_encoder group: yes: sam2.1_base_plus" in out
+    assert "Hydra sees the umi_obs_encoder group: " in out
     assert not GlobalHydra.instance().is_initialized()  # info leaves Hydra as it found it
+    assert "official     https://dl.fbaipublicfiles.com" in out and "HF_ENDPOINT unset" in out
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080")
+    from dp_sam2.tools import info
+
+    lines = info.source_lines() + info.optional_lines()
+    assert any("HF_ENDPOINT=http://mirror.example:8080" in line for line in lines)
+    # usable only when both our module and its dependency are importable (found, not imported)
+    states = {line.split(":")[0].strip(): line for line in lines if " + " in line}
+    assert len(states) == 3
+    have_robomimic = importlib.util.find_spec("robomimic") is not None
+    have_policies = importlib.util.find_spec("dp_sam2.policies") is not None
+    assert ("usable" in states["hybrid DP policies         dp_sam2.policies + robomimic"].split(": ", 1)[1]
+            .split(" ")[0]) == (have_robomimic and have_policies)
+    assert "robomimic" not in sys.modules or have_robomimic  # never imported by info
+
+
+def test_demo_weights_fall_back_fast_or_download(tmp_path, monkeypatch, capsys):
+    """--offline never touches the network; a closed port, a server that drops the connection and
+    a host that does not answer all mean random weights within the 5 s budget; a server that has
+    the file means a verified download into the user cache."""
+    import socket
+    import threading
+    import time
+
+    from test_download import _Server
+
+    from dp_sam2.checkpoints import download as dl
+    from dp_sam2.tools.demo import demo_weights
+
+    monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dl, "check_reachable", _fail_if_called)
+    assert demo_weights(offline=True) is None
+    assert "dp-sam2 download sam2_tiny" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    dropper = socket.socket()  # accepts, then closes at once: a dropped connection
+    dropper.bind(("127.0.0.1", 0))
+    dropper.listen(8)
+
+    def drop():
+        while True:
+            try:
+                conn, _ = dropper.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    silent = socket.socket()  # listens but never accepts (backlog 0): connects hang or stall
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    try:
+        for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{dropper.getsockname()[1]}",
+                    f"http://127.0.0.1:{silent.getsockname()[1]}"):
+            start = time.monotonic()
+            assert demo_weights(base_url=url, timeout=2.0) is None
+            assert time.monotonic() - start < 12.0
+            err = capsys.readouterr()
+            assert "download failed, continuing without it" in err.out and "RANDOM weights" in err.err
+    finally:
+        dropper.close()
+        silent.close()
+    assert not (tmp_path / "cache" / "sam2_hiera_tiny.pt").exists()
+
+    import test_download
+
+    data = test_download._tiny_checkpoint_bytes(tmp_path)
+    server = _Server({"sam2_hiera_tiny.pt": data})
+    try:
+        path = demo_weights(base_url=server.url)
+    finally:
+        server.close()
+    assert path == tmp_path / "cache" / "sam2_hiera_tiny.pt" and path.read_bytes() == data
+
+
+def _fail_if_called(*args, **kwargs):
+    raise AssertionError("--offline must not touch the network")
+
+
+def test_library_calls_leave_the_callers_rng_alone(tmp_path):
+    """Random-init weights are the same every time (seed 0) and the caller's RNG is untouched."""
+    from dp_sam2.cache import CacheKey, Source, build_encoder
+    from dp_sam2.tools.commands import build_model
+
+    key = CacheKey("sam2_tiny", "random-init", 64)
+    source = Source(("image",), 1, "", {"image": (64, 64, 3)})
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = build_encoder(key, source, None, "cpu")
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(7)
+    second = build_encoder(key, source, None, "cpu")
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+    torch.manual_seed(123)
+    model = build_model("sam2_tiny", image_size=64, device="cpu", random_weights=True)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    again = build_model("sam2_tiny", image_size=64, device="cpu", random_weights=True)
+    assert torch.equal(model.no_mem_embed, again.no_mem_embed)
+    assert not torch.equal(model.no_mem_embed, torch.zeros_like(model.no_mem_embed))
 
 
 @pytest.mark.slow

@@ -1,20 +1,20 @@
-"""The encoder's inference fast paths (oneDNN fused linears, chunked windows, windows passed
-along between blocks) give the same numbers as the plain reference path used under autograd, and
-the encoder compiles without graph breaks."""
+"""Hiera's fast inference route (hiera_fast: window groups, padded windows, chunked MLP, windows
+passed between blocks) and its linear backends give the reference route's numbers; the settings are
+per trunk; the encoder compiles without graph breaks. Each test builds its own model."""
 from __future__ import annotations
 
 import pytest
 import torch
-
-import dp_sam2.encoders.sam2.linear as common
-from conftest import rel_err
 from dp_sam2 import build_sam2
+from dp_sam2.encoders.sam2 import hiera_fast
+from dp_sam2.encoders.sam2.linear import LinearBackend, linear_act_residual, linear_backend, machine_default_backend
+
+from conftest import rel_err
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def _tiny(image_size: int = 512):
     torch.manual_seed(0)
-    model = build_sam2("sam2.1_tiny", device="cpu", hydra_overrides_extra=["++model.image_size=512"])
+    model = build_sam2("sam2.1_tiny", device="cpu", hydra_overrides_extra=[f"++model.image_size={image_size}"])
     with torch.no_grad():  # random init has near-zero layer scales etc.: perturb so every path matters
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -27,110 +27,163 @@ def _encode(model, x):
     return feats + pos
 
 
-@pytest.mark.parametrize("size", [224, 512])  # 224: windows tile the maps; 512: stage 3 pads
-def test_inference_path_equals_reference_path(tiny, size, monkeypatch):
-    tiny.image_size = size
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+def _trunk(model):
+    return model.image_encoder.trunk
+
+
+@pytest.mark.parametrize("size", [224, 384])  # 224: windows tile every map; 384: stages 3-4 pad
+def test_fast_route_equals_reference_route(size):
+    model = _tiny(size)
+    trunk = _trunk(model)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", True)
-        fast = _encode(tiny, x)
-        monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", False)
-        chunked_plain = _encode(tiny, x)
-        monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", "auto")  # tuned per shape
-        monkeypatch.setattr(common, "_tuned", {})
-        tuned = [_encode(tiny, x) for _ in range(2 * common._TUNE_CALLS + 1)]
-        assert all(isinstance(v, bool) for v in common._tuned.values())
-    reference = [t.detach() for t in _encode(tiny, x)]  # autograd on: the unchunked block code
-    assert [t.shape for t in fast] == [t.shape for t in reference]
-    for a, b, c in zip(fast, chunked_plain, reference):
-        assert rel_err(b, c) <= 1e-5
-        assert rel_err(a, c) <= 1e-5
-    for run in tuned:  # while tuning (paths alternate) and after
-        for a, c in zip(run, reference):
-            assert rel_err(a, c) <= 1e-5
+        trunk.set_inference_route("reference")
+        reference = _encode(model, x)
+        trunk.set_inference_route("fast")
+        runs = {}
+        for name in ("mkl", "onednn"):
+            trunk.set_linear_backend(name)
+            runs[name] = [_encode(model, x)]
+        if size == 224:  # "auto" at one size: it alternates the two above while it tunes
+            trunk.set_linear_backend("auto")
+            runs["auto"] = [_encode(model, x) for _ in range(2 * LinearBackend.TUNE_CALLS + 1)]
+            assert trunk.linear.settled() and trunk.linear.choices
+    with torch.enable_grad():  # autograd: the fast-route trunk falls back to the reference blocks
+        autograd = [t.detach() for t in _encode(model, x)]
+    for name, per_run in runs.items():
+        for run in per_run:  # for "auto": while tuning (backends alternate) and after
+            assert [t.shape for t in run] == [t.shape for t in reference]
+            for a, c in zip(run, reference):
+                assert rel_err(a, c) <= 1e-5, name
+    for a, c in zip(autograd, reference):
+        assert rel_err(a, c) <= 1e-6
 
 
-def test_fused_linear_matches_plain_ops(monkeypatch):
-    monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", True)
+def test_route_is_a_setting_not_grad_mode(monkeypatch):
+    model = _tiny(128)
+    trunk = _trunk(model)
+    calls = []
+    fast = hiera_fast.forward_trunk
+    monkeypatch.setattr(hiera_fast, "forward_trunk", lambda *a: (calls.append(1), fast(*a))[1])
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        _encode(model, x)
+        assert calls == [1]  # the default of a built model
+        trunk.set_inference_route("reference")
+        _encode(model, x)  # no autograd, yet the reference blocks
+        assert calls == [1]
+    trunk.set_inference_route("fast")
+    model.requires_grad_(False)
+    _encode(model, x)  # grad mode on, but nothing needs a graph: still fast
+    assert calls == [1, 1]
+    model.requires_grad_(True)
+    out = _encode(model, x)
+    assert calls == [1, 1] and out[0].requires_grad  # a graph is needed: reference route
+    with pytest.raises(ValueError, match=r"inference_route must be one of \('fast', 'reference'\), got 'quick'"):
+        trunk.set_inference_route("quick")
+
+
+def test_linear_backend_is_per_trunk_with_a_default_context():
+    with linear_backend("onednn"):
+        inside = _tiny(64)
+    outside = _tiny(64)
+    assert _trunk(inside).linear.name == "onednn"
+    assert _trunk(outside).linear.name == machine_default_backend()
+    _trunk(outside).set_linear_backend("auto")
+    assert _trunk(inside).linear.name == "onednn" and _trunk(outside).linear.name == "auto"
+    with pytest.raises(ValueError, match=r"linear backend must be one of \('mkl', 'onednn', 'auto'\), got 'fast'"):
+        _trunk(outside).set_linear_backend("fast")
+    with pytest.raises(ValueError, match="got True"), linear_backend(True):
+        pass
+
+
+def test_linear_act_residual_matches_plain_ops():
     layer = torch.nn.Linear(48, 96)
     x = torch.randn(3, 5, 48)
     res = torch.randn(3, 5, 96)
-    with torch.no_grad():
-        assert rel_err(common.fused_linear(x, layer), layer(x)) <= 1e-6
-        assert rel_err(common.fused_linear(x, layer, gelu=True), torch.nn.functional.gelu(layer(x))) <= 1e-6
-        assert rel_err(common.fused_linear(x, layer, residual=res), res + layer(x)) <= 1e-6
+    w, b = layer.weight, layer.bias
+    for name in ("mkl", "onednn"):
+        backend = LinearBackend(name)
+        with torch.no_grad():
+            assert rel_err(linear_act_residual(x, w, b, backend=backend), layer(x)) <= 1e-6
+            want = torch.nn.functional.gelu(layer(x))
+            assert rel_err(linear_act_residual(x, w, b, gelu=True, backend=backend), want) <= 1e-6
+            assert rel_err(linear_act_residual(x, w, b, residual=res, backend=backend), res + layer(x)) <= 1e-6
+            out = torch.empty(3, 5, 96)
+            linear_act_residual(x, w, b, residual=res, out=out, backend=backend)
+            assert rel_err(out, res + layer(x)) <= 1e-6
     with pytest.raises(ValueError, match="gelu or residual"):
-        common.fused_linear(x, layer, gelu=True, residual=res)
+        linear_act_residual(x, w, b, gelu=True, residual=res)
+    with pytest.raises(ValueError, match="into out only with a residual"):
+        linear_act_residual(x, w, b, out=res)
 
 
 @pytest.mark.parametrize("onednn_faster", [True, False])
-def test_linear_backend_tuned_per_shape(monkeypatch, onednn_faster):
-    """``USE_ONEDNN_LINEAR = "auto"``: a shape's first calls alternate between MKL's addmm path and
-    oneDNN's fused path, timing each; then the faster is kept. Every call returns the right numbers."""
-    monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", "auto")
-    monkeypatch.setattr(common, "_tuned", {})
+def test_auto_backend_tuned_per_shape(monkeypatch, onednn_faster):
+    """``"auto"``: a shape's first calls alternate between MKL's addmm and oneDNN's fused linear,
+    timing each; then the faster is kept. Every call returns the right numbers."""
+    import dp_sam2.encoders.sam2.linear as linear
+
     used = []
-    plain, onednn = common._linear_plain, common._linear_onednn
-    monkeypatch.setattr(common, "_linear_plain", lambda *a: (used.append("plain"), plain(*a))[1])
-    monkeypatch.setattr(common, "_linear_onednn", lambda *a: (used.append("onednn"), onednn(*a))[1])
+    mkl, onednn = linear._mkl, linear._onednn
+    monkeypatch.setattr(linear, "_mkl", lambda *a: (used.append("mkl"), mkl(*a))[1])
+    monkeypatch.setattr(linear, "_onednn", lambda *a: (used.append("onednn"), onednn(*a))[1])
     now = [0.0]
 
-    def fake_clock():  # each timed call of the path meant to win takes 1 s, the other 2 s
+    def fake_clock():  # each timed call of the backend meant to win takes 1 s, the other 2 s
         if used:
             now[0] += 1.0 if (used[-1] == "onednn") == onednn_faster else 2.0
         return now[0]
 
-    monkeypatch.setattr(common, "_clock", fake_clock)
+    backend = LinearBackend("auto", clock=fake_clock)
     layer = torch.nn.Linear(32, 64)
+    w, b = layer.weight, layer.bias
     x, res = torch.randn(7, 32), torch.randn(7, 64)
+    n = LinearBackend.TUNE_CALLS
     with torch.no_grad():
-        for _ in range(2 * common._TUNE_CALLS + 3):
-            assert rel_err(common.fused_linear(x, layer, gelu=True), torch.nn.functional.gelu(layer(x))) <= 1e-6
-        key = next(iter(common._tuned))
-        assert common._tuned[key] is onednn_faster
-        tuning, after = used[: 2 * common._TUNE_CALLS], used[2 * common._TUNE_CALLS:]
-        assert tuning.count("plain") == tuning.count("onednn") == common._TUNE_CALLS
-        assert set(after) == {"onednn" if onednn_faster else "plain"}
-        # more rows: the same layer keeps its path (no switch with the batch size)
-        used.clear()
-        common.fused_linear(torch.randn(40, 32), layer, gelu=True)
-        assert used == after[:1] and len(common._tuned) == 1
+        for _ in range(2 * n + 3):
+            got = linear_act_residual(x, w, b, gelu=True, backend=backend)
+            assert rel_err(got, torch.nn.functional.gelu(layer(x))) <= 1e-6
+        key = next(iter(backend.choices))
+        assert backend.choices[key] is onednn_faster
+        tuning, after = used[: 2 * n], used[2 * n:]
+        assert tuning.count("mkl") == tuning.count("onednn") == n
+        assert set(after) == {"onednn" if onednn_faster else "mkl"}
+        used.clear()  # more rows: the same layer keeps its backend (no switch with the batch size)
+        linear_act_residual(torch.randn(40, 32), w, b, gelu=True, backend=backend)
+        assert used == after[:1] and len(backend.choices) == 1
         # the residual form (or another layer shape) is tuned on its own
-        assert rel_err(common.fused_linear(x, layer, residual=res), res + layer(x)) <= 1e-6
-        common.fused_linear(torch.randn(7, 64), torch.nn.Linear(64, 64))
-        assert len(common._tuned) == 3
-    with torch.enable_grad():  # autograd never goes through the fast paths
+        assert rel_err(linear_act_residual(x, w, b, residual=res, backend=backend), res + layer(x)) <= 1e-6
+        other = torch.nn.Linear(64, 64)
+        linear_act_residual(torch.randn(7, 64), other.weight, other.bias, backend=backend)
+        assert len(backend.choices) == 3
+        assert LinearBackend("auto").choices == {}  # another module's backend starts afresh
+    with torch.enable_grad():  # autograd never goes through oneDNN
         used.clear()
-        y = common.fused_linear(x, layer, gelu=True)
-        assert y.requires_grad and used == ["plain"]
-    monkeypatch.setattr(common, "USE_ONEDNN_LINEAR", "fast")
-    with torch.no_grad(), pytest.raises(ValueError, match="False, True or 'auto', got 'fast'"):
-        common.fused_linear(x, layer)
+        y = linear_act_residual(x, w, b, gelu=True, backend=backend)
+        assert y.requires_grad and used == ["mkl"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["fast", "reference"])
 @pytest.mark.parametrize("grad", [False, True])
-def test_encoder_compiles_without_graph_breaks(tiny, grad):
-    tiny.image_size = 128
+def test_encoder_compiles_without_graph_breaks(route, grad):
+    model = _tiny(128)
+    _trunk(model).set_inference_route(route)
     x = torch.randn(1, 3, 128, 128)
-    compiled = torch.compile(lambda t: _encode(tiny, t), backend="eager", fullgraph=True)
+    compiled = torch.compile(lambda t: _encode(model, t), backend="eager", fullgraph=True)
     with torch.set_grad_enabled(grad):
         got = compiled(x)
-        want = _encode(tiny, x)
-    for a, b in zip(got, want):
-        assert rel_err(a.detach(), b.detach()) <= 1e-5
-
-
-def test_bf16_autocast_stays_close(tiny):
-    tiny.image_size = 224
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+        want = _encode(model, x)
+    _trunk(model).set_inference_route("reference")
     with torch.no_grad():
-        ref = _encode(tiny, x)[2]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = _encode(tiny, x)[2]
-    cos = torch.nn.functional.cosine_similarity(low.float().flatten(), ref.flatten(), dim=0)
-    assert cos >= 0.999
+        reference = _encode(model, x)
+    for a, b, c in zip(got, want, reference):
+        assert rel_err(a.detach(), b.detach()) <= 1e-5
+        assert rel_err(a.detach(), c) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True])
 def test_obs_encoder_compiles_without_graph_breaks(train, monkeypatch):
     from dp_sam2 import SAM2ObsEncoder

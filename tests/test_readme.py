@@ -165,6 +165,19 @@ def h_ci(cmd, box):
     assert "python -m pytest tests -q" in (ROOT / ".ci" / "run").read_text()
 
 
+def h_quick_tests(cmd, box):
+    """The quick inner loop: collect it (running it from inside the suite would recurse) and check it
+    keeps the tiny-config parity and bad-input tests and leaves out the slow ones."""
+    args = shlex.split(cmd)
+    assert args[:4] == ["python", "-m", "pytest", "tests"] and args[-2:] == ["-m", "not slow"], cmd
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args[4:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    collected = proc.stdout
+    assert "test_model_parity.py" in collected and "test_image_predictor.py" in collected
+    assert "test_readme.py" not in collected and "test_compose_outside_checkout" not in collected
+
+
 def h_cd(cmd, box):
     """``cd diffusion_policy``: from a DP checkout, dp_sam2 finds the DP repo root (where relative
     checkpoint paths are looked up) through the imported ``diffusion_policy`` package."""
@@ -280,6 +293,7 @@ HANDLERS = [
     (r"^pip install (?!\"lerobot)", h_pip),
     (r"^pip install \"lerobot\[", h_lerobot_pip),
     (r"^bash \.ci/run$", h_ci),
+    (r"^python -m pytest tests ", h_quick_tests),
     (r"^cd \S+$", h_cd),
     (r"^dp-sam2 demo --out \S+$", h_demo),
     (r"^dp-sam2 (--help|info)$", h_run),

@@ -115,3 +115,35 @@ def test_allow_missing_flag(monkeypatch, value, expected):
 def test_bad_paths(bad):
     with pytest.raises(TypeError, match="non-empty path"):
         resolve_checkpoint(bad)
+
+
+# --------------------------------------------------------------------------- the one resolver
+def test_find_weights_default_file_and_explicit_checkpoint(places):
+    from dp_sam2.checkpoints.resolve import find_weights
+
+    found = put(places["cache"], "sam2_hiera_tiny.pt")
+    assert find_weights("sam2_tiny") == found  # default checkpoints/<official file>, then by name
+    assert find_weights("facebook/sam2-hiera-tiny") == found
+    other = put(places["cwd"], "mine/weights.pt")
+    assert find_weights("sam2_tiny", "mine/weights.pt") == other
+    with pytest.raises(ValueError, match="checkpoint is required with a custom model config"):
+        find_weights("my_config.yaml")
+    assert find_weights("my_config.yaml", "mine/weights.pt") == other
+
+
+def test_find_weights_missing(places, monkeypatch):
+    from dp_sam2.checkpoints.resolve import MissingCheckpointWarning, find_weights
+
+    monkeypatch.delenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", raising=False)
+    with pytest.raises(CheckpointNotFoundError, match="dp-sam2 download sam2.1_small"):
+        find_weights("sam2.1_small")
+    with pytest.warns(MissingCheckpointWarning, match="random_weights=True: building sam2.1_small WITHOUT"):
+        assert find_weights("sam2.1_small", random_weights=True) is None
+    monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
+    with pytest.warns(MissingCheckpointWarning, match="DP_SAM2_ALLOW_MISSING_CHECKPOINT is set"):
+        assert find_weights("sam2.1_small") is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_weights("sam2.1_small", warn=False) is None

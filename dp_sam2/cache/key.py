@@ -72,21 +72,13 @@ def _hw(value) -> tuple[int, int] | None:
 
 
 def resolve_weights(model: str, checkpoint=None, random_weights: bool = False) -> tuple[str, Path | None]:
-    """``(digest, path)`` of the checkpoint the encoder ``model`` would load; ``("random-init",
-    None)`` when none is found and ``random_weights`` (or ``DP_SAM2_ALLOW_MISSING_CHECKPOINT``)
-    allows it. Otherwise the resolver's error (every place tried, the download command)."""
-    from dp_sam2.checkpoints.registry import get_spec
-    from dp_sam2.checkpoints.resolve import CheckpointNotFoundError, allow_missing_checkpoint, resolve_checkpoint
+    """``(digest, path)`` of the checkpoint the encoder ``model`` would load (found by
+    :func:`dp_sam2.checkpoints.resolve.find_weights`); ``("random-init", None)`` when none is found
+    and ``random_weights`` (or ``DP_SAM2_ALLOW_MISSING_CHECKPOINT``) allows it."""
+    from dp_sam2.checkpoints.resolve import find_weights
 
-    spec = get_spec(model)
-    checkpoint = checkpoint if checkpoint not in (None, "") else f"checkpoints/{spec.filename}"
-    try:
-        path = resolve_checkpoint(checkpoint, spec.name)
-    except CheckpointNotFoundError:
-        if random_weights or allow_missing_checkpoint():
-            return RANDOM_INIT, None
-        raise
-    return file_sha256(path), path
+    path = find_weights(model, checkpoint, random_weights=random_weights, warn=False)
+    return (RANDOM_INIT, None) if path is None else (file_sha256(path), path)
 
 
 def make_key(model: str, checkpoint=None, image_size=None, crop_shape=None, resize_shape=None,

@@ -42,8 +42,17 @@ import torch
 
 from .dist import Dist, current_dist, torchrun_process_group
 from .key import GROUP, RANDOM_INIT, CacheKey, _check_attrs, make_key
-from .store import Source, _create_array, _delete, _has, _member_names, _open_group, _require_group, describe_source
-from .store import to_model_input
+from .store import (
+    Source,
+    _create_array,
+    _delete,
+    _has,
+    _member_names,
+    _open_group,
+    _require_group,
+    describe_source,
+    to_model_input,
+)
 
 DONE_BLOCK = 64  # frames per chunk of the done mask: the unit of work of one rank
 
@@ -64,10 +73,12 @@ class CacheResult:
 
 
 def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, device, low_dim=None, **options):
-    """A frozen SAM2ObsEncoder with the weights ``key`` names (seed 0 for random init), for the
-    rgb keys of ``source`` (plus ``low_dim`` ``{key: shape}``); ``options`` go to the encoder."""
+    """A frozen SAM2ObsEncoder with the weights ``key`` names, for the rgb keys of ``source`` (plus
+    ``low_dim`` ``{key: shape}``); ``options`` go to the encoder. ``checkpoint_path=None`` means
+    "random-init": the weights drawn from seed 0 inside ``torch.random.fork_rng()``, so they are
+    the same every time and the caller's random state is left as it was."""
     from dp_sam2 import SAM2ObsEncoder
-    from dp_sam2.checkpoints.resolve import ENV_ALLOW_MISSING
+    from dp_sam2.encoders.sam2.build import resolve_device
 
     shape_meta = {"obs": {k: {"shape": [3, source.shapes[k][0], source.shapes[k][1]], "type": "rgb"}
                           for k in source.keys}}
@@ -79,20 +90,9 @@ def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, d
     if checkpoint_path is not None:
         encoder = SAM2ObsEncoder(shape_meta, checkpoint=str(checkpoint_path), **kwargs)
     else:
-        torch.manual_seed(0)  # "random-init" means these weights, reproducibly
-        old = os.environ.get(ENV_ALLOW_MISSING)
-        os.environ[ENV_ALLOW_MISSING] = "1"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                encoder = SAM2ObsEncoder(shape_meta, checkpoint="dp_sam2-random-init.pt", **kwargs)
-        finally:
-            if old is None:
-                os.environ.pop(ENV_ALLOW_MISSING, None)
-            else:
-                os.environ[ENV_ALLOW_MISSING] = old
-    from dp_sam2.encoders.sam2.build import resolve_device
-
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # "random-init" means these weights, reproducibly
+            encoder = SAM2ObsEncoder(shape_meta, random_weights=True, **kwargs)
     return encoder.to(resolve_device(device)).eval()
 
 
@@ -129,7 +129,7 @@ def cache_features(zarr_path, obs_encoder: str = "sam2_large", checkpoint=None, 
     """Encode every frame of the replay buffer's rgb arrays into the cache (see the module doc).
     Frames already marked done are skipped (resume); under torch.distributed each rank takes its
     share of the frames."""
-    from tqdm.auto import tqdm
+    from dp_sam2._progress import progress as progress_bar
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -154,8 +154,8 @@ def cache_features(zarr_path, obs_encoder: str = "sam2_large", checkpoint=None, 
     computed = 0
     for k in source.keys:
         todo = _pending_frames(group["done"][k], dist)
-        bar = tqdm(total=len(todo), desc=f"{key.name}/{k}", unit="frame",
-                   disable=not progress or dist.rank != 0)
+        bar = progress_bar(total=len(todo), desc=f"{key.name}/{k}", unit="frame",
+                           disable=not progress or dist.rank != 0)
         for start in range(0, len(todo), batch_size):
             idx = todo[start: start + batch_size]
             _encode_and_write(encoder, data[k], group["features"][k], group["done"][k], k, idx)

@@ -1,10 +1,18 @@
 """Downloading the official SAM 2 checkpoints (``dp-sam2 download``).
 
-Each file is fetched into ``<dest>/<official file name>.part`` with a progress bar; an interrupted
-download resumes from the ``.part`` file with an HTTP ``Range`` request (also automatically, a few
-times, within one run). When complete, the file is checked (it loads safely, it is the model its
-name says, and every key and shape fits the model's config) and only then renamed atomically to
-its final name, so a file with the final name is always whole.
+Two sources hold the same files: ``"official"`` (Meta's host, ``dl.fbaipublicfiles.com``, or a
+mirror of it given as ``base_url``) and ``"huggingface"`` (the hub repos ``facebook/sam2-hiera-*``
+and ``facebook/sam2.1-hiera-*``, through ``huggingface_hub.hf_hub_download``, which honours
+``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN`` and its own cache; optional extra
+``pip install "dp-sam2[huggingface]"``). Either way the verified file lands at
+``<dest>/<official file name>``.
+
+From the official host each file is fetched into ``<dest>/<official file name>.part`` with a
+progress bar; an interrupted download resumes from the ``.part`` file with an HTTP ``Range``
+request (also automatically, a few times, within one run). When complete, the file is checked
+(it loads safely, it is the model its name says, and it has exactly the official keys and shapes
+of the model's config) and only then renamed atomically to its final name, so a file with the
+final name is always whole.
 
 The default destination is ``checkpoints/`` under the Diffusion Policy repo root when run from
 inside a DP checkout (where the default obs-encoder configs look), else the user cache
@@ -15,8 +23,10 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +34,9 @@ from pathlib import Path
 from dp_sam2.checkpoints.registry import ModelSpec, get_spec
 
 CHUNK = 1 << 20
-USER_AGENT = "dp-sam2-download/0.1"
+USER_AGENT = "dp-sam2-download/0.2"
+SOURCES = ("official", "huggingface")
+HF_INSTALL = 'pip install "dp-sam2[huggingface]"'
 
 
 class DownloadError(RuntimeError):
@@ -80,18 +92,28 @@ def url_for(spec: ModelSpec, base_url: str | None = None) -> str:
 
 
 def verify_checkpoint(path: str | os.PathLike, spec: ModelSpec) -> None:
-    """Raise ValueError unless ``path`` loads safely and fits ``spec``'s config strictly (every
-    key and shape), by loading it into a freshly built model."""
-    from dp_sam2.encoders.sam2.build import build_sam2
-    from dp_sam2.checkpoints.files import load_checkpoint_state_dict
+    """Raise ValueError unless ``path`` loads safely and fits ``spec``'s config strictly: every
+    key and shape of the official model, no other key (what a strict load into the model built
+    from that config demands; checked against the official table, without building the model)."""
+    from dp_sam2.checkpoints.files import check_strict, load_checkpoint_state_dict
 
-    load_checkpoint_state_dict(path, spec.config)  # readable and the right model (clear errors)
-    build_sam2(spec.config, ckpt_path=path, device="cpu", apply_postprocessing=False)
+    state = load_checkpoint_state_dict(path, spec.config)  # readable and the right model (clear errors)
+    check_strict(state, spec.config, path)
 
 
-def download_one(spec: ModelSpec, dest: Path, *, base_url: str | None = None, retries: int = 3,
-                 verify: bool = True, force: bool = False, progress: bool = True,
+def check_source(source: str) -> str:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    return source
+
+
+def download_one(spec: ModelSpec, dest: Path, *, source: str = "official", base_url: str | None = None,
+                 retries: int = 3, verify: bool = True, force: bool = False, progress: bool = True,
                  timeout: float = 60.0) -> DownloadResult:
+    """Fetch one model's file into ``dest`` from ``source`` (see the module docstring)."""
+    check_source(source)
+    if source == "huggingface" and base_url:
+        raise ValueError("--base-url is a mirror of the official host; for a Hugging Face mirror set HF_ENDPOINT")
     dest.mkdir(parents=True, exist_ok=True)
     final = dest / spec.filename
     if final.exists() and not force:
@@ -99,6 +121,8 @@ def download_one(spec: ModelSpec, dest: Path, *, base_url: str | None = None, re
             verify_checkpoint(final, spec)
         return DownloadResult(spec, final, "present", final.stat().st_size)
     part = dest / (spec.filename + ".part")
+    if source == "huggingface":
+        return _from_hub(spec, final, part, verify=verify, force=force, progress=progress)
     if force and part.exists():
         part.unlink()
     resumed_from = part.stat().st_size if part.exists() else 0
@@ -113,6 +137,14 @@ def download_one(spec: ModelSpec, dest: Path, *, base_url: str | None = None, re
             if attempt > retries or not err.args or "retryable" not in str(err):
                 raise DownloadError(_final_message(err, url, part, dest, spec)) from err
             time.sleep(min(2.0 * attempt, 5.0) if not base_url else 0.1)
+    _verify_and_place(part, final, spec, url, verify)
+    status = "resumed" if resumed_from else "downloaded"
+    return DownloadResult(spec, final, status, final.stat().st_size)
+
+
+def _verify_and_place(part: Path, final: Path, spec: ModelSpec, where: str, verify: bool) -> None:
+    """Check ``part`` (when ``verify``), then rename it to ``final`` atomically; a bad file is
+    kept as ``<name>.bad`` and never gets the final name."""
     if verify:
         try:
             verify_checkpoint(part, spec)
@@ -120,12 +152,42 @@ def download_one(spec: ModelSpec, dest: Path, *, base_url: str | None = None, re
             bad = part.with_name(part.name[: -len(".part")] + ".bad")
             os.replace(part, bad)
             raise ValueError(
-                f"downloaded {url} but the file does not hold {spec.name}: {err} (kept as {bad}; "
+                f"downloaded {where} but the file does not hold {spec.name}: {err} (kept as {bad}; "
                 f"delete it and try again)"
             ) from err
     os.replace(part, final)  # atomic: a file with the final name is always complete
-    status = "resumed" if resumed_from else "downloaded"
-    return DownloadResult(spec, final, status, final.stat().st_size)
+
+
+def _from_hub(spec: ModelSpec, final: Path, part: Path, *, verify: bool, force: bool,
+              progress: bool) -> DownloadResult:
+    """``hf_hub_download`` into the hub's cache, then a byte copy to ``final`` (verified first)."""
+    import inspect
+    import shutil
+
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as err:
+        raise ImportError(f"--source huggingface needs the huggingface_hub package: {HF_INSTALL}") from err
+    kwargs = {"force_download": True} if force else {}
+    if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+        from dp_sam2._progress import progress_class
+
+        bar_class = progress_class(enabled=progress)
+        if bar_class is not None:
+            kwargs["tqdm_class"] = bar_class
+    where = f"{spec.hf_repo}/{spec.filename} (Hugging Face hub)"
+    try:
+        cached = hf_hub_download(repo_id=spec.hf_repo, filename=spec.filename, **kwargs)
+    except Exception as err:  # noqa: BLE001 - the hub raises many types (HTTP, offline, cache misses)
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DownloadError(
+            f"could not download {spec.name} from the Hugging Face hub ({where}; endpoint "
+            f"{os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}): {type(err).__name__}: {text}. "
+            f"Set HF_ENDPOINT to a reachable mirror, unset HF_HUB_OFFLINE, or try `--source official`."
+        ) from err
+    shutil.copyfile(cached, part)
+    _verify_and_place(part, final, spec, where, verify)
+    return DownloadResult(spec, final, "downloaded", final.stat().st_size)
 
 
 def _final_message(err: DownloadError, url: str, part: Path, dest: Path, spec: ModelSpec) -> str:
@@ -134,6 +196,33 @@ def _final_message(err: DownloadError, url: str, part: Path, dest: Path, spec: M
     return (f"could not download {spec.name} from {url}: {text}.{kept} Without internet access, "
             f"fetch {spec.url} elsewhere and copy it to {dest / spec.filename} (or into the folder "
             f"named by $DP_SAM2_CHECKPOINT_DIR).")
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Raise DownloadError unless a TCP connection to ``url``'s host (or the proxy configured for
+    it) opens within ``timeout`` seconds, the name lookup included (which a socket timeout does not
+    bound, so it runs in a thread)."""
+    target = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = target.hostname or ""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    failure: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            failure.append(err)
+
+    thread = threading.Thread(target=connect, name="dp-sam2-reachable", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise DownloadError(f"no answer from {host}:{port} within {timeout:g} s")
+    if failure:
+        raise DownloadError(f"cannot reach {host}:{port} ({type(failure[0]).__name__}: {failure[0]})")
 
 
 def _open(url: str, offset: int, timeout: float):
@@ -160,7 +249,7 @@ def _open(url: str, offset: int, timeout: float):
 
 def _fetch(url: str, part: Path, *, progress: bool, timeout: float, label: str) -> None:
     """Fetch ``url`` into ``part``, resuming from its current size; DownloadError if incomplete."""
-    from tqdm.auto import tqdm
+    from dp_sam2._progress import progress as progress_bar
 
     offset = part.stat().st_size if part.exists() else 0
     response = _open(url, offset, timeout)
@@ -175,8 +264,8 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float, label: str) 
         total = offset + int(length) if length is not None else None
         mode = "ab" if offset else "wb"
         got = offset
-        with open(part, mode) as out, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                           unit_divisor=1024, desc=label, disable=not progress) as bar:
+        with open(part, mode) as out, progress_bar(total=total, initial=offset, unit="B", unit_scale=True,
+                                                   unit_divisor=1024, desc=label, disable=not progress) as bar:
             try:
                 while True:
                     block = response.read(CHUNK)
@@ -192,7 +281,27 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float, label: str) 
 
 
 def download(names, dest: str | os.PathLike | None = None, **kwargs) -> list[DownloadResult]:
-    """Download the named official checkpoints into ``dest`` (default: :func:`default_dest`)."""
+    """Download the named official checkpoints into ``dest`` (default: :func:`default_dest`);
+    ``kwargs`` go to :func:`download_one` (``source="huggingface"``, ``base_url``, ``progress`` ...)."""
     specs = resolve_names(names)
     folder = Path(dest).expanduser() if dest is not None else default_dest()
     return [download_one(spec, folder, **kwargs) for spec in specs]
+
+
+def fetch_pretrained(model: str, *, source: str = "official", dest: str | os.PathLike | None = None,
+                     progress: bool = True) -> Path:
+    """The checkpoint of ``model`` for ``from_pretrained``: the local lookup first (the places of
+    :func:`dp_sam2.checkpoints.resolve.find_weights`), then a download from ``source`` into
+    ``dest`` (default :func:`default_dest`, a place the lookup searches)."""
+    from dp_sam2.checkpoints.resolve import CheckpointNotFoundError, find_weights
+
+    spec = get_spec(model)
+    check_source(source)
+    try:
+        path = find_weights(spec.name, warn=False)
+    except CheckpointNotFoundError:
+        path = None
+    if path is None:  # missing (also when DP_SAM2_ALLOW_MISSING_CHECKPOINT would allow that)
+        folder = Path(dest).expanduser() if dest is not None else default_dest()
+        path = download_one(spec, folder, source=source, progress=progress).path
+    return path

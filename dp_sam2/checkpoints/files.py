@@ -1,6 +1,11 @@
-"""Reading official SAM 2 checkpoints (``{"model": state_dict}``) with clear errors."""
+"""Reading official SAM 2 checkpoints (``{"model": state_dict}``) with clear errors, and checking
+one strictly against the official keys and shapes of its model (``state_dict_shapes.json``, the
+state dict of each of the 8 official configs: what ``load_state_dict(strict=True)`` would demand)
+without building the model."""
 from __future__ import annotations
 
+import functools
+import json
 import os
 from pathlib import Path
 
@@ -114,11 +119,32 @@ def load_into(model: nn.Module, path: str | os.PathLike, config_file: str) -> No
         ) from err
 
 
-def _summarise_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    ours = model.state_dict()
+@functools.lru_cache(maxsize=None)
+def official_shapes(config: str) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of the official model ``config`` (any name form) and its shape."""
+    from dp_sam2.checkpoints.registry import get_spec
+
+    table = json.loads((Path(__file__).with_name("state_dict_shapes.json")).read_text())
+    return {k: tuple(v) for k, v in table[get_spec(config).config].items()}
+
+
+def check_strict(state: dict[str, torch.Tensor], config: str, path) -> None:
+    """Raise a ValueError unless ``state`` has exactly the official keys of ``config`` with their
+    shapes (as a strict ``load_state_dict`` into a model built from that config would)."""
+    found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in state.items()}
+    _check_mismatch(official_shapes(config), found, path, config)
+
+
+def _check_mismatch(ours: dict[str, tuple], theirs: dict[str, tuple], path, config: str) -> None:
+    summary = _mismatch_text(ours, theirs)
+    if summary:
+        raise ValueError(f"checkpoint {path} does not match config {config!r}: {summary}")
+
+
+def _mismatch_text(ours: dict[str, tuple], state: dict[str, tuple]) -> str:
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
-    shapes = [k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape)]
+    shapes = [k for k in set(ours) & set(state) if tuple(ours[k]) != tuple(state[k])]
     parts = []
     if missing:
         parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -126,5 +152,10 @@ def _summarise_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str
         parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     if shapes:
         k = sorted(shapes)[0]
-        parts.append(f"{len(shapes)} shape mismatches, e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}")
+        parts.append(f"{len(shapes)} shape mismatches, e.g. {k}: file {tuple(state[k])} vs model {tuple(ours[k])}")
     return "; ".join(parts)
+
+
+def _summarise_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    return _mismatch_text({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                          {k: tuple(v.shape) for k, v in state.items()})

@@ -20,7 +20,8 @@ class ModelSpec:
     size: str  # "tiny", "small", "base_plus", "large"
     config: str  # official config name: "configs/sam2/sam2_hiera_l.yaml"
     filename: str  # official checkpoint file name: "sam2_hiera_large.pt"
-    url: str
+    url: str  # the official host's URL of the file
+    hf_repo: str  # the Hugging Face hub repo that holds the same file: "facebook/sam2-hiera-large"
     obs_image_size: int  # window-aligned default input size for the DP obs encoder
 
     @property
@@ -45,6 +46,7 @@ def _make_registry() -> dict[str, ModelSpec]:
                 config=f"configs/{prefix}/{prefix}_hiera_{letter}.yaml",
                 filename=filename,
                 url=url + filename,
+                hf_repo=f"facebook/{prefix}-hiera-{size.replace('_', '-')}",
                 obs_image_size=obs_size,
             )
     return specs
@@ -66,9 +68,7 @@ def _aliases() -> dict[str, ModelSpec]:
             keys |= {spec.short_config, short_stem}
         for key in keys:
             table[key] = spec
-        # Hugging Face style ids: facebook/sam2-hiera-tiny, facebook/sam2.1-hiera-base-plus
-        hf = f"facebook/{spec.name.split('_')[0]}-hiera-{spec.size.replace('_', '-')}"
-        table[hf] = spec
+        table[spec.hf_repo] = spec  # the hub ids: facebook/sam2-hiera-tiny, facebook/sam2.1-hiera-base-plus
     return table
 
 

@@ -13,15 +13,19 @@ DP freezes the resolved config into every training checkpoint. So paths stay rel
    ``dp-sam2 download`` puts files.
 
 When none holds the file the error lists every place tried and the command that downloads it.
-``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1`` lets the obs encoder build its architecture without SAM 2
-weights (with a warning): meant for ``eval.py`` on a machine whose DP checkpoint already holds
-the encoder weights.
+:func:`find_weights` is the one lookup every part of dp_sam2 uses for a model's weights (obs
+encoder, feature cache, CLI, predictors' ``from_pretrained``): ``checkpoint`` or the default
+``checkpoints/<official file name>``, and ``None`` (random weights, with a warning) when the file
+is missing and ``random_weights=True`` or ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1`` allows it. The
+environment variable is for ``eval.py`` on a machine whose DP checkpoint already holds the
+encoder weights (the config frozen into a DP checkpoint cannot be changed there).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +140,50 @@ def resolve_checkpoint(path: str | os.PathLike, model: str | None = None) -> Pat
         f"{ENV_ALLOW_MISSING}=1 to build the encoder without the SAM 2 file.",
         [c.path for c in tried],
     )
+
+
+class MissingCheckpointWarning(UserWarning):
+    """No checkpoint was found and random weights are used instead (allowed by the caller)."""
+
+
+def default_checkpoint(model: str) -> str:
+    """The relative path a model's weights are looked up under: ``checkpoints/<official file name>``."""
+    from dp_sam2.checkpoints.registry import get_spec
+
+    return f"checkpoints/{get_spec(model).filename}"
+
+
+def find_weights(model: str | None, checkpoint: str | os.PathLike | None = None, *, random_weights: bool = False,
+                 warn: bool = True) -> Path | None:
+    """The checkpoint file for ``model``: ``checkpoint`` (default ``checkpoints/<official file
+    name>``) found by :func:`resolve_checkpoint`.
+
+    When no place holds it: ``None`` (build with random weights) if ``random_weights=True`` or
+    ``$DP_SAM2_ALLOW_MISSING_CHECKPOINT`` is set, with a :class:`MissingCheckpointWarning` unless
+    ``warn=False``; otherwise the :class:`CheckpointNotFoundError` listing every place tried.
+    ``model`` may be ``None`` (or a custom config file) only with an explicit ``checkpoint``."""
+    from dp_sam2.checkpoints.registry import get_spec
+
+    try:
+        spec = get_spec(model) if model is not None else None
+    except ValueError:
+        spec = None  # a custom config: no default file name
+    if checkpoint is None or (isinstance(checkpoint, str) and not checkpoint.strip()):
+        if spec is None:
+            raise ValueError(f"checkpoint is required with a custom model config (got model {model!r})")
+        checkpoint = default_checkpoint(spec.name)
+    try:
+        return resolve_checkpoint(checkpoint, spec.name if spec else None)
+    except CheckpointNotFoundError as err:
+        env = allow_missing_checkpoint()
+        if not (random_weights or env):
+            raise
+        if warn:
+            why = f"{ENV_ALLOW_MISSING} is set" if env and not random_weights else "random_weights=True"
+            warnings.warn(
+                f"{why}: building {spec.name if spec else model} WITHOUT SAM 2 weights (random init; "
+                f"{os.fspath(checkpoint)!r} not found). Only do this for tests, or when restoring a Diffusion "
+                f"Policy checkpoint that holds the encoder weights. {str(err).splitlines()[0]}",
+                MissingCheckpointWarning, stacklevel=3,
+            )
+        return None

@@ -35,7 +35,8 @@ from .amg import (
     uncrop_masks,
     uncrop_points,
 )
-from .image import SAM2ImagePredictor, build_pretrained
+from .image import SAM2ImagePredictor
+from .pretrained import build_pretrained
 from .transforms import image_to_array
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -113,8 +114,9 @@ class SAM2AutomaticMaskGenerator:
 
     @classmethod
     def from_pretrained(cls, model_id_or_name: str, **kwargs) -> "SAM2AutomaticMaskGenerator":
-        """Build from a registry or config name (see :meth:`SAM2ImagePredictor.from_pretrained`);
-        generator options go to the generator, the rest to the builder."""
+        """Build from a hub id, short name or config name, the checkpoint found locally or downloaded
+        (see :meth:`SAM2ImagePredictor.from_pretrained`); generator options go to the generator,
+        the rest (``source=``, ``ckpt_path=``, ``device=`` ...) to the builder."""
         import inspect
 
         own = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "kwargs"}

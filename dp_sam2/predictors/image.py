@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from dp_sam2.encoders.sam2.precision import check_precision, precision_autocast
+
+from .pretrained import build_pretrained
 from .transforms import SAM2Transforms, image_hw, image_to_array
 
 _PREDICTOR_KWARGS = ("mask_threshold", "max_hole_area", "max_sprinkle_area", "precision")
@@ -65,11 +67,12 @@ class SAM2ImagePredictor:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, model_id_or_name: str, **kwargs) -> "SAM2ImagePredictor":
-        """Build from a registry or official config name (``"sam2.1_tiny"``,
-        ``"configs/sam2.1/sam2.1_hiera_t.yaml"``, ``"facebook/sam2-hiera-large"``).
+        """Build from a hub id, short name or official config name (``"facebook/sam2-hiera-large"``,
+        ``"sam2.1_tiny"``, ``"configs/sam2.1/sam2.1_hiera_t.yaml"``); the official checkpoint is
+        found locally or downloaded (see :mod:`dp_sam2.predictors.pretrained`).
 
-        Keyword arguments: ``ckpt_path`` (or ``checkpoint``; default: the official file name,
-        found by :mod:`dp_sam2.checkpoints.resolve`), ``device``, ``mode``, ``hydra_overrides_extra``,
+        Keyword arguments: ``ckpt_path`` (or ``checkpoint``), ``source`` (``"official"`` or
+        ``"huggingface"``), ``device``, ``mode``, ``hydra_overrides_extra``,
         ``apply_postprocessing``, ``image_size`` and the predictor's own options."""
         own = {k: kwargs.pop(k) for k in _PREDICTOR_KWARGS if k in kwargs}
         return cls(build_pretrained(model_id_or_name, **kwargs), **own)
@@ -327,32 +330,3 @@ def check_mask_input(mask_input, size: tuple[int, int]) -> np.ndarray:
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.squeeze(0).float().detach().cpu().numpy()
-
-
-# --------------------------------------------------------------------------- loading by name
-def build_pretrained(model_id_or_name: str, **kwargs):
-    """A SAM2Base for a registry / config name with its official checkpoint (see
-    :meth:`SAM2ImagePredictor.from_pretrained`)."""
-    from dp_sam2.encoders.sam2.build import build_sam2
-    from dp_sam2.checkpoints.registry import get_spec
-
-    spec = get_spec(model_id_or_name)
-    ckpt = kwargs.pop("ckpt_path", None)
-    alias = kwargs.pop("checkpoint", None)
-    if ckpt is not None and alias is not None:
-        raise ValueError("give the checkpoint as ckpt_path= or checkpoint=, not both")
-    ckpt = ckpt if ckpt is not None else alias
-    if ckpt is None:
-        ckpt = _resolve(spec.filename, spec.name)
-    overrides = list(kwargs.pop("hydra_overrides_extra", ()))
-    image_size = kwargs.pop("image_size", None)
-    if image_size is not None:
-        overrides.append(f"++model.image_size={int(image_size)}")
-    return build_sam2(spec.config, ckpt, hydra_overrides_extra=overrides, **kwargs)
-
-
-def _resolve(filename: str, name: str):
-    """``checkpoints/<official file name>``, looked up as the obs encoder looks up its default."""
-    from dp_sam2.checkpoints.resolve import resolve_checkpoint
-
-    return resolve_checkpoint(f"checkpoints/{filename}", model=name)

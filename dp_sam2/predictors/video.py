@@ -44,6 +44,15 @@ class SAM2VideoPredictor(SAM2Base):
         self.add_all_frames_to_correct_as_cond = add_all_frames_to_correct_as_cond
         self.show_progress = True  # tqdm bars on frame loading and propagation
 
+    @classmethod
+    def from_pretrained(cls, model_id: str, **kwargs) -> "SAM2VideoPredictor":
+        """Build from a hub id (``"facebook/sam2-hiera-large"``), short name or config name, the
+        checkpoint found locally or downloaded (``source="official"`` or ``"huggingface"``); other
+        keyword arguments go to ``build_sam2_video_predictor`` (see :mod:`.pretrained`)."""
+        from .pretrained import build_pretrained
+
+        return build_pretrained(model_id, video=True, **kwargs)
+
     def _progress(self, progress: bool | None) -> bool:
         return self.show_progress if progress is None else bool(progress)
 
@@ -343,9 +352,9 @@ class SAM2VideoPredictor(SAM2Base):
         state = inference_state
         self.propagate_in_video_preflight(state)
         order = self._processing_order(state, start_frame_idx, max_frame_num_to_track, reverse)
-        from tqdm import tqdm
+        from dp_sam2._progress import progress as progress_bar
 
-        for frame_idx in tqdm(order, desc="propagate in video", disable=not self._progress(progress)):
+        for frame_idx in progress_bar(order, desc="propagate in video", disable=not self._progress(progress)):
             masks = torch.cat([self._track_object(state, i, frame_idx, reverse)
                                for i in range(len(state.objects))], dim=0)
             _, video_res = self._get_orig_video_res_output(state, masks)

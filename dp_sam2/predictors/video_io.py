@@ -33,9 +33,9 @@ class LoadedVideo:
 def _progress(items, enabled: bool, desc: str, total: int | None = None):
     if not enabled:
         return items
-    from tqdm import tqdm
+    from dp_sam2._progress import progress
 
-    return tqdm(items, desc=desc, total=total)
+    return progress(items, desc=desc, total=total)
 
 
 def _normalise_(images: torch.Tensor) -> torch.Tensor:

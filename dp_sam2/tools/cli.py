@@ -50,7 +50,8 @@ def hw_pair(text: str) -> tuple[int, int]:
 def cmd_demo(args) -> int:
     from dp_sam2.tools.demo import run_demo
 
-    written = run_demo(args.out, steps=args.steps, quick=args.quick, device=args.device, seed=args.seed)
+    written = run_demo(args.out, steps=args.steps, quick=args.quick, device=args.device, seed=args.seed,
+                       offline=args.offline)
     print(f"dp-sam2 demo wrote {len(written)} files to {Path(args.out).resolve()}:")
     for path, what in written:
         print(f"  {Path(path).resolve()}  - {what}")
@@ -60,7 +61,7 @@ def cmd_demo(args) -> int:
 def cmd_download(args) -> int:
     from dp_sam2.checkpoints.download import download
 
-    results = download(args.names, dest=args.dest, base_url=args.base_url, retries=args.retries,
+    results = download(args.names, dest=args.dest, source=args.source, base_url=args.base_url, retries=args.retries,
                        verify=not args.no_verify, force=args.force, progress=not args.no_progress)
     for res in results:
         print(f"{res.spec.name}: {res.status} {res.path} ({res.nbytes / 2**20:.1f} MiB)")
@@ -135,17 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="offline end-to-end demo: encoder, replay buffer, feature cache, "
+    p = sub.add_parser("demo", help="end-to-end demo: encoder, replay buffer, feature cache, "
                                     "diffusion head training, pictures",
-                       description="Builds the sam2_tiny obs encoder (official weights if found, else random "
-                                   "weights with a warning), writes a synthetic Push-T-style zarr replay buffer, "
-                                   "caches its features, trains a small diffusion action head on them and writes "
+                       description="Builds the sam2_tiny obs encoder (official weights if found; else downloads "
+                                   "them, as `dp-sam2 download sam2_tiny`; without network, or with --offline, "
+                                   "random weights with a warning), writes a synthetic Push-T-style zarr replay "
+                                   "buffer, caches its features, trains a small diffusion action head on them and writes "
                                    "pictures (loss curve, mask overlay, video track, PCA of the features) to --out.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, default=None, help="training steps of the action head (default 200; 20 with --quick)")
     p.add_argument("--quick", action="store_true", help="a smaller replay buffer and fewer steps (seconds, for tests)")
     p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offline", action="store_true",
+                   help="never download: without a local sam2_tiny checkpoint, use random weights")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("download", help="download official checkpoints by name (resumable, verified)",
@@ -156,10 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--dest", default=None, help="folder (default: checkpoints/ under the Diffusion Policy repo "
                                                 "root when run inside one, else the user cache $DP_SAM2_CACHE or ~/.cache/dp_sam2)")
-    p.add_argument("--base-url", default=None, help="a mirror serving the official file names (default: dl.fbaipublicfiles.com)")
+    p.add_argument("--source", choices=("official", "huggingface"), default="official",
+                   help="official: Meta's file host (or --base-url); huggingface: the hub repos facebook/sam2-hiera-* "
+                        "and facebook/sam2.1-hiera-* via huggingface_hub (honours HF_ENDPOINT, HF_HUB_OFFLINE and "
+                        'its cache; pip install "dp-sam2[huggingface]")')
+    p.add_argument("--base-url", default=None,
+                   help="a mirror of the official host serving the official file names (default: dl.fbaipublicfiles.com)")
     p.add_argument("--retries", type=int, default=3, help="automatic resumes after a broken connection (default 3)")
     p.add_argument("--force", action="store_true", help="download again even if the file exists")
-    p.add_argument("--no-verify", action="store_true", help="skip loading the file into its config")
+    p.add_argument("--no-verify", action="store_true", help="skip checking the file against its config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
 

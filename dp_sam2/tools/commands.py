@@ -14,41 +14,43 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
 def find_checkpoint(model: str, checkpoint=None, random_weights: bool = False):
-    """The checkpoint file of ``model`` (``checkpoint`` or ``checkpoints/<official name>``, found
-    by :mod:`dp_sam2.checkpoints.resolve`), or ``None`` with a loud warning when ``random_weights`` (or
-    ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1``) allows it."""
+    """The checkpoint file of ``model`` (:func:`dp_sam2.checkpoints.resolve.find_weights`), or
+    ``None`` with a loud warning when ``random_weights`` (or ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1``)
+    allows random weights."""
     from dp_sam2.checkpoints.registry import get_spec
-    from dp_sam2.checkpoints.resolve import CheckpointNotFoundError, allow_missing_checkpoint, resolve_checkpoint
+    from dp_sam2.checkpoints.resolve import candidates, default_checkpoint, find_weights
 
     spec = get_spec(model)
-    wanted = checkpoint or f"checkpoints/{spec.filename}"
-    try:
-        return resolve_checkpoint(wanted, spec.name)
-    except CheckpointNotFoundError as err:
-        if not (random_weights or allow_missing_checkpoint()):
-            raise
-        loud_warning([f"WARNING: no {spec.name} checkpoint found: using RANDOM weights.",
-                      "Masks, tracks and features are then meaningless (the pipeline still runs).",
-                      f"Get the official weights with:  dp-sam2 download {spec.name}",
-                      f"(or put {spec.filename} in $DP_SAM2_CHECKPOINT_DIR). Looked in:",
-                      *[f"  {p}" for p in err.tried]])
-        return None
+    path = find_weights(spec.name, checkpoint, random_weights=random_weights, warn=False)
+    if path is None:
+        random_weights_warning(spec, [c.path for c in candidates(checkpoint or default_checkpoint(spec.name))])
+    return path
+
+
+def random_weights_warning(spec, tried) -> None:
+    loud_warning([f"WARNING: no {spec.name} checkpoint found: using RANDOM weights.",
+                  "Masks, tracks and features are then meaningless (the pipeline still runs).",
+                  f"Get the official weights with:  dp-sam2 download {spec.name}",
+                  f"(or put {spec.filename} in $DP_SAM2_CHECKPOINT_DIR). Looked in:",
+                  *[f"  {p}" for p in tried]])
 
 
 def build_model(model: str, checkpoint=None, image_size=None, device=None, random_weights=False, video=False):
-    """A SAM 2 model (or video predictor) for the debugging commands."""
+    """A SAM 2 model (or video predictor) for the debugging commands; random weights (when allowed
+    and no file is found) are drawn from seed 0 without touching the caller's random state."""
     import torch
 
-    from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
     from dp_sam2.checkpoints.registry import get_spec
+    from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
 
     spec = get_spec(model)
     path = find_checkpoint(spec.name, checkpoint, random_weights)
     overrides = [f"++model.image_size={int(image_size)}"] if image_size else []
-    if path is None:
-        torch.manual_seed(0)
     builder = build_sam2_video_predictor if video else build_sam2
-    return builder(spec.config, ckpt_path=str(path) if path else None, device=device, hydra_overrides_extra=overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return builder(spec.config, ckpt_path=str(path) if path else None, device=device,
+                       hydra_overrides_extra=overrides)
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ def visualize_features(image, obs_encoder="sam2_large", checkpoint=None, out="fe
     """The image beside the PCA colouring of the obs encoder's stride-16 features."""
     import torch
 
-    from dp_sam2.cache import CacheKey, RANDOM_INIT, Source, build_encoder
+    from dp_sam2.cache import RANDOM_INIT, CacheKey, Source, build_encoder
     from dp_sam2.checkpoints.registry import get_spec
 
     rgb = load_image(image)

@@ -1,7 +1,8 @@
 """``dp-sam2 demo``: the whole pipeline offline in a few minutes on a CPU.
 
-1. the ``sam2_tiny`` obs encoder (official weights when the resolver finds them, otherwise random
-   weights and a loud warning that says how to get real ones);
+1. the ``sam2_tiny`` obs encoder: official weights when the resolver finds them, else downloaded
+   as ``dp-sam2 download sam2_tiny`` does; with ``offline=True``, or when the network fails
+   (5 s connect timeout), random weights and a loud warning that says how to get real ones;
 2. a small synthetic Push-T-style replay buffer (zarr, DP's layout: ``data/img`` float32 0-255,
    ``data/state``, ``data/action``, ``meta/episode_ends``);
 3. its SAM 2 features, cached (:mod:`dp_sam2.cache`);
@@ -160,7 +161,8 @@ def train_head(encoder, feats: torch.Tensor, agent_pos: torch.Tensor, targets: t
                steps: int, seed: int, device):
     """DDPM training of the pooling head + noise predictor on cached features; returns the losses."""
     from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
+
+    from dp_sam2._progress import progress
 
     torch.manual_seed(seed)
     scheduler = DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2", clip_sample=True,
@@ -170,7 +172,7 @@ def train_head(encoder, feats: torch.Tensor, agent_pos: torch.Tensor, targets: t
     optim = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-6)
     encoder.train()
     losses = []
-    bar = tqdm(range(steps), desc="training the diffusion action head", unit="step")
+    bar = progress(range(steps), desc="training the diffusion action head", unit="step")
     for _ in bar:
         idx = torch.randint(0, len(feats), (min(size.batch_size, len(feats)),))
         cond = encoder({"image": feats[idx].to(device), "agent_pos": agent_pos[idx].to(device)})
@@ -214,11 +216,36 @@ def draw_actions(frame: np.ndarray, demo: np.ndarray, pred: np.ndarray, scale: i
     return img
 
 
-def run_demo(out, steps: int | None = None, quick: bool = False, device=None, seed: int = 0):
-    """Run the demo into ``out``; returns ``[(path, description), ...]`` of what it wrote."""
+def demo_weights(offline: bool = False, base_url: str | None = None, timeout: float = 5.0):
+    """The ``sam2_tiny`` checkpoint: found locally, else downloaded (unless ``offline``), else
+    ``None`` (random weights) after a loud warning. A network that does not answer within
+    ``timeout`` seconds, or drops the connection, means random weights, not an error."""
+    from dp_sam2.checkpoints import download as dl
+    from dp_sam2.checkpoints.registry import get_spec
+    from dp_sam2.checkpoints.resolve import candidates, default_checkpoint, find_weights
+    from dp_sam2.tools.commands import random_weights_warning
+
+    spec = get_spec("sam2_tiny")
+    path = find_weights(spec.name, random_weights=True, warn=False)
+    if path is None and not offline:
+        url = dl.url_for(spec, base_url)
+        print(f"      no local {spec.filename}: downloading it from {url} (--offline to skip)", flush=True)
+        try:
+            dl.check_reachable(url, timeout)
+            path = dl.download_one(spec, dl.default_dest(), base_url=base_url, retries=0, timeout=timeout).path
+        except (dl.DownloadError, OSError, ValueError) as err:
+            print(f"      download failed, continuing without it: {str(err).splitlines()[0]}", flush=True)
+    if path is None:
+        random_weights_warning(spec, [c.path for c in candidates(default_checkpoint(spec.name))])
+    return path
+
+
+def run_demo(out, steps: int | None = None, quick: bool = False, device=None, seed: int = 0,
+             offline: bool = False):
+    """Run the demo into ``out``; returns ``[(path, description), ...]`` of what it wrote.
+    ``offline=True`` never downloads the checkpoint (see :func:`demo_weights`)."""
     from dp_sam2 import cache as C
     from dp_sam2.encoders.sam2.build import resolve_device
-    from dp_sam2.tools.commands import find_checkpoint
     from dp_sam2.tools.draw import grid, line_plot, pca_rgb
 
     size = QUICK if quick else FULL
@@ -231,7 +258,7 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     written = []
 
     print("[1/5] sam2_tiny weights")
-    ckpt = find_checkpoint("sam2_tiny", None, random_weights=True)
+    ckpt = demo_weights(offline)
     print(f"      {'official checkpoint ' + str(ckpt) if ckpt else 'RANDOM weights (see the warning above)'}")
 
     print("[2/5] synthetic Push-T replay buffer")

@@ -1,8 +1,20 @@
-"""``dp-sam2 info``: versions, device, extension, checkpoints found and whether Hydra sees the group."""
+"""``dp-sam2 info``: versions, device, extension, checkpoints found, whether Hydra sees the groups,
+which optional parts can be used (found with ``importlib.util.find_spec``, never imported) and
+the download sources."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+
+# (what, our module, the third-party module it needs, how to get that)
+OPTIONAL_PARTS = (
+    ("hybrid DP policies", "dp_sam2.policies", "robomimic",
+     "pip install --no-deps robomimic==0.2.0 (see the README)"),
+    ("multi-process workspace", "dp_sam2.workspaces", "accelerate", "pip install accelerate"),
+    ("LeRobot plugin", "lerobot_policy_sam2", "lerobot", "pip install lerobot (Python >= 3.12) and this package"),
+)
+GROUPS = ("obs_encoder", "umi_obs_encoder")
 
 
 def _version(module: str) -> str:
@@ -14,26 +26,80 @@ def _version(module: str) -> str:
         return "not installed"
 
 
-def hydra_sees_obs_encoder_group() -> tuple[bool | None, str]:
-    """Whether a fresh Hydra app finds the ``obs_encoder`` group (through dp_sam2's plugin)."""
+def hydra_sees_obs_encoder_group(group: str = "obs_encoder") -> tuple[bool | None, str]:
+    """Whether a fresh Hydra app finds the config ``group`` (through dp_sam2's plugin)."""
+    return hydra_group_options((group,))[group]
+
+
+def hydra_group_options(groups=GROUPS) -> dict[str, tuple[bool | None, str]]:
+    """For each config group: (found, text), from one fresh Hydra app."""
     import tempfile
 
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return None, "not checked (Hydra is already initialised in this process)"
+        return {g: (None, "not checked (Hydra is already initialised in this process)") for g in groups}
     try:
         with tempfile.TemporaryDirectory() as empty, initialize_config_dir(empty, version_base=None):
-            options = GlobalHydra.instance().config_loader().get_group_options("obs_encoder")
+            loader = GlobalHydra.instance().config_loader()
+            options = {g: loader.get_group_options(g) for g in groups}
     except Exception as err:  # noqa: BLE001 - a diagnosis must not crash
-        return False, f"error while checking: {type(err).__name__}: {err}"
+        return {g: (False, f"error while checking: {type(err).__name__}: {err}") for g in groups}
     finally:
         GlobalHydra.instance().clear()
-    if options:
-        return True, "yes: " + ", ".join(sorted(options))
-    return False, ("NO - the search-path plugin hydra_plugins/dp_sam2 was not found; `+obs_encoder=...` "
-                   "would silently become a string. Reinstall dp_sam2 (pip install .) in this environment.")
+    out = {}
+    plugin_seen = any(options.values())
+    for group, found in options.items():
+        if found:
+            out[group] = (True, "yes: " + ", ".join(sorted(found)))
+        elif plugin_seen:
+            out[group] = (False, f"NO - this dp_sam2 ships no {group} group")
+        else:
+            out[group] = (False, f"NO - the search-path plugin hydra_plugins/dp_sam2 was not found; `+{group}=...` "
+                                 "would silently become a string. Reinstall dp_sam2 (pip install .) here.")
+    return out
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import, or a broken spec
+        return False
+
+
+def optional_lines() -> list[str]:
+    """Which optional parts can be used here, without importing them."""
+    lines = ["optional parts:"]
+    for what, ours, needs, how in OPTIONAL_PARTS:
+        have_ours, have_needs = _importable(ours), _importable(needs)
+        if have_ours and have_needs:
+            state = "usable"
+        elif not have_ours:
+            state = f"not available ({ours} is not importable)"
+        else:
+            state = f"not usable: {needs} is not installed ({how})"
+        lines.append(f"  {what:26s} {ours} + {needs}: {state}")
+    return lines
+
+
+def source_lines() -> list[str]:
+    from urllib.parse import urlsplit
+
+    from dp_sam2.checkpoints.registry import MODELS
+
+    host = urlsplit(MODELS["sam2_large"].url)
+    lines = ["download sources (dp-sam2 download NAME --source ...):",
+             f"  official     {host.scheme}://{host.netloc} (or --base-url)"]
+    if _importable("huggingface_hub"):
+        endpoint = os.environ.get("HF_ENDPOINT")
+        hub = f"HF_ENDPOINT={endpoint}" if endpoint else "https://huggingface.co (HF_ENDPOINT unset)"
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            hub += "; HF_HUB_OFFLINE is set: only its cache"
+        lines.append(f"  huggingface  {hub}, repos facebook/sam2-hiera-*, facebook/sam2.1-hiera-*")
+    else:
+        lines.append('  huggingface  not available: pip install "dp-sam2[huggingface]"')
+    return lines
 
 
 def info_lines() -> list[str]:
@@ -43,7 +109,14 @@ def info_lines() -> list[str]:
 
     from dp_sam2 import __version__
     from dp_sam2.checkpoints.registry import MODELS
-    from dp_sam2.checkpoints.resolve import ENV_ALLOW_MISSING, ENV_CACHE, ENV_CHECKPOINT_DIR, candidates, cache_dir, dp_repo_root
+    from dp_sam2.checkpoints.resolve import (
+        ENV_ALLOW_MISSING,
+        ENV_CACHE,
+        ENV_CHECKPOINT_DIR,
+        cache_dir,
+        candidates,
+        dp_repo_root,
+    )
 
     lines = [f"dp_sam2 {__version__} ({Path(__file__).resolve().parent})",
              f"python {platform.python_version()}, " + ", ".join(
@@ -76,6 +149,7 @@ def info_lines() -> list[str]:
         except CheckpointNotFoundError:
             where = f"not found (dp-sam2 download {spec.name})"
         lines.append(f"  {spec.name:16s} {spec.filename:26s} {where}")
-    ok, text = hydra_sees_obs_encoder_group()
-    lines += ["", f"Hydra sees the obs_encoder group: {text}"]
-    return lines
+    lines += ["", *source_lines(), ""]
+    for group, (_, text) in hydra_group_options().items():
+        lines.append(f"Hydra sees the {group} group: {text}")
+    return lines + optional_lines()

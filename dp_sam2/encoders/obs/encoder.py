@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -123,6 +122,7 @@ class SAM2ObsEncoder(nn.Module):
         use_group_norm: bool = False,
         imagenet_norm: bool = False,
         precision: str = "fp32",
+        random_weights: bool = False,
     ) -> None:
         super().__init__()
         _check_parent_accepts_obs_encoder()
@@ -147,7 +147,7 @@ class SAM2ObsEncoder(nn.Module):
         self.precision = check_precision(precision)
 
         backbone = SAM2Backbone(self.model_cfg, self.image_size)
-        self.checkpoint = self._load_weights(backbone, checkpoint)
+        self.checkpoint = self._load_weights(backbone, checkpoint, random_weights)
         configure_backbone(backbone, self.finetune)
         backbone.freeze_unused_neck_levels()
         backbone.activation_checkpointing = self.finetune.activation_checkpointing
@@ -197,28 +197,20 @@ class SAM2ObsEncoder(nn.Module):
             if crop is not None and (crop[0] > src[0] or crop[1] > src[1]):
                 raise ValueError(f"crop_shape {list(crop)} for {key!r} is larger than its image {list(src)}")
 
-    def _load_weights(self, backbone: SAM2Backbone, checkpoint) -> str | None:
-        from dp_sam2.checkpoints.resolve import CheckpointNotFoundError, allow_missing_checkpoint, resolve_checkpoint
+    def _load_weights(self, backbone: SAM2Backbone, checkpoint, random_weights: bool = False) -> str | None:
+        """Load the SAM 2 checkpoint found by :func:`dp_sam2.checkpoints.resolve.find_weights`;
+        ``random_weights=True`` keeps the backbone's random init (no file is looked up: seed it
+        yourself, e.g. inside ``torch.random.fork_rng()``). Returns the checkpoint as configured."""
+        from dp_sam2.checkpoints.resolve import find_weights
 
-        if checkpoint is None:
-            if self.spec is None:
-                raise ValueError("checkpoint is required with a custom model config")
-            checkpoint = f"checkpoints/{self.spec.filename}"
-        checkpoint = os.fspath(checkpoint)
-        try:
-            path = resolve_checkpoint(checkpoint, self.model_cfg)
-        except CheckpointNotFoundError as err:
-            if not allow_missing_checkpoint():
-                raise
-            warnings.warn(
-                f"DP_SAM2_ALLOW_MISSING_CHECKPOINT is set: building the {self.model_cfg} encoder "
-                f"WITHOUT SAM 2 weights ({checkpoint!r} not found). Only do this when restoring a "
-                f"Diffusion Policy checkpoint that holds the encoder weights. {str(err).splitlines()[0]}",
-                stacklevel=3,
-            )
-            return checkpoint
-        backbone.load_official(path, self.model_cfg)
-        return checkpoint
+        if random_weights:
+            if checkpoint is not None:
+                raise ValueError(f"give a checkpoint or random_weights=True, not both (got {checkpoint!r})")
+            return None
+        path = find_weights(self.spec.name if self.spec else self.model_cfg, checkpoint)
+        if path is not None:
+            backbone.load_official(path, self.model_cfg)
+        return os.fspath(checkpoint) if checkpoint is not None else f"checkpoints/{self.spec.filename}"
 
     def _tag_backbones(self) -> None:
         for backbone in self._all_backbones():

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dp_sam2.checkpoints.registry import get_spec, known_names
+
 from .precision import check_precision
 
 _POSTPROCESSING = (

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
+from .image_encoder import ImageEncoder
 from .layers import MLP
 from .mask_decoder import MaskDecoder
-from .image_encoder import ImageEncoder
 from .prompt_encoder import PromptEncoder
 from .tracking import SAM2TrackingMixin
 from .transformer import TwoWayTransformer
@@ -32,38 +32,38 @@ class SAM2Flags:
     Most take the same value in every released config; the yaml files set them explicitly.
     """
 
-    num_maskmem: int = 7  # memory frames: 1 conditioning + 6 previous
-    image_size: int = 512
-    backbone_stride: int = 16
-    sigmoid_scale_for_mem_enc: float = 1.0
-    sigmoid_bias_for_mem_enc: float = 0.0
-    binarize_mask_from_pts_for_mem_enc: bool = False
-    use_mask_input_as_output_without_sam: bool = False
-    max_cond_frames_in_attn: int = -1
-    directly_add_no_mem_embed: bool = False
-    use_high_res_features_in_sam: bool = False
-    multimask_output_in_sam: bool = False
-    multimask_min_pt_num: int = 1
-    multimask_max_pt_num: int = 1
-    multimask_output_for_tracking: bool = False
-    use_multimask_token_for_obj_ptr: bool = False
-    iou_prediction_use_sigmoid: bool = False
-    memory_temporal_stride_for_eval: int = 1
-    non_overlap_masks_for_mem_enc: bool = False
-    use_obj_ptrs_in_encoder: bool = False
-    max_obj_ptrs_in_encoder: int = 16
-    add_tpos_enc_to_obj_ptrs: bool = True
-    proj_tpos_enc_in_obj_ptrs: bool = False
-    use_signed_tpos_enc_to_obj_ptrs: bool = False
-    only_obj_ptrs_in_the_past_for_eval: bool = False
-    pred_obj_scores: bool = False
-    pred_obj_scores_mlp: bool = False
-    fixed_no_obj_ptr: bool = False
-    soft_no_obj_ptr: bool = False
-    use_mlp_for_obj_ptr_proj: bool = False
-    no_obj_embed_spatial: bool = False
-    sam_mask_decoder_extra_args: dict | None = None
-    compile_image_encoder: bool = False
+    num_maskmem: int = 7  # memory frames attended to: 1 conditioning slot + 6 previous frames
+    image_size: int = 512  # input side in pixels (a multiple of 32)
+    backbone_stride: int = 16  # stride of the image embedding the mask decoder reads
+    sigmoid_scale_for_mem_enc: float = 1.0  # mask logits -> sigmoid(scale * x + bias) before memory encoding
+    sigmoid_bias_for_mem_enc: float = 0.0  # (the bias of the line above)
+    binarize_mask_from_pts_for_mem_enc: bool = False  # encode a thresholded mask on frames prompted by clicks
+    use_mask_input_as_output_without_sam: bool = False  # a mask prompt becomes the output directly (no decoder)
+    max_cond_frames_in_attn: int = -1  # most conditioning frames attended to, nearest in time first (-1: all)
+    directly_add_no_mem_embed: bool = False  # single images: add no_mem_embed instead of attending to memory
+    use_high_res_features_in_sam: bool = False  # feed the stride-4/8 maps (conv_s0/s1) to the mask decoder
+    multimask_output_in_sam: bool = False  # 3 candidate masks on the first click of a frame
+    multimask_min_pt_num: int = 1  # ... when the frame has at least this many clicks
+    multimask_max_pt_num: int = 1  # ... and at most this many
+    multimask_output_for_tracking: bool = False  # also choose among 3 masks on tracked (unprompted) frames
+    use_multimask_token_for_obj_ptr: bool = False  # object pointer from the chosen mask's token, not token 0
+    iou_prediction_use_sigmoid: bool = False  # IoU head output through a sigmoid
+    memory_temporal_stride_for_eval: int = 1  # at eval, take every r-th previous frame as memory
+    non_overlap_masks_for_mem_enc: bool = False  # objects' masks made disjoint before memory encoding
+    use_obj_ptrs_in_encoder: bool = False  # object pointers join the spatial memories in memory attention
+    max_obj_ptrs_in_encoder: int = 16  # most object pointers attended to
+    add_tpos_enc_to_obj_ptrs: bool = True  # object pointers get a temporal position encoding
+    proj_tpos_enc_in_obj_ptrs: bool = False  # ... passed through a learned linear (obj_ptr_tpos_proj)
+    use_signed_tpos_enc_to_obj_ptrs: bool = False  # ... signed by whether the frame is before or after
+    only_obj_ptrs_in_the_past_for_eval: bool = False  # at eval, only pointers of frames before this one
+    pred_obj_scores: bool = False  # predict whether the object is present at all (occlusion)
+    pred_obj_scores_mlp: bool = False  # ... with an MLP head instead of a linear one
+    fixed_no_obj_ptr: bool = False  # absent object: a learned no_obj_ptr instead of the decoder's pointer
+    soft_no_obj_ptr: bool = False  # ... blended by the presence probability rather than switched
+    use_mlp_for_obj_ptr_proj: bool = False  # object pointer projection: 3-layer MLP (else linear)
+    no_obj_embed_spatial: bool = False  # SAM 2.1: a learned embedding added to memories of absent objects
+    sam_mask_decoder_extra_args: dict | None = None  # extra MaskDecoder kwargs (dynamic multimask, ...)
+    compile_image_encoder: bool = False  # torch.compile the image encoder when the model is built
 
     def validate(self) -> None:
         if self.image_size % 32 or self.image_size <= 0:
@@ -175,7 +175,8 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
         if not self.use_high_res_features_in_sam:
             return self.image_encoder(img_batch)
         projections = {0: self.sam_mask_decoder.conv_s0, 1: self.sam_mask_decoder.conv_s1}
-        if isinstance(self.image_encoder, ImageEncoder) and self.image_encoder.scalp < len(self.image_encoder.neck.convs) - 1:
+        encoder = self.image_encoder
+        if isinstance(encoder, ImageEncoder) and encoder.scalp < len(encoder.neck.convs) - 1:
             # the neck applies conv_s0/conv_s1 itself (composed with its own 1x1 convs)
             return self.image_encoder(img_batch, projections=projections)
         backbone_out = self.image_encoder(img_batch)
