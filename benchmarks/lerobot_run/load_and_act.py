@@ -19,6 +19,9 @@ def main() -> None:
     parser.add_argument("pretrained", help="…/checkpoints/<step>/pretrained_model")
     parser.add_argument("--repo-id", required=True)
     parser.add_argument("--root", required=True)
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--num-inference-steps", type=int, default=None,
+                        help="as lerobot-eval's --policy.num_inference_steps (default: the saved config's)")
     args = parser.parse_args()
 
     from dp_sam2.checkpoints.files import load_checkpoint_state_dict
@@ -33,6 +36,8 @@ def main() -> None:
     cfg = PreTrainedConfig.from_pretrained(args.pretrained)
     cfg.pretrained_path = args.pretrained
     cfg.device = "cpu"
+    if args.num_inference_steps is not None:
+        cfg.num_inference_steps = args.num_inference_steps
     dataset = LeRobotDataset(args.repo_id, root=args.root)
     policy = make_policy(cfg, ds_meta=dataset.meta)
     pre, post = make_pre_post_processors(cfg, pretrained_path=args.pretrained,
@@ -56,7 +61,7 @@ def main() -> None:
     start, end = int(episode["dataset_from_index"]), int(episode["dataset_to_index"])
     actions = []
     t0 = time.time()
-    for i in range(start, min(end, start + 10)):
+    for i in range(start, min(end, start + args.frames)):
         frame = dataset[i]
         obs = {k: v for k, v in frame.items() if k.startswith("observation.")}
         obs["task"] = frame["task"]
@@ -64,7 +69,8 @@ def main() -> None:
             action = post(policy.select_action(pre(obs)))
         actions.append(action)
     actions = torch.cat(actions)
-    print(f"select_action x {len(actions)} frames: actions {tuple(actions.shape)}, finite: "
+    print(f"select_action x {len(actions)} frames ({policy.diffusion.num_inference_steps} denoising steps per chunk): "
+          f"actions {tuple(actions.shape)}, finite: "
           f"{bool(torch.isfinite(actions).all())}, {time.time() - t0:.1f} s")
 
 

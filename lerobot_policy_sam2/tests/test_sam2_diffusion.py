@@ -229,7 +229,7 @@ def test_random_weight_policy_is_saved_whole_and_loads_without_the_file(dataset_
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "none"))
     monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
     monkeypatch.chdir(tmp_path)
-    with pytest.warns(UserWarning, match="RANDOM weights"):
+    with pytest.warns(UserWarning, match="WITHOUT SAM 2 weights"):
         policy, *_ = build(dataset_root)
     policy.save_pretrained(tmp_path / "whole")
     assert sum(k.startswith(BACKBONE) for k in saved_keys(tmp_path / "whole")) == \

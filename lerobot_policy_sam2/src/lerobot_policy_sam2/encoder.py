@@ -10,7 +10,6 @@ transform). Output: ``(N, n_cameras * feature_dim)``, cameras in ``config.image_
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -28,37 +27,35 @@ class SAM2WeightsNotFoundError(FileNotFoundError):
 
 
 def find_sam2_file(config, reloading: bool) -> Path | None:
-    """The SAM 2 checkpoint file of ``config`` (dp_sam2's lookup), or ``None`` when it is missing and
+    """The SAM 2 checkpoint file of ``config``, found as dp_sam2 finds it
+    (:func:`dp_sam2.checkpoints.resolve.find_weights`), or ``None`` when it is missing and
     ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1`` allows random weights for a new policy. ``reloading``: a
     saved policy whose file does not hold the frozen trunk is being loaded (random weights are
     never allowed then: they would silently replace the trunk it was trained with)."""
-    from dp_sam2.checkpoints.resolve import CheckpointNotFoundError, allow_missing_checkpoint, resolve_checkpoint
+    from dp_sam2.checkpoints.resolve import (
+        CheckpointNotFoundError,
+        default_checkpoint,
+        find_weights,
+        resolve_checkpoint,
+    )
 
     spec = get_spec(config.sam2_model)
-    wanted = config.sam2_checkpoint or f"checkpoints/{spec.filename}"
+    wanted = config.sam2_checkpoint or default_checkpoint(spec.name)
     try:
-        return resolve_checkpoint(wanted, spec.name)
+        return resolve_checkpoint(wanted, spec.name) if reloading else find_weights(spec.name, wanted)
     except CheckpointNotFoundError as err:
         places = "\n".join(f"  - {p}" for p in err.tried)
+        hint = (f"Download it with `dp-sam2 download {spec.name}`, or set $DP_SAM2_CHECKPOINT_DIR to the folder "
+                f"that holds {spec.filename}")
         if reloading:
             raise SAM2WeightsNotFoundError(
                 f"this sam2_diffusion policy was saved without its frozen SAM 2 trunk (it equals the official "
-                f"file {spec.filename}), and that file was not found. Looked in:\n{places}\n"
-                f"Download it with `dp-sam2 download {spec.name}`, or set $DP_SAM2_CHECKPOINT_DIR to the "
-                f"folder that holds {spec.filename}."
+                f"file {spec.filename}), and that file was not found. Looked in:\n{places}\n{hint}."
             ) from err
-        if not allow_missing_checkpoint():
-            raise SAM2WeightsNotFoundError(
-                f"SAM 2 checkpoint {os.fspath(wanted)!r} ({spec.name}) not found. Looked in:\n{places}\n"
-                f"Download it with `dp-sam2 download {spec.name}`, or set $DP_SAM2_CHECKPOINT_DIR to the "
-                f"folder that holds {spec.filename}, or pass --policy.sam2_checkpoint=/path/to/{spec.filename}."
-            ) from err
-        warnings.warn(
-            f"DP_SAM2_ALLOW_MISSING_CHECKPOINT is set: the {spec.name} backbone has RANDOM weights "
-            f"({wanted!r} not found); they are saved with the policy",
-            stacklevel=2,
-        )
-        return None
+        raise SAM2WeightsNotFoundError(
+            f"SAM 2 checkpoint {os.fspath(wanted)!r} ({spec.name}) not found. Looked in:\n{places}\n{hint}, "
+            f"or pass --policy.sam2_checkpoint=/path/to/{spec.filename}."
+        ) from err
 
 
 class SAM2CameraEncoder(nn.Module):

@@ -5,7 +5,8 @@ Saving: backbone weights that never train and equal the SAM 2 file (all of them 
 backbone; the original weights under LoRA; the frozen blocks with ``trainable_blocks``) are left
 out of ``model.safetensors`` and read again from the SAM 2 file by ``from_pretrained``. When that
 file cannot be found there, the error names it and the ``dp-sam2 download`` command. A policy
-whose backbone weights did not come from a file (``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1``) is saved
+whose backbone weights did not come from a file (``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1``, random
+weights) is saved
 whole, and so is every trained weight.
 """
 from __future__ import annotations
