@@ -173,7 +173,8 @@ def test_cache_features_command(tmp_path, ckpt_dir, capsys):
 
     replay = write_replay(tmp_path / "replay.zarr")
     args = ["cache-features", "--zarr", str(replay), "--obs-encoder", "sam2_tiny", "--image-size", "64",
-            "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--batch-size", "8", "--no-progress", "--device", "cpu"]
+            "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--batch-size", "8", "--no-progress",
+            "--device", "cpu"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "16 frames" in out and "complete" in out and "(16 frames encoded now)" in out
@@ -220,10 +221,9 @@ def test_demo_weights_fall_back_fast_or_download(tmp_path, monkeypatch, capsys):
     import threading
     import time
 
-    from test_download import _Server
-
     from dp_sam2.checkpoints import download as dl
     from dp_sam2.tools.demo import demo_weights
+    from test_download import _Server
 
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
@@ -310,6 +310,77 @@ def test_library_calls_leave_the_callers_rng_alone(tmp_path):
 
 @pytest.mark.slow
 def test_python_m_entry(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dp_sam2.tools.cli", "download", "no_such_model", "--dest", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    cmd = [sys.executable, "-m", "dp_sam2.tools.cli", "download", "no_such_model", "--dest", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert proc.returncode == 1 and "unknown SAM 2 model" in proc.stderr
+
+
+# --------------------------------------------------------------------------- logs
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_bars_fit_logs(monkeypatch):
+    from dp_sam2 import _progress
+
+    log = _Stream(tty=False)
+    bar = _progress.progress(range(1000), desc="work", file=log, unit="step")
+    assert isinstance(bar, _progress.LogProgress)
+    assert sum(1 for _ in bar) == 1000
+    lines = log.text.splitlines()
+    assert "\r" not in log.text and 10 <= len(lines) <= 12
+    assert "work:   0%" in lines[0] and "1000/1000" in lines[-1] and "100%" in lines[-1]
+    assert [int(line.split("%")[0].split()[-1]) for line in lines[1:-1]] == list(range(10, 100, 10))[:len(lines) - 2]
+    # a download-style bar: updates of bytes, resumed from an offset, total known
+    log = _Stream(tty=False)
+    with _progress.progress(total=100 << 20, initial=50 << 20, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc="file.pt", file=log) as bar:
+        for _ in range(50):
+            bar.update(1 << 20)
+    assert len(log.text.splitlines()) <= 7 and "100M/100M" in log.text.splitlines()[-1]
+    # no total: lines after 5, 10, 20 ... seconds only
+    clock = [0.0]
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: clock[0])
+    log = _Stream(tty=False)
+    bar = _progress.progress(desc="stream", file=log)
+    for _ in range(600):  # ten minutes, one update a second
+        clock[0] += 1.0
+        bar.update()
+    bar.close()
+    assert len(log.text.splitlines()) == 2 + 7  # start, 5/10/20/40/80/160/320 s, end
+    # disabled: nothing at all; on a terminal: tqdm as usual
+    log = _Stream(tty=False)
+    list(_progress.progress(range(5), file=log, disable=True))
+    assert log.text == ""
+    from tqdm.auto import tqdm
+
+    assert isinstance(_progress.progress(range(3), file=_Stream(tty=True)), tqdm)
+
+
+@pytest.mark.slow
+def test_demo_log_fits_in_150_lines(tmp_path):
+    """`dp-sam2 demo --offline` with stdout and stderr redirected to a file: at most 150 lines,
+    a carriage return counted as a line break."""
+    log = tmp_path / "demo.log"
+    env = {**os.environ, "DP_SAM2_CACHE": str(tmp_path / "empty_cache")}
+    env.pop("DP_SAM2_CHECKPOINT_DIR", None)
+    with open(log, "w") as out:
+        proc = subprocess.run([sys.executable, "-m", "dp_sam2.tools.cli", "demo", "--out", str(tmp_path / "out"),
+                               "--offline", "--quick"], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+                              timeout=1200)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    lines = text.replace("\r", "\n").splitlines()
+    assert len(lines) <= 150, f"{len(lines)} lines:\n{text[-3000:]}"
+    assert "RANDOM weights" in text and "training the diffusion action head: 100%" in text
+    assert "downloading" not in text  # --offline: no attempt

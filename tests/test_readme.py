@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from conftest import synthetic_photo
 
 # Every README command and snippet runs in a fresh process: the whole file is in the slow set.
@@ -147,8 +148,9 @@ def h_pip(cmd, box):
     """``pip install .`` / ``pip install /path/to/dp_sam2``: .ci/run did the install; check that what is
     installed is this checkout (same version) and that the console script it declares resolves."""
     import importlib
-    import tomllib
     from importlib import metadata
+
+    import tomllib
 
     import dp_sam2
 
@@ -195,8 +197,10 @@ def h_demo(cmd, box):
     from dp_sam2.tools.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(cmd)[1:])  # valid as written
-    assert args.command == "demo" and args.steps is None and not args.quick
-    # the run itself (with --quick): tests/test_cli.py::test_demo_writes_pictures
+    assert args.command == "demo" and args.steps is None and not args.quick and not args.offline
+    # the run itself, never on the network (--offline; --quick: same code, smaller sizes):
+    # tests/test_cli.py::test_demo_writes_pictures and ::test_demo_log_fits_in_150_lines; the
+    # download-or-fall-back step against loopback servers: ::test_demo_weights_fall_back_fast_or_download
 
 
 def h_run(cmd, box):
@@ -216,10 +220,12 @@ def h_outputs(cmd, box):
 
 def h_download(cmd, box):
     from dp_sam2.checkpoints.download import resolve_names
+    from dp_sam2.tools.cli import build_parser
 
+    assert build_parser().parse_args(shlex.split(cmd)[1:]).command == "download"  # valid as written
     args = shlex.split(cmd)[2:]
     names = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or not args[i - 1].startswith("--"))]
-    assert resolve_names(names)  # the command itself: tests/test_download.py
+    assert resolve_names(names)  # the command itself: tests/test_download.py (--source huggingface too)
 
 
 def h_cache(cmd, box):
@@ -246,6 +252,32 @@ def h_train(cmd, box):
     assert node["_target_"] == "dp_sam2.SAM2ObsEncoder" and node["rgb_model"] is None
     assert node["model_cfg"] == (chosen[-1] if chosen else "sam2_large")
 
+
+def h_train_hybrid(cmd, box):
+    """The hybrid-workspace commands (`+sam2_policy@policy=`): composed from the DP-shaped fixtures
+    (`--config-dir=.` is DP's root, where the flattened paper yaml sits: tests/fixtures/dp) with the
+    small overrides the issue appends; tests/test_hybrid.py builds and trains the policies."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    args = shlex.split(cmd)[2:]
+    name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
+    config_dir = FIXTURE_CONFIG.parent if any(a == "--config-dir=." for a in args) else FIXTURE_CONFIG
+    overrides = [a for a in args if not a.startswith("--")]
+    model = next(o.split("=", 1)[1] for o in overrides if o.startswith("+sam2_policy@policy="))
+    extra = ["policy.obs_encoder.image_size=64", "policy.num_inference_steps=4"]
+    extra += ["task=pusht_image", "policy.n_layer=2", "policy.n_emb=64"] if "transformer" in name else \
+        ["policy.down_dims=[32,64,128]"]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir), version_base=None):
+            cfg = compose(name, overrides=overrides + extra)
+    finally:
+        GlobalHydra.instance().clear()
+    assert cfg.policy._target_ == "dp_sam2.policies.sam2_diffusion_policy"
+    enc = cfg.policy.obs_encoder
+    assert (enc._target_, enc.model_cfg, enc.image_size) == ("dp_sam2.SAM2ObsEncoder", model, 64)
+    assert cfg.task.name == "pusht_image" and cfg.policy.crop_shape is not None
 
 
 PLUGIN = ROOT / "lerobot_policy_sam2"
@@ -289,6 +321,8 @@ def h_lerobot_train(cmd, box):
     assert {k.split(".", 1)[1] for k in opts if k.startswith("policy.")} <= fields, opts
     assert "def readme_lerobot_train" in (PLUGIN / "tests" / "test_sam2_diffusion.py").read_text()
 
+
+
 HANDLERS = [
     (r"^pip install (?!\"lerobot)", h_pip),
     (r"^pip install \"lerobot\[", h_lerobot_pip),
@@ -300,7 +334,8 @@ HANDLERS = [
     (r"^dp-sam2 (segment|track|viz) .*--out \S+", h_outputs),
     (r"^dp-sam2 download ", h_download),
     (r"^(dp-sam2|torchrun --standalone --nproc_per_node \d+ -m dp_sam2\.cli) cache-features ", h_cache),
-    (r"^python train\.py --config-name=\S+", h_train),
+    (r"^python train\.py --config-name=(?!.*\+sam2_policy@)\S+", h_train),
+    (r"^python train\.py (--config-dir=\S+ )?--config-name=\S+ \+sam2_policy@policy=\S+$", h_train_hybrid),
     (r"^lerobot-train --policy\.type=", h_lerobot_train),
 ]
 
@@ -466,4 +501,5 @@ def test_sections():
                   "## Checkpoints", "## The feature cache", "## The command line", "## The predictors",
                   "## Troubleshooting", "## Speed", "## Running the real Diffusion Policy"):
         assert title in text, title
-    assert "Hybrid workspaces are not supported" in text
+    assert "Hybrid workspaces are not supported" not in text
+    assert "### Hybrid workspaces (the paper's configs)" in text

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from dp_sam2.checkpoints.resolve import (
-    CheckpointNotFoundError, allow_missing_checkpoint, cache_dir, candidates, dp_repo_root, resolve_checkpoint,
+    CheckpointNotFoundError,
+    allow_missing_checkpoint,
+    cache_dir,
+    candidates,
+    dp_repo_root,
+    resolve_checkpoint,
 )
 
 REL = "checkpoints/sam2_hiera_tiny.pt"

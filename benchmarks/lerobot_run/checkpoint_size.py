@@ -23,12 +23,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lerobot_policy_sam2" / "tests"))
-    import lerobot_policy_sam2
-    from dp_sam2.checkpoints.registry import get_spec
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
     from lerobot.policies.factory import make_policy
     from safetensors.torch import save_model
 
+    import lerobot_policy_sam2
+    from dp_sam2.checkpoints.registry import get_spec
     from fixtures import write_random_sam2
 
     spec = get_spec(args.model)

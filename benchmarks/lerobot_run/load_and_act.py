@@ -24,12 +24,13 @@ def main() -> None:
                         help="as lerobot-eval's --policy.num_inference_steps (default: the saved config's)")
     args = parser.parse_args()
 
-    from dp_sam2.checkpoints.files import load_checkpoint_state_dict
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.policies.factory import make_policy, make_pre_post_processors
     from lerobot.utils.import_utils import register_third_party_plugins
     from safetensors import safe_open
+
+    from dp_sam2.checkpoints.files import load_checkpoint_state_dict
 
     register_third_party_plugins()  # what lerobot-eval's main() does first
     t0 = time.time()

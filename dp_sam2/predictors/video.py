@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dp_sam2.encoders.sam2.precision import check_precision, precision_autocast
-from dp_sam2.encoders.sam2.model import NO_OBJ_SCORE, SAM2Base
+from dp_sam2.encoders.sam2.model import SAM2Base
+from dp_sam2.encoders.sam2.precision import check_precision
 
+from .video_frames import VideoFrameOps
 from .video_io import load_video_frames, prepare_frame
 from .video_state import FrameOutput, InferenceState, ObjectTrack, StreamFrames
 
@@ -30,7 +31,7 @@ class VideoPromptError(ValueError, RuntimeError):
     """A prompt or object id the session cannot use (a RuntimeError too, as the official raises)."""
 
 
-class SAM2VideoPredictor(SAM2Base):
+class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
     def __init__(self, fill_hole_area: int = 0, non_overlap_masks: bool = False,
                  clear_non_cond_mem_around_input: bool = False, add_all_frames_to_correct_as_cond: bool = False,
                  precision: str = "fp32", **kwargs) -> None:
@@ -46,11 +47,8 @@ class SAM2VideoPredictor(SAM2Base):
 
     @classmethod
     def from_pretrained(cls, model_id: str, **kwargs) -> "SAM2VideoPredictor":
-        """Build from a hub id (``"facebook/sam2-hiera-large"``), short name or config name, the
-        checkpoint found locally or downloaded (``source="official"`` or ``"huggingface"``); other
-        keyword arguments go to ``build_sam2_video_predictor`` (see :mod:`.pretrained`)."""
+        """Hub id, short name or config name; checkpoint found or downloaded (see :mod:`.pretrained`)."""
         from .pretrained import build_pretrained
-
         return build_pretrained(model_id, video=True, **kwargs)
 
     def _progress(self, progress: bool | None) -> bool:
@@ -266,40 +264,6 @@ class SAM2VideoPredictor(SAM2Base):
         _, video_res = self._get_orig_video_res_output(state, masks["pred_masks_video_res"])
         return frame_idx, state.obj_ids, video_res
 
-    # ================================================================== outputs
-    def _get_orig_video_res_output(self, inference_state, any_res_masks):
-        """``(masks on the compute device, masks at the video's resolution)`` (non-overlap applied)."""
-        state = inference_state
-        any_res_masks = any_res_masks.to(state.device, non_blocking=True)
-        size = (state.video_height, state.video_width)
-        video_res = any_res_masks
-        if tuple(any_res_masks.shape[-2:]) != size:
-            video_res = F.interpolate(any_res_masks, size=size, mode="bilinear", align_corners=False)
-        if self.non_overlap_masks:
-            video_res = self._apply_non_overlapping_constraints(video_res)
-        return any_res_masks, video_res
-
-    def _consolidate_temp_output_across_obj(self, inference_state, frame_idx, is_cond,
-                                            consolidate_at_video_res=False) -> dict:
-        """Every object's latest mask on ``frame_idx`` in one ``[num_objects, 1, H, W]`` tensor
-        (``NO_OBJ_SCORE`` for objects without an output there)."""
-        state = inference_state
-        if consolidate_at_video_res:
-            key, size = "pred_masks_video_res", (state.video_height, state.video_width)
-        else:
-            key, size = "pred_masks", (self.image_size // 4, self.image_size // 4)
-        masks = torch.full((len(state.objects), 1, *size), NO_OBJ_SCORE, dtype=torch.float32,
-                           device=state.storage_device)
-        for i, obj in enumerate(state.objects):
-            out = obj.temp_outputs.bucket(is_cond).get(frame_idx) or obj.outputs.find(frame_idx)
-            if out is None:
-                continue
-            m = out.pred_masks
-            if tuple(m.shape[-2:]) != size:
-                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-            masks[i: i + 1] = m
-        return {key: masks}
-
     # ================================================================== propagation
     @torch.inference_mode()
     def propagate_in_video_preflight(self, inference_state) -> None:
@@ -440,66 +404,3 @@ class SAM2VideoPredictor(SAM2Base):
     def _clear_non_cond_mem_around_input(self, inference_state, frame_idx: int) -> None:
         for obj_idx in range(len(inference_state.objects)):
             self._clear_obj_non_cond_mem_around_input(inference_state, frame_idx, obj_idx)
-
-    # ================================================================== model calls
-    def _get_image_feature(self, inference_state, frame_idx, batch_size):
-        """``(image, backbone_out, vision_feats, vision_pos_embeds, feat_sizes)`` of a frame,
-        expanded to ``batch_size``; the latest frame's features are cached."""
-        state = inference_state
-        image, backbone_out = state.cached_features.get(frame_idx, (None, None))
-        if backbone_out is None:
-            image = state.images[frame_idx].to(state.device).float().unsqueeze(0)
-            with precision_autocast(image.device, self.precision):
-                backbone_out = self.forward_image(image)
-            if self.precision != "fp32":
-                backbone_out = {k: [t.float() for t in v] if isinstance(v, list) else v.float()
-                                for k, v in backbone_out.items()}
-            state.cached_features = {frame_idx: (image, backbone_out)}
-        expanded = {
-            "backbone_fpn": [x.expand(batch_size, -1, -1, -1) for x in backbone_out["backbone_fpn"]],
-            "vision_pos_enc": [x.expand(batch_size, -1, -1, -1) for x in backbone_out["vision_pos_enc"]],
-        }
-        return (image.expand(batch_size, -1, -1, -1),) + tuple(self._prepare_backbone_features(expanded))
-
-    def _run_single_frame_inference(self, inference_state, output_dict, frame_idx, batch_size, is_init_cond_frame,
-                                    point_inputs, mask_inputs, reverse, run_mem_encoder, prev_sam_mask_logits=None):
-        """Track one object on one frame; returns ``(FrameOutput kept in the state, mask logits on device)``."""
-        state = inference_state
-        if point_inputs is not None and mask_inputs is not None:
-            raise ValueError("a frame takes either clicks/box or a mask for an object, not both")
-        _, _, feats, pos, sizes = self._get_image_feature(state, frame_idx, batch_size)
-        out = self.track_step(frame_idx, is_init_cond_frame, feats, pos, sizes, point_inputs, mask_inputs,
-                              output_dict, self._memory_num_frames(state), track_in_reverse=reverse,
-                              run_mem_encoder=run_mem_encoder, prev_sam_mask_logits=prev_sam_mask_logits)
-        memory = out["maskmem_features"]
-        if memory is not None:  # stored in bfloat16, cast back at use
-            memory = memory.to(torch.bfloat16).to(state.storage_device, non_blocking=True)
-        masks = out["pred_masks"]
-        if self.fill_hole_area > 0:
-            from dp_sam2.ext import fill_holes_in_mask_scores
-
-            masks = fill_holes_in_mask_scores(masks, self.fill_hole_area)
-        kept = FrameOutput(memory, self._get_maskmem_pos_enc(state, out),
-                           masks.to(state.storage_device, non_blocking=True), out["obj_ptr"],
-                           out["object_score_logits"])
-        return kept, masks
-
-    def _run_memory_encoder(self, inference_state, frame_idx, batch_size, high_res_masks, object_score_logits,
-                            is_mask_from_pts):
-        """Encode a (consolidated) mask of a frame into memory: ``(bf16 features, pos_enc)``."""
-        state = inference_state
-        _, _, feats, _, sizes = self._get_image_feature(state, frame_idx, batch_size)
-        features, pos_enc = self._encode_new_memory(feats, sizes, high_res_masks, object_score_logits,
-                                                    is_mask_from_pts)
-        features = features.to(torch.bfloat16).to(state.storage_device, non_blocking=True)
-        return features, self._get_maskmem_pos_enc(state, {"maskmem_pos_enc": pos_enc})
-
-    def _get_maskmem_pos_enc(self, inference_state, current_out):
-        """The memory position encoding is the same for every frame: keep one copy per session."""
-        pos = current_out["maskmem_pos_enc"]
-        if pos is None:
-            return None
-        constants = inference_state.constants
-        if "maskmem_pos_enc" not in constants:
-            constants["maskmem_pos_enc"] = [x[0:1].clone() for x in pos]
-        return [x.expand(pos[0].size(0), -1, -1, -1) for x in constants["maskmem_pos_enc"]]

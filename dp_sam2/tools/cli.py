@@ -119,7 +119,8 @@ def cmd_info(args) -> int:
 # --------------------------------------------------------------------------- parser
 def _add_model_args(p, default_model: str, what: str = "--model") -> None:
     p.add_argument(what, default=default_model,
-                   help=f"registry short name (sam2_tiny ... sam2.1_large) or official config name (default {default_model})")
+                   help=f"registry short name (sam2_tiny ... sam2.1_large) or official config name "
+                        f"(default {default_model})")
     p.add_argument("--checkpoint", default=None,
                    help="official .pt file (default: checkpoints/<official file name>, looked up in "
                         "$DP_SAM2_CHECKPOINT_DIR, the DP repo root, the current directory and the user cache)")
@@ -131,7 +132,8 @@ def _add_model_args(p, default_model: str, what: str = "--model") -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dp-sam2",
-        description="SAM 2 as a vision encoder for Diffusion Policy: demo, checkpoints, debugging pictures, feature cache.",
+        description="SAM 2 as a vision encoder for Diffusion Policy: demo, checkpoints, debugging pictures, "
+                    "feature cache.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -141,10 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Builds the sam2_tiny obs encoder (official weights if found; else downloads "
                                    "them, as `dp-sam2 download sam2_tiny`; without network, or with --offline, "
                                    "random weights with a warning), writes a synthetic Push-T-style zarr replay "
-                                   "buffer, caches its features, trains a small diffusion action head on them and writes "
+                                   "buffer, caches its features, trains a small diffusion action head on them and "
+                                   "writes "
                                    "pictures (loss curve, mask overlay, video track, PCA of the features) to --out.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=None, help="training steps of the action head (default 200; 20 with --quick)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of the action head (default 200; 20 with --quick)")
     p.add_argument("--quick", action="store_true", help="a smaller replay buffer and fewer steps (seconds, for tests)")
     p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
     p.add_argument("--seed", type=int, default=0)
@@ -158,14 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "official file name (sam2_hiera_large.pt). Resumes a partial download, checks "
                                    "that the file loads into its config, then renames it into place.")
     p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--dest", default=None, help="folder (default: checkpoints/ under the Diffusion Policy repo "
-                                                "root when run inside one, else the user cache $DP_SAM2_CACHE or ~/.cache/dp_sam2)")
+    p.add_argument("--dest", default=None,
+                   help="folder (default: checkpoints/ under the Diffusion Policy repo root when run inside one, "
+                        "else the user cache $DP_SAM2_CACHE or ~/.cache/dp_sam2)")
     p.add_argument("--source", choices=("official", "huggingface"), default="official",
                    help="official: Meta's file host (or --base-url); huggingface: the hub repos facebook/sam2-hiera-* "
                         "and facebook/sam2.1-hiera-* via huggingface_hub (honours HF_ENDPOINT, HF_HUB_OFFLINE and "
                         'its cache; pip install "dp-sam2[huggingface]")')
     p.add_argument("--base-url", default=None,
-                   help="a mirror of the official host serving the official file names (default: dl.fbaipublicfiles.com)")
+                   help="a mirror of the official host serving the official file names "
+                        "(default: dl.fbaipublicfiles.com)")
     p.add_argument("--retries", type=int, default=3, help="automatic resumes after a broken connection (default 3)")
     p.add_argument("--force", action="store_true", help="download again even if the file exists")
     p.add_argument("--no-verify", action="store_true", help="skip checking the file against its config")
@@ -179,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", type=point_xy, default=None, help="X,Y in pixels (positive click)")
     p.add_argument("--box", type=box_xyxy, default=None, help="x0,y0,x1,y1 in pixels")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--image-size", type=int, default=None, help="model input size, multiple of 32 (default: the config's 1024)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input size, multiple of 32 (default: the config's 1024)")
     _add_model_args(p, "sam2.1_tiny")
     p.set_defaults(func=cmd_segment)
 
@@ -190,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", metavar="VIDEO_OR_FOLDER")
     p.add_argument("--point", type=point_fxy, required=True, help="FRAME,X,Y: frame index and pixel position")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--image-size", type=int, default=None, help="model input size, multiple of 32 (default: the config's 1024)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input size, multiple of 32 (default: the config's 1024)")
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
     _add_model_args(p, "sam2.1_tiny")
     p.set_defaults(func=cmd_track)
@@ -214,8 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", nargs="+", default=None, help="rgb arrays under data/ (default: every (N,H,W,3) array)")
     p.add_argument("--out", default=None, help="zarr store for the cache (default: inside --zarr)")
     p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: the registry's obs size)")
-    p.add_argument("--crop-shape", type=hw_pair, default=None, help="H,W centre crop before the resize (as policy.obs_encoder.crop_shape)")
-    p.add_argument("--resize-shape", type=hw_pair, default=None, help="H,W resize before the crop (as policy.obs_encoder.resize_shape)")
+    p.add_argument("--crop-shape", type=hw_pair, default=None,
+                   help="H,W centre crop before the resize (as policy.obs_encoder.crop_shape)")
+    p.add_argument("--resize-shape", type=hw_pair, default=None,
+                   help="H,W resize before the crop (as policy.obs_encoder.resize_shape)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="backbone precision, as policy.obs_encoder.precision (default fp32)")
     p.add_argument("--batch-size", type=int, default=16)

@@ -272,7 +272,8 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     handle = C.open_cache(zarr_path, res.key)
     feats = torch.from_numpy(np.asarray(handle.arrays()["img"][:]))
     per_frame = feats[0].numel() * 2 / 1024
-    written.append((zarr_path / res.group, f"feature cache: {tuple(feats.shape)} float16, {per_frame:.0f} KiB per frame"))
+    written.append((zarr_path / res.group,
+                    f"feature cache: {tuple(feats.shape)} float16, {per_frame:.0f} KiB per frame"))
 
     print("[4/5] training a diffusion action head on the cached features")
     source = C.Source(("image",), len(states), "", {"image": (96, 96, 3)})
@@ -285,11 +286,13 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     path = out / "loss_curve.png"
     line_plot({"loss": losses, f"moving average ({window})": np.concatenate([[np.nan] * (window - 1), smooth])},
-              title=f"DDPM noise-prediction loss (sam2_tiny features, {steps} steps)", ylabel="MSE", log_y=True).save(path)
+              title=f"DDPM noise-prediction loss (sam2_tiny features, {steps} steps)", ylabel="MSE",
+              log_y=True).save(path)
     written.append((path, f"loss curve: {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}"))
 
     show = np.linspace(0, len(states) - 1, 4).astype(int)
-    pred = from_unit(sample_actions(encoder, head, scheduler, feats[show].to(dev), agent_pos[show].to(dev), seed).cpu().numpy())
+    sampled = sample_actions(encoder, head, scheduler, feats[show].to(dev), agent_pos[show].to(dev), seed)
+    pred = from_unit(sampled.cpu().numpy())
     frames96 = zarr_open_frames(zarr_path)
     tiles = [draw_actions(frames96[i], from_unit(targets[i].numpy()), pred[k]) for k, i in enumerate(show)]
     path = out / "actions.png"
@@ -319,9 +322,9 @@ def zarr_open_frames(path: Path) -> np.ndarray:
 def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     import torch
 
-    from dp_sam2.predictors.image import SAM2ImagePredictor
-    from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
     from dp_sam2.checkpoints.registry import get_spec
+    from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
+    from dp_sam2.predictors.image import SAM2ImagePredictor
     from dp_sam2.tools.commands import segment_array, track_frames
     from dp_sam2.tools.draw import grid, overlay
 
@@ -338,7 +341,8 @@ def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     mask, score = segment_array(SAM2ImagePredictor(model), frame, point=click)
     path = out / "mask_overlay.png"
     overlay(frame, [mask], points=[click]).save(path)
-    written.append((path, f"image predictor: mask of the block from one click (score {score:.2f}, {int(mask.sum())} px)"))
+    written.append((path, f"image predictor: mask of the block from one click (score {score:.2f}, "
+                          f"{int(mask.sum())} px)"))
     del model
 
     torch.manual_seed(0)

@@ -82,7 +82,8 @@ def side_by_side(images, labels=(), height: int = 256, pad: int = 6):
         resample = Image.NEAREST if img.height < height / 2 else Image.BILINEAR
         scaled.append(img.resize((max(1, round(img.width * height / img.height)), height), resample))
     caption = 16 if labels else 0
-    sheet = Image.new("RGB", (sum(i.width for i in scaled) + pad * (len(scaled) + 1), height + 2 * pad + caption), "white")
+    width = sum(i.width for i in scaled) + pad * (len(scaled) + 1)
+    sheet = Image.new("RGB", (width, height + 2 * pad + caption), "white")
     draw = ImageDraw.Draw(sheet)
     x = pad
     for i, img in enumerate(scaled):

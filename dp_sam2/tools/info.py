@@ -120,7 +120,8 @@ def info_lines() -> list[str]:
 
     lines = [f"dp_sam2 {__version__} ({Path(__file__).resolve().parent})",
              f"python {platform.python_version()}, " + ", ".join(
-                 f"{m} {_version(m)}" for m in ("torch", "torchvision", "hydra-core", "zarr", "diffusers", "numpy", "pillow", "av")),
+                 f"{m} {_version(m)}"
+                 for m in ("torch", "torchvision", "hydra-core", "zarr", "diffusers", "numpy", "pillow", "av")),
              ""]
     cuda = torch.cuda.is_available()
     devices = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else ""

@@ -20,8 +20,9 @@ BACKBONE = "diffusion.rgb_encoder.backbone."
 
 def parse_train_config(*args):
     import draccus
-    import lerobot_policy_sam2  # noqa: F401  (registers the policy type, as LeRobot's plugin discovery does)
     from lerobot.configs.train import TrainPipelineConfig
+
+    import lerobot_policy_sam2  # noqa: F401  (registers the policy type, as LeRobot's plugin discovery does)
 
     return draccus.parse(TrainPipelineConfig, args=list(args))
 
@@ -183,8 +184,9 @@ def test_saved_policy_leaves_out_the_frozen_trunk_and_loads_back_equal(trained, 
 
 
 def test_missing_sam2_file_at_load_names_the_file_and_the_download(trained, tmp_path, monkeypatch):
-    from lerobot_policy_sam2 import SAM2DiffusionPolicy
     from lerobot_policy_sam2.encoder import SAM2WeightsNotFoundError
+
+    from lerobot_policy_sam2 import SAM2DiffusionPolicy
 
     trained[0].save_pretrained(tmp_path / "ckpt")
     monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(tmp_path / "nothing_here"))

@@ -1,4 +1,11 @@
-"""A start-up guard: refuse to be built into a policy that would ignore the encoder."""
+"""A start-up guard: refuse to be built into a policy that would ignore the encoder.
+
+DP's hybrid policies (``DiffusionUnetHybridImagePolicy``, ``DiffusionTransformerHybridImagePolicy``)
+take no ``obs_encoder`` and swallow unknown kwargs, so ``+obs_encoder@policy.obs_encoder=...``
+there would train robomimic's ResNet. The selection that works in every image workspace is
+``+sam2_policy@policy=<model>``: it also replaces ``policy._target_`` with
+``dp_sam2.policies.sam2_diffusion_policy``, which takes ``obs_encoder`` and passes this check.
+"""
 from __future__ import annotations
 
 import inspect
@@ -39,10 +46,10 @@ def _safe_target(node):
 
 def _complain_about_parent(target: str) -> None:
     try:
-        from hydra.utils import get_class
+        from hydra.utils import get_method
 
-        cls = get_class(target)
-        params = inspect.signature(cls.__init__).parameters
+        built = get_method(target)  # a class or a factory function (dp_sam2.policies.sam2_diffusion_policy)
+        params = inspect.signature(built.__init__ if isinstance(built, type) else built).parameters
     except Exception:  # noqa: BLE001
         return
     if "obs_encoder" in params:
@@ -50,8 +57,10 @@ def _complain_about_parent(target: str) -> None:
     raise ValueError(
         f"policy.obs_encoder is set to SAM2ObsEncoder, but the policy {target} takes no obs_encoder "
         "argument and would ignore it (Diffusion Policy's hybrid workspaces build their own robomimic "
-        "encoder inside the policy). Use a workspace whose policy is DiffusionUnetImagePolicy, e.g. "
-        "--config-name=train_diffusion_unet_sam2_image_workspace, or DP's "
-        "train_diffusion_unet_image_workspace (or ..._real_image_/..._image_pretrained_) with "
+        "encoder inside the policy). Select SAM 2 with +sam2_policy@policy=<model> instead (e.g. "
+        "+sam2_policy@policy=sam2_large): it works in DP's hybrid and image workspaces alike and also "
+        "replaces the policy with dp_sam2's, which builds no robomimic model. In a defaults list, put "
+        "`- sam2_policy@policy: <model>` after _self_ (before it, DP's policy._target_ wins and this error "
+        "comes back). Or use a workspace whose policy is DiffusionUnetImagePolicy with "
         "+obs_encoder@policy.obs_encoder=<model>."
     )

@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from dp_sam2.checkpoints.registry import get_spec
 from dp_sam2.encoders.obs.backbone import SAM2Backbone
 from dp_sam2.encoders.obs.finetune import configure_backbone
 from dp_sam2.encoders.obs.heads import SpatialSoftmax, build_head
 from dp_sam2.encoders.obs.inputs import center_crop, random_crop, resize
 from dp_sam2.encoders.sam2.precision import precision_autocast
-from torch import nn
 
 
 class SAM2WeightsNotFoundError(FileNotFoundError):
