@@ -326,8 +326,52 @@ def h_ray(cmd, box):
     assert cfg.training.seed == 43 and "run_dir" in cfg.multi_run  # what the script reads
 
 
+PLUGIN = ROOT / "lerobot_policy_sam2"
+
+
+def h_lerobot_pip(cmd, box):
+    """``pip install "lerobot[...]==0.6.1" . ./lerobot_policy_sam2`` needs Python >= 3.12: .ci/run's LeRobot
+    block builds its venv with this very line. Here: the pins, and that the plugin distribution is named
+    as LeRobot's discovery needs (``lerobot_policy_*``, the package of the same name) and depends on dp-sam2."""
+    import tomllib
+
+    args = shlex.split(cmd)
+    assert args == ["pip", "install", "lerobot[dataset,training,diffusion]==0.6.1", ".", "./lerobot_policy_sam2"], cmd
+    project = tomllib.loads((PLUGIN / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "lerobot_policy_sam2" and project["requires-python"] == ">=3.12"
+    assert any(re.match(r"dp-sam2\b", dep) for dep in project["dependencies"])
+    assert (PLUGIN / "src" / "lerobot_policy_sam2" / "__init__.py").is_file()
+    assert cmd.replace("pip install", '"$LR_VENV/bin/pip" install -q', 1) in (ROOT / ".ci" / "run").read_text()
+
+
+def h_lerobot_train(cmd, box):
+    """``lerobot-train --policy.type=sam2_diffusion ...`` needs LeRobot (Python >= 3.12): it runs for real, as
+    written with sam2_tiny and CPU overrides appended, in lerobot_policy_sam2/tests (the LeRobot venv of
+    .ci/run). Here: one line of ``--key=value`` options, the registered type, the model by a registry short
+    name, and every ``--policy.*`` option a field of the plugin's config class (or of LeRobot's base)."""
+    import ast
+
+    from dp_sam2.checkpoints.registry import MODELS
+
+    args = shlex.split(cmd)
+    assert args[0] == "lerobot-train" and all(re.fullmatch(r"--[\w.]+=\S+", a) for a in args[1:]), cmd
+    opts = dict(a[2:].split("=", 1) for a in args[1:])
+    assert opts["policy.type"] == "sam2_diffusion" and opts["policy.sam2_model"] in MODELS, opts
+    source = PLUGIN / "src" / "lerobot_policy_sam2" / "configuration_sam2_diffusion.py"
+    cls = next(n for n in ast.parse(source.read_text()).body
+               if isinstance(n, ast.ClassDef) and n.name == "SAM2DiffusionConfig")
+    registered = [d.args[0].value for d in cls.decorator_list if isinstance(d, ast.Call) and d.args]
+    assert registered == ["sam2_diffusion"]
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    fields |= {"type", "device", "push_to_hub", "repo_id"}  # LeRobot's PreTrainedConfig
+    assert {k.split(".", 1)[1] for k in opts if k.startswith("policy.")} <= fields, opts
+    assert "def readme_lerobot_train" in (PLUGIN / "tests" / "test_sam2_diffusion.py").read_text()
+
+
+
 HANDLERS = [
-    (r"^pip install ", h_pip),
+    (r"^pip install (?!\"lerobot)", h_pip),
+    (r"^pip install \"lerobot\[", h_lerobot_pip),
     (r"^bash \.ci/run$", h_ci),
     (r"^python -m pytest tests ", h_quick_tests),
     (r"^cd \S+$", h_cd),
@@ -341,6 +385,7 @@ HANDLERS = [
     (r"^(torchrun --standalone --nproc_per_node \d+|accelerate launch --num_processes \d+) train\.py --config-name=\S+",
      h_train_parallel),
     (r"^python ray_train_multirun\.py --config-name=\S+ .* -- ", h_ray),
+    (r"^lerobot-train --policy\.type=", h_lerobot_train),
 ]
 
 
