@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dp_sam2.ext import _build, _cc
 
 from _common import alternate
+from dp_sam2.ext import _build, _cc
 
 EIGHT = np.ones((3, 3), dtype=int)
 

@@ -94,16 +94,19 @@ def build(model: str, case: str):
     from dp_sam2 import SAM2ObsEncoder
     from dp_sam2.encoders.obs.finetune import adamw_param_groups
 
-    shape_meta = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
-                  "action": {"shape": [2]}}
+    shape_meta = {
+        "obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+        "action": {"shape": [2]},
+    }
     os.environ["DP_SAM2_ALLOW_MISSING_CHECKPOINT"] = "1"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         encoder = SAM2ObsEncoder(shape_meta, model_cfg=f"sam2_{model}", image_size=IMAGE_SIZE[model],
                                  crop_shape=[CROP, CROP], freeze=case.startswith("frozen"),
                                  activation_checkpointing=case == "finetune_ckpt")
-    scheduler = DDPMScheduler(num_train_timesteps=100, beta_start=1e-4, beta_end=0.02, beta_schedule="squaredcos_cap_v2",
-                              variance_type="fixed_small", clip_sample=True, prediction_type="epsilon")
+    scheduler = DDPMScheduler(num_train_timesteps=100, beta_start=1e-4, beta_end=0.02,
+                              beta_schedule="squaredcos_cap_v2", variance_type="fixed_small", clip_sample=True,
+                              prediction_type="epsilon")
     policy = DiffusionUnetImagePolicy(shape_meta, scheduler, encoder, horizon=HORIZON, n_action_steps=8,
                                       n_obs_steps=N_OBS, num_inference_steps=100, obs_as_global_cond=True,
                                       diffusion_step_embed_dim=128, down_dims=(512, 1024, 2048), kernel_size=5,
@@ -181,7 +184,7 @@ def main() -> None:
                                   env=env, capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"{model}/{case} failed:\n{proc.stderr[-3000:]}")
-            row = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("ROW "))[4:])
+            row = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("ROW "))[4:])
             print(row, flush=True)
             rows.append(row)
     if args.json:

@@ -67,7 +67,8 @@ def main() -> None:
     official = build_official(config, image_size=size, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_official_checkpoint(official, Path(tmp) / "ckpt.pt")
-        ours = build_sam2(config, ckpt_path=str(path), device="cpu", hydra_overrides_extra=[f"++model.image_size={size}"])
+        ours = build_sam2(config, ckpt_path=str(path), device="cpu",
+                          hydra_overrides_extra=[f"++model.image_size={size}"])
     feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
     h, w = (int(v) for v in args.image_hw.split("x"))
     image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)

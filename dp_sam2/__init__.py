@@ -22,11 +22,11 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dp_sam2.encoders.obs.encoder import SAM2ObsEncoder
-    from dp_sam2.predictors.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from dp_sam2.predictors.image import SAM2ImagePredictor
-    from dp_sam2.predictors.video import SAM2VideoPredictor
-    from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
+    from dp_sam2.encoders.obs.encoder import SAM2ObsEncoder  # noqa: F401
+    from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor  # noqa: F401
+    from dp_sam2.predictors.automatic_mask_generator import SAM2AutomaticMaskGenerator  # noqa: F401
+    from dp_sam2.predictors.image import SAM2ImagePredictor  # noqa: F401
+    from dp_sam2.predictors.video import SAM2VideoPredictor  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -157,12 +157,14 @@ def test_attributes_and_from_pretrained(models, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    (dict(output_mode="png"), ValueError, r"output_mode must be one of \('binary_mask', 'uncompressed_rle', 'coco_rle'\), got 'png'"),
+    (dict(output_mode="png"), ValueError,
+     r"output_mode must be one of \('binary_mask', 'uncompressed_rle', 'coco_rle'\), got 'png'"),
     (dict(points_per_side=None), ValueError, "exactly one of points_per_side or point_grids"),
     (dict(point_grids=[np.zeros((4, 2))]), ValueError, "exactly one of points_per_side or point_grids"),
     (dict(points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1), ValueError,
      r"one grid per crop layer \(2\), got 1"),
-    (dict(points_per_side=None, point_grids=[np.zeros((4, 3))]), ValueError, r"point_grids\[0\] must have shape \(N, 2\)"),
+    (dict(points_per_side=None, point_grids=[np.zeros((4, 3))]), ValueError,
+     r"point_grids\[0\] must have shape \(N, 2\)"),
     (dict(points_per_side=0), ValueError, "points_per_side must be an integer >= 1, got 0"),
     (dict(points_per_batch=0), ValueError, "points_per_batch must be an integer >= 1"),
     (dict(crop_n_layers=-1), ValueError, "crop_n_layers must be an integer >= 0"),
@@ -236,7 +238,9 @@ def test_grids_crops_and_uncrop_match_official():
             assert np.array_equal(a, b)
     for size in ((120, 160), (97, 33), (1500, 1000)):
         for layers in (0, 1, 2):
-            assert amg.generate_crop_boxes(size, layers, 512 / 1500) == official.generate_crop_boxes(size, layers, 512 / 1500)
+            assert amg.generate_crop_boxes(size, layers, 512 / 1500) == official.generate_crop_boxes(
+                size, layers, 512 / 1500
+            )
     boxes = torch.tensor([[0, 0, 10, 10], [5, 25, 60, 70], [30, 3, 39, 90]])
     crop = [20, 10, 80, 90]
     assert torch.equal(amg.uncrop_boxes_xyxy(boxes, crop), official.uncrop_boxes_xyxy(boxes, crop))

@@ -16,8 +16,8 @@ import torch
 import zarr
 
 from conftest import rel_err
-from dp_sam2.cache import write_array
 from dp_sam2 import cache as C
+from dp_sam2.cache import write_array
 
 SIZE = 64  # encoder input: features (256, 4, 4)
 EPISODES = (5, 7, 4)
@@ -36,7 +36,8 @@ def write_replay(path: Path, episodes=EPISODES, hw=(40, 48), seed=0) -> Path:
     write_array(data, "img", np.clip(img, 0, 255), chunks=(4, *hw, 3))  # zarr 2 and 3
     write_array(data, "state", rng.normal(size=(n, 5)).astype(np.float32), chunks=(n, 5))
     write_array(data, "action", rng.normal(size=(n, 2)).astype(np.float32), chunks=(n, 2))
-    write_array(root.require_group("meta"), "episode_ends", np.cumsum(episodes).astype(np.int64), chunks=(len(episodes),))
+    write_array(root.require_group("meta"), "episode_ends", np.cumsum(episodes).astype(np.int64),
+                chunks=(len(episodes),))
     return path
 
 
@@ -46,7 +47,8 @@ def ckpts(tmp_path_factory):
     from dp_sam2 import build_sam2
 
     torch.manual_seed(1)
-    state = {k: v.half() for k, v in build_sam2("sam2_tiny", device="cpu", apply_postprocessing=False).state_dict().items()}
+    model = build_sam2("sam2_tiny", device="cpu", apply_postprocessing=False)
+    state = {k: v.half() for k, v in model.state_dict().items()}
     folder = tmp_path_factory.mktemp("ckpts")
     a = folder / "a" / "sam2_hiera_tiny.pt"
     b = folder / "b" / "sam2_hiera_tiny.pt"
@@ -94,7 +96,8 @@ def test_cache_equals_live_encoder(cached, ckpts):
     crop = C.cache_features(path, "sam2_tiny", str(ckpts[0]), SIZE, crop_shape=(32, 32), batch_size=16, progress=False)
     with torch.no_grad():
         live_crop = _encoder(ckpts[0], crop_shape=[32, 32]).encode_images(C.to_model_input(frames), "img")
-    assert crop.group.endswith("-c32x32") and rel_err(torch.from_numpy(_features(path, crop)).float(), live_crop) <= 1e-3
+    assert crop.group.endswith("-c32x32")
+    assert rel_err(torch.from_numpy(_features(path, crop)).float(), live_crop) <= 1e-3
 
 
 def test_stale_cache_is_refused(cached, ckpts, tmp_path):
@@ -104,7 +107,8 @@ def test_stale_cache_is_refused(cached, ckpts, tmp_path):
         C.open_cache(path, key_b)
     assert C.file_sha256(ckpts[0])[:12] in str(info.value) and "dp-sam2 cache-features" in str(info.value)
     key_bf16, _ = C.make_key("sam2_tiny", str(ckpts[0]), SIZE, precision="bf16")
-    with pytest.raises(ValueError, match="no SAM 2 feature cache for sam2_tiny-64px-[0-9a-f]{12}-bf16 .*precision fp32"):
+    with pytest.raises(ValueError,
+                       match="no SAM 2 feature cache for sam2_tiny-64px-[0-9a-f]{12}-bf16 .*precision fp32"):
         C.open_cache(path, key_bf16)
     key_96, _ = C.make_key("sam2_tiny", str(ckpts[0]), 96)
     with pytest.raises(ValueError, match="image_size 64"):
@@ -249,7 +253,8 @@ FAKE_DP = {
                 val.sampler = SequenceSampler(self.replay_buffer.episode_ends, *self.args, episode_mask=self.val_mask)
                 return val
             def get_normalizer(self, **kwargs):
-                return {"action": Field([1.0], [0.0]), "agent_pos": Field([1.0], [0.0]), "image": get_image_range_normalizer()}
+                return {"action": Field([1.0], [0.0]), "agent_pos": Field([1.0], [0.0]), "image": """
+                        """get_image_range_normalizer()}
             def get_all_actions(self): return torch.from_numpy(self.replay_buffer.data["action"])
             def __len__(self): return len(self.sampler)
             def __getitem__(self, idx):
@@ -294,7 +299,8 @@ def test_dataset_wrapper_serves_cached_features(fake_dp, cached, ckpts):
         want = [b0 + min(max(t - s0, 0), b1 - b0 - 1) for t in range(2)]  # padding repeats the edge frame
         assert got["obs"]["image"].dtype == torch.float16 and tuple(got["obs"]["image"].shape) == (2, 256, 4, 4)
         np.testing.assert_array_equal(got["obs"]["image"].numpy(), feats[want])
-        assert torch.equal(got["obs"]["agent_pos"], ref["obs"]["agent_pos"]) and torch.equal(got["action"], ref["action"])
+        assert torch.equal(got["obs"]["agent_pos"], ref["obs"]["agent_pos"])
+        assert torch.equal(got["action"], ref["action"])
     assert ds.frame_indices(0)[0] == ds.frame_indices(0)[1] == 0  # pad_before=1: the first frame twice
     norm = ds.get_normalizer()
     assert float(norm["image"].scale[0]) == 1.0 and float(norm["image"].offset[0]) == 0.0

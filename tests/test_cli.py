@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from dp_sam2.tools.cli import build_parser, main
 from PIL import Image
 
 from conftest import synthetic_photo as picture
+from dp_sam2.tools.cli import build_parser, main
 
 COMMANDS = ["demo", "download", "segment", "track", "viz", "cache-features", "info"]
 
@@ -223,7 +223,6 @@ def test_demo_weights_fall_back_fast_or_download(tmp_path, monkeypatch, capsys):
 
     from dp_sam2.checkpoints import download as dl
     from dp_sam2.tools.demo import demo_weights
-
     from test_download import _Server
 
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))

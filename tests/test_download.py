@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import torch
+
 from dp_sam2.checkpoints import download as dl
 from dp_sam2.checkpoints.registry import MODELS
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from dp_sam2 import SAM2ObsEncoder
 from dp_sam2.checkpoints.registry import MODELS
 
@@ -177,6 +178,7 @@ def test_encoder_selection_alone_in_a_hybrid_workspace_names_the_one_that_works(
 # ----------------------------------------------------------------------------- building the policies
 def test_unet_hybrid_maps_the_kwargs_and_trains(paper_policy):
     from diffusion_policy.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
+
     from dp_sam2.policies import SAM2DiffusionUnetHybridImagePolicy
 
     policy = copy.deepcopy(paper_policy)

@@ -96,7 +96,8 @@ def test_plugin_is_discovered_and_adds_the_package_configs():
     from hydra.core.plugins import Plugins
     from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-    plugins = [p for p in Plugins.instance().discover(SearchPathPlugin) if p.__module__.startswith("hydra_plugins.dp_sam2")]
+    plugins = [p for p in Plugins.instance().discover(SearchPathPlugin)
+               if p.__module__.startswith("hydra_plugins.dp_sam2")]
     assert len(plugins) == 1
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 
@@ -212,7 +213,8 @@ def test_hybrid_workspace_selection_fails_clearly(checkpoint_dir, monkeypatch):
 
     monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(checkpoint_dir))
     cfg = compose("train_hybrid_shaped_workspace", ["+obs_encoder=sam2_tiny", f"policy.obs_encoder.image_size={SIZE}"])
-    with pytest.raises(InstantiationException, match=r"(?s)FakeHybridPolicy takes no obs_encoder.*DiffusionUnetImagePolicy"):
+    expected = r"(?s)FakeHybridPolicy takes no obs_encoder.*DiffusionUnetImagePolicy"
+    with pytest.raises(InstantiationException, match=expected):
         instantiate(cfg.policy)
 
 

@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (build_official, rel_err, requires_official, save_official_checkpoint,
-                      scipy_connected_components)
+from conftest import build_official, rel_err, requires_official, save_official_checkpoint, scipy_connected_components
 from dp_sam2 import SAM2ImagePredictor, build_sam2
 
 pytestmark = requires_official
@@ -186,8 +185,10 @@ def test_postprocess_masks_matches_official(monkeypatch, threshold):
     noise = torch.randn(3, 3, 64, 64, generator=gen)
     logits = torch.nn.functional.avg_pool2d(noise, 5, 1, 2) * 6  # blobs, holes and sprinkles
     for hole, sprinkle in ((30, 0), (0, 30), (12, 50), (500, 7)):
-        ref = Official(256, threshold, max_hole_area=hole, max_sprinkle_area=sprinkle).postprocess_masks(logits, (90, 130))
-        got = SAM2Transforms(256, threshold, max_hole_area=hole, max_sprinkle_area=sprinkle).postprocess_masks(logits, (90, 130))
+        ref = Official(256, threshold, max_hole_area=hole, max_sprinkle_area=sprinkle).postprocess_masks(
+            logits, (90, 130))
+        got = SAM2Transforms(256, threshold, max_hole_area=hole, max_sprinkle_area=sprinkle).postprocess_masks(
+            logits, (90, 130))
         assert torch.equal(got, ref), (hole, sprinkle)
         unfilled = SAM2Transforms(256, threshold).postprocess_masks(logits, (90, 130))
         assert not torch.equal(got, unfilled), "postprocessing changed nothing: the test is weak"
@@ -351,7 +352,8 @@ def test_bad_prompts(small_predictor, kwargs, error, message):
 def test_bad_predict_batch_lists(small_predictor):
     pred = SAM2ImagePredictor(small_predictor.model)
     pred.set_image_batch([make_image(20, 20), make_image(30, 20)])
-    with pytest.raises(ValueError, match=r"point_coords_batch must be a list with one entry per image \(2\), got length 1"):
+    with pytest.raises(ValueError,
+                       match=r"point_coords_batch must be a list with one entry per image \(2\), got length 1"):
         pred.predict_batch([P], [np.array([1])])
     with pytest.raises(RuntimeError, match="predict_batch"):
         pred.predict(point_coords=P, point_labels=[1])

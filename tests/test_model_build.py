@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dp_sam2 import build_sam2
-from dp_sam2.encoders.sam2.build import load_model_config
 from dp_sam2.checkpoints.registry import MODELS, get_spec
+from dp_sam2.encoders.sam2.build import load_model_config
 
 SHAPES = json.loads((Path(__file__).parent / "sam2_state_dict_shapes.json").read_text())
 ALL_CONFIGS = sorted(SHAPES)
@@ -50,7 +50,8 @@ def test_config_name_forms_sam21(name):
 
 
 def test_unknown_config_lists_known_names():
-    with pytest.raises(ValueError, match=r"unknown SAM 2 config 'sam2_hiera_xl.yaml'.*sam2_large.*configs/sam2.1/sam2.1_hiera_t.yaml"):
+    with pytest.raises(ValueError, match=r"unknown SAM 2 config 'sam2_hiera_xl.yaml'.*sam2_large"
+                                         r".*configs/sam2.1/sam2.1_hiera_t.yaml"):
         build_sam2("sam2_hiera_xl.yaml", device="cpu")
 
 
@@ -140,14 +141,16 @@ def test_version_mismatch_names_fitting_config(tiny_models, tmp_path):
         build_sam2("sam2_hiera_t.yaml", ckpt_path=str(p21), device="cpu")
     p20 = tmp_path / "sam2_hiera_tiny.pt"
     torch.save({"model": tiny_models["2.0"].state_dict()}, p20)
-    with pytest.raises(ValueError, match=r"is a SAM 2\.0 checkpoint but config .* is SAM 2\.1.*configs/sam2/sam2_hiera_t\.yaml"):
+    with pytest.raises(ValueError,
+                       match=r"is a SAM 2\.0 checkpoint but config .* is SAM 2\.1.*configs/sam2/sam2_hiera_t\.yaml"):
         build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=str(p20), device="cpu")
 
 
 def test_size_mismatch_names_size(tiny_models, tmp_path):
     path = tmp_path / "sam2_hiera_tiny.pt"
     torch.save({"model": tiny_models["2.0"].state_dict()}, path)
-    with pytest.raises(ValueError, match=r"was made for the tiny model but config 'sam2_small' is small.*sam2_hiera_t\.yaml"):
+    with pytest.raises(ValueError,
+                       match=r"was made for the tiny model but config 'sam2_small' is small.*sam2_hiera_t\.yaml"):
         build_sam2("sam2_small", ckpt_path=str(path), device="cpu")
 
 

@@ -70,7 +70,8 @@ def test_sam_heads(pair, multimask):
     for kwargs in ({"point_inputs": points}, {"mask_inputs": masks},
                    {"point_inputs": points, "mask_inputs": torch.randn(2, 1, size // 4, size // 4, generator=gen)},
                    {}):
-        ref = official._forward_sam_heads(maps_ref[-1], high_res_features=maps_ref[:-1], multimask_output=multimask, **kwargs)
+        ref = official._forward_sam_heads(maps_ref[-1], high_res_features=maps_ref[:-1], multimask_output=multimask,
+                                          **kwargs)
         got = ours._forward_sam_heads(maps[-1], high_res_features=maps[:-1], multimask_output=multimask, **kwargs)
         assert len(got) == 7
         for a, b in zip(got, ref):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dp_sam2.checkpoints.resolve import (
     CheckpointNotFoundError,
     allow_missing_checkpoint,

@@ -119,7 +119,8 @@ def _rgb_obs_keys(inner, shape_meta) -> list[str]:
         try:
             from omegaconf import OmegaConf
 
-            shape_meta = OmegaConf.to_container(shape_meta, resolve=True) if OmegaConf.is_config(shape_meta) else shape_meta
+            if OmegaConf.is_config(shape_meta):
+                shape_meta = OmegaConf.to_container(shape_meta, resolve=True)
         except ImportError:  # pragma: no cover
             pass
         return sorted(k for k, v in shape_meta["obs"].items() if v.get("type", "low_dim") == "rgb")

@@ -81,10 +81,14 @@ def describe_source(root, keys=None) -> Source:
     available = rgb_keys_of(data)
     keys = list(keys) if keys else available
     if not keys:
-        raise ValueError(f"no rgb array (N, H, W, 3) under data/; arrays: {_member_names(data)} (name them with --keys)")
+        raise ValueError(
+            f"no rgb array (N, H, W, 3) under data/; arrays: {_member_names(data)} (name them with --keys)"
+        )
     for key in keys:
         if key not in available:
-            raise ValueError(f"data/{key} is not an rgb array (N, H, W, 3) of this replay buffer; rgb arrays: {available}")
+            raise ValueError(
+                f"data/{key} is not an rgb array (N, H, W, 3) of this replay buffer; rgb arrays: {available}"
+            )
     n = {int(data[k].shape[0]) for k in keys}
     if len(n) != 1:
         raise ValueError(f"rgb arrays {keys} have different frame counts {sorted(n)}")
