@@ -44,7 +44,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.freeze, bool):
             raise TypeError(f"freeze must be true or false, got {self.freeze!r}")
-        if self.trainable_blocks is not None and (not isinstance(self.trainable_blocks, int) or self.trainable_blocks < 0):
+        blocks = self.trainable_blocks
+        if blocks is not None and (not isinstance(blocks, int) or blocks < 0):
             raise ValueError(f"trainable_blocks must be null or an int >= 0, got {self.trainable_blocks!r}")
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"lora_rank must be an int >= 0, got {self.lora_rank!r}")
