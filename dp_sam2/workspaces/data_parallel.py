@@ -1,32 +1,14 @@
 """Diffusion Policy's training workspace, data-parallel under ``torchrun`` or ``accelerate launch``.
 
-Select it by ``_target_`` (the shipped ``train_diffusion_unet_sam2_ddp_workspace.yaml`` does), so
-DP's own ``train.py`` runs it unchanged::
-
-    torchrun --standalone --nproc_per_node 8 train.py --config-name=train_diffusion_unet_sam2_ddp_workspace
-    accelerate launch --num_processes 8 train.py --config-name=train_diffusion_unet_sam2_ddp_workspace
-
-It is DP's ``TrainDiffusionUnetImageWorkspace`` loop (same config keys, same checkpoint payload,
-same logs), generic over any DP policy with ``compute_loss``, ``predict_action`` and
-``set_normalizer`` (``DiffusionUnetImagePolicy`` with ``SAM2ObsEncoder``, the hybrid UNet and
-transformer policies). When ``cfg.optimizer`` has ``transformer_weight_decay`` it calls
-``policy.get_optimizer(**cfg.optimizer)`` as DP's transformer workspaces do; otherwise
-``hydra.utils.instantiate(cfg.optimizer, params=policy.parameters())``.
-
-With one process (no launcher) it is exactly DP's workspace: nothing distributed is created. With
-N processes (``torch.distributed``, gloo for ``training.device=cpu``, nccl on ``cuda:LOCAL_RANK``):
-
-* the policy is wrapped in ``DistributedDataParallel`` for the training step only; checkpoints,
-  EMA, sampling and eval use the policy itself, so saved weights carry no ``module.`` prefix and
-  ``eval.py`` loads them unchanged. Frozen weights (``requires_grad=False``) are not in DDP's
-  reducer; buffers are broadcast only when the policy has BatchNorm running statistics.
-* each rank reads its shard of the data (``DistributedSampler``, seeded by ``training.seed``);
-  ``dataloader.batch_size`` is per process, the global batch ``N * batch_size``.
-* rank 0's run folder is every rank's (DP's ``${now:...}`` run dir differs per process); only
-  rank 0 writes checkpoints, logs (json log, wandb), runs the env runner and samples; the
-  validation loss and the logged train loss are means over all ranks.
-* rank 0 builds the policy first (resolving the SAM 2 file under a file lock in ``checkpoints/``)
-  while the others wait; the diffusion noise of ranks > 0 comes from ``seed + rank``.
+Selected by ``_target_`` (``train_diffusion_unet_sam2_ddp_workspace.yaml``), so DP's ``train.py`` runs it
+unchanged: DP's ``TrainDiffusionUnetImageWorkspace`` loop (same config keys, checkpoint payload, logs) for any
+policy with ``compute_loss``, ``predict_action``, ``set_normalizer``; ``policy.get_optimizer(**cfg.optimizer)``
+if ``cfg.optimizer`` has ``transformer_weight_decay``, else ``instantiate(cfg.optimizer, params=...)``. One
+process: exactly DP's workspace. N processes (gloo for ``training.device=cpu``, else nccl on ``cuda:LOCAL_RANK``):
+DDP wraps the policy for the training step only (saved weights have no ``module.`` prefix; frozen weights are
+not in the reducer; buffers broadcast only with BatchNorm statistics); ``DistributedSampler`` seeded by
+``training.seed``, ``batch_size`` per process; rank 0's run folder for all; only rank 0 writes checkpoints and
+logs, runs the env runner, samples and builds the policy first (SAM 2 file under a lock); noise ``seed + rank``.
 """
 from __future__ import annotations
 

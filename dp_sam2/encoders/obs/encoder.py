@@ -1,36 +1,9 @@
 """SAM 2 as Diffusion Policy's observation encoder (a drop-in for DP's ``MultiImageObsEncoder``).
 
-Cached features (the API between this encoder and ``dp-sam2 cache-features``)
------------------------------------------------------------------------------
-A frozen backbone computes the same features for a frame in every epoch, so they can be computed
-once and served by the dataset in place of the images:
-
-* **Making them.** ``SAM2ObsEncoder.encode_images(images, key, input_range=None)`` takes
-  ``(N, 3, H, W)`` float images of rgb key ``key`` at its ``shape_meta`` resolution, in
-  ``input_range`` (default: the encoder's; pass ``input_range=[0, 1]`` for what DP's datasets
-  return before DP's normaliser). It applies the deterministic eval preprocessing
-  (``resize_shape``, centre crop, resize to ``image_size``, SAM 2 mean/std) and returns the
-  stride-16 map plus ``no_mem_embed``: ``(N, *feature_shape)`` with
-  ``feature_shape = (256, image_size // 16, image_size // 16)``. Store them as float16.
-* **Serving them.** The dataset returns, under the **same obs key** as the images,
-  ``(T, *feature_shape)`` instead of ``(T, 3, H, W)``; ``shape_meta`` and the env runner (which
-  keeps sending images) stay as they are.
-* **Recognising them.** ``forward`` treats an rgb value whose shape is ``(B, *feature_shape)`` as
-  features (an image never has 256 channels), skips preprocessing and the backbone, and feeds
-  the head; other rgb values must be ``(B, 3, H, W)`` images. A batch may mix the two per key.
-* **Their range.** Features pass through the normaliser DP keeps for that key, and ``forward``
-  maps them back with ``input_range`` exactly as it maps images
-  (:meth:`SAM2ObsEncoder.features_from_input`: ``(x - lo) / (hi - lo)``). Two consistent set-ups:
-  the dataset's own image-range normaliser (``x * 2 - 1``) with the default ``input_range``
-  [-1, 1]; or an identity normaliser for the key with ``input_range`` [0, 1] (what
-  :class:`dp_sam2.cache.CachedFeatureDataset` does; images at eval then arrive in [0, 1]). Either
-  way the cached values are the backbone's raw output; a direct caller (no DP normaliser) passes
-  ``encoder.features_to_input(feats)``.
-* **UMI layout** (``input_layout: umi``): the same per frame: ``(B, T, *feature_shape)``.
-* **Refused** while the backbone trains (``freeze=False`` in training mode): no gradient could
-  reach it. ``SAM2ObsEncoder.feature_info(key)`` lists the settings that produce the features
-  (model, checkpoint, image size, resize/crop, feature shape): store it with the cache and
-  compare it when training.
+Besides images, :class:`SAM2ObsEncoder` takes cached backbone features (the API between it and
+``dp-sam2 cache-features``): :meth:`~SAM2ObsEncoder.encode_images` makes them, ``forward`` recognises them by
+shape, :meth:`~SAM2ObsEncoder.features_from_input` maps them back from DP's normaliser. Those docstrings hold
+the contract, README.md's "## The feature cache" section the workflow.
 """
 from __future__ import annotations
 
@@ -54,58 +27,17 @@ __all__ = ["SAM2ObsEncoder", "SAM2Backbone", "ObsKeys", "parse_shape_meta", "par
 
 
 class SAM2ObsEncoder(nn.Module):
-    """SAM 2's image encoder as Diffusion Policy's ``obs_encoder``.
+    """SAM 2's image encoder as Diffusion Policy's ``obs_encoder`` (DP's ``MultiImageObsEncoder``).
 
-    A drop-in for DP's ``MultiImageObsEncoder`` inside ``DiffusionUnetImagePolicy``:
-    ``forward(obs_dict) -> (B, D)`` where rgb values are ``(B, 3, H, W)`` (DP passes
-    ``B = batch * n_obs_steps``) and low_dim values ``(B, *shape)``; features are concatenated
-    rgb keys first, then low_dim keys, each in sorted order. ``output_shape() -> (D,)`` is computed
-    without running the backbone, ``D = n_rgb * feature_dim + sum(low_dim sizes)``.
-
-    With ``input_layout="umi"`` it is a drop-in for UMI's ``TimmObsEncoder``: values are
-    ``(B, T, ...)`` with ``T = shape_meta.obs[key].horizon``, the output ``(B, sum_k T_k * F_k)``
-    (``F`` = ``feature_dim`` for rgb, the flattened shape for low_dim), the backbone sits under
-    ``key_model_map``; with ``n_emb`` set, UMI's transformer policy's token mode ``(B, N, n_emb)``
-    and ``output_shape() == (N, n_emb)``. UMI's keys are mapped as :mod:`dp_sam2.encoders.obs.umi`
-    says.
-
-    Preprocessing of each camera (DP's order): optional ``resize_shape`` -> crop to ``crop_shape``
-    (random per image in training when ``random_crop``, else centre; ``random_crop: false``
-    crops at the centre always, as DP intends) -> resize to ``image_size`` x ``image_size`` as SAM 2's own
-    transform does (bilinear, antialiased) -> ``input_range`` to [0, 1] -> SAM 2's mean/std.
-
-    Features: the stride-16 FPN level (256 channels) plus ``no_mem_embed``, as the official image
-    predictor computes it. One backbone is shared by all cameras and run once on all of them
-    (``share_rgb_model=False`` gives each camera its own copy); each camera has its own pooling
-    head (``pooling``: ``attention``, ``spatial_softmax`` or ``mean``) projecting to ``feature_dim``.
-
-    Arguments (every DP ``MultiImageObsEncoder`` and UMI ``TimmObsEncoder`` argument is accepted:
-    Hydra merges the inline keys into a selected group file):
-
-    * ``model_cfg``: registry short name (``sam2_large``, ``sam2.1_tiny``) or official config name.
-    * ``checkpoint``: official ``.pt``; a relative path is looked up by
-      :func:`dp_sam2.checkpoints.resolve.resolve_checkpoint` (``$DP_SAM2_CHECKPOINT_DIR``, DP repo root, cwd,
-      user cache). ``None`` means ``checkpoints/<official file name>``. With
-      ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1`` a missing file only warns and the backbone keeps
-      random weights (for ``eval.py`` restoring a DP checkpoint that holds them).
-    * ``image_size``: SAM 2 input side, any multiple of 32; default 224 for tiny/small/base+,
-      256 for large (window-aligned: the cheapest sizes near DP's 84-320 px cameras).
-    * ``freeze`` / ``trainable_blocks`` / ``lora_rank`` / ``lora_alpha`` /
-      ``activation_checkpointing``: see :mod:`dp_sam2.encoders.obs.finetune`. With ``freeze=True``
-      the backbone has ``requires_grad=False``, stays in eval mode under ``.train()`` and runs
-      without an autograd graph; the heads train.
-    * ``precision``: ``fp32`` (default) or ``bf16``: the backbone runs under
-      ``torch.autocast(bfloat16)``; its features come back in the input dtype.
-    * ``input_range``: ``[-1, 1]`` (DP's image normaliser output, default), ``[0, 1]`` or
-      ``imagenet`` (ImageNet mean/std normalised: used as it comes, SAM 2 normalises the same way).
-    * ``input_layout``: ``dp`` (default) or ``umi``; see :mod:`dp_sam2.encoders.obs.inputs`.
-    * ``compile``: run the backbone through ``torch.compile`` (inductor), training and eval; the
-      module tree and ``state_dict()`` keys stay as they are.
-    * ``rgb_model`` must be ``None`` (the group files set it); ``use_group_norm`` and
-      ``imagenet_norm`` are accepted and change nothing: Hiera has no BatchNorm, and SAM 2's
-      ImageNet mean/std is always applied (after mapping ``input_range`` to [0, 1]).
-
-    Cached features: see the module docstring.
+    ``forward(obs_dict) -> (B, D)``: rgb ``(B, 3, H, W)`` images (``B = batch * n_obs_steps``) or cached features
+    (:meth:`encode_images`), low_dim ``(B, *shape)``, keys from ``shape_meta``: rgb first, then low_dim, each
+    sorted; ``D = n_rgb * feature_dim + sum(low_dim sizes)``, also ``output_shape()`` (no backbone run).
+    ``input_layout="umi"``: UMI's ``TimmObsEncoder``, ``(B, T, ...)`` -> ``(B, sum_k T_k * F_k)``, or tokens
+    ``(B, N, n_emb)`` with ``n_emb``; UMI's keys map as :mod:`dp_sam2.encoders.obs.umi` says.
+    Per camera (DP's order): ``resize_shape`` -> ``crop_shape`` (random in training if ``random_crop``, else
+    centre) -> ``image_size`` (bilinear, antialiased) -> ``input_range`` to [0, 1] -> SAM 2's mean/std.
+    One backbone runs all cameras at once (``share_rgb_model=False``: a copy each) for the stride-16 FPN map
+    plus ``no_mem_embed``; a per-camera ``pooling`` head (attention, spatial_softmax, mean) -> ``feature_dim``.
     """
 
     def __init__(
@@ -144,6 +76,18 @@ class SAM2ObsEncoder(nn.Module):
         transforms=None,
         n_emb: int | None = None,
     ) -> None:
+        """Every DP ``MultiImageObsEncoder`` / UMI ``TimmObsEncoder`` key is accepted; besides those above:
+
+        * ``model_cfg``: registry short name (``sam2_large``, ``sam2.1_tiny``) or official config name.
+        * ``checkpoint``: official ``.pt`` found by :func:`~dp_sam2.checkpoints.resolve.find_weights` (``None``:
+          ``checkpoints/<official file name>``); ``random_weights=True``: random backbone weights, no file read.
+        * ``image_size``: a multiple of 32; default 224 (tiny/small/base+) or 256 (large), window-aligned.
+        * ``freeze`` (default: no backbone grad, eval mode; the heads train), ``trainable_blocks``, ``lora_rank``,
+          ``lora_alpha``, ``activation_checkpointing``: see :mod:`dp_sam2.encoders.obs.finetune`.
+        * ``input_range``: ``[-1, 1]`` (default, DP's normaliser), ``[0, 1]`` or ``imagenet`` (used as it comes);
+          ``precision``: ``fp32`` or ``bf16`` (autocast); ``compile``: the backbone through ``torch.compile``.
+        * ``rgb_model`` must be ``None``; ``use_group_norm``, ``imagenet_norm``: no effect (UMI's keys: see above).
+        """
         super().__init__()
         _check_parent_accepts_obs_encoder()
         if rgb_model is not None:
@@ -309,9 +253,17 @@ class SAM2ObsEncoder(nn.Module):
         return (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
 
     def encode_images(self, images: torch.Tensor, key: str | None = None, input_range=None) -> torch.Tensor:
-        """Backbone feature maps ``(N, *feature_shape)`` of images of rgb key ``key`` given in
-        ``input_range`` (default: the encoder's); deterministic (centre crop). See the module
-        docstring for the cached-feature contract."""
+        """Backbone features ``(N, *feature_shape)`` of ``(N, 3, H, W)`` images of rgb key ``key``: what a feature
+        cache stores (as float16), ``feature_shape = (256, image_size // 16, image_size // 16)``.
+
+        ``images`` are at the key's ``shape_meta`` resolution, in ``input_range`` (default: the encoder's; ``[0, 1]``
+        for DP's dataset images before DP's normaliser). Deterministic eval preprocessing (``resize_shape``, centre
+        crop, resize to ``image_size``, SAM 2's mean/std); the stride-16 map plus ``no_mem_embed``. A dataset
+        serves them under the **same obs key** as the images, ``(T, *feature_shape)`` per sample (UMI layout:
+        ``(B, T, *feature_shape)``); ``forward`` takes an rgb value of shape ``(B, *feature_shape)`` as features (an
+        image never has 256 channels; a batch may mix the two per key) and refuses them while the backbone trains.
+        :meth:`feature_info` gives the settings to store with a cache and compare when training.
+        """
         key = self._default_key(key)
         inputs.check_images(key, images, self.keys, self.feature_shape, self.input_range)
         if input_range is not None and parse_input_range(input_range) != self.input_range:
@@ -331,10 +283,16 @@ class SAM2ObsEncoder(nn.Module):
         }
 
     def features_from_input(self, value: torch.Tensor) -> torch.Tensor:
-        """Precomputed features as they reach ``forward`` -> the backbone's features: the inverse
-        of DP's image normaliser, ``input_range`` -> [0, 1], exactly as for images (identity when
-        ``input_range`` is [0, 1]; also for ``imagenet``, whose per-channel statistics do not
-        apply to 256 feature channels: serve them raw)."""
+        """Precomputed features as they reach ``forward`` -> the backbone's raw features.
+
+        Cached features pass through the normaliser DP keeps for their key, so this maps them back with
+        ``input_range`` exactly as images are mapped, ``(x - lo) / (hi - lo)``; identity for ``[0, 1]`` and for
+        ``imagenet`` (its per-channel statistics do not apply to 256 feature channels: serve them raw). Two consistent
+        set-ups: the dataset's image-range normaliser (``x * 2 - 1``) with the default ``input_range`` [-1, 1]; or an
+        identity normaliser with ``input_range`` [0, 1] (what :class:`dp_sam2.cache.CachedFeatureDataset` does; live
+        images at eval then arrive in [0, 1]). A caller without DP's normaliser passes :meth:`features_to_input` of
+        the :meth:`encode_images` output.
+        """
         if self.input_range in ((0.0, 1.0), IMAGENET):
             return value
         return inputs.to_unit(value.to(torch.promote_types(value.dtype, torch.float32)), self.input_range)

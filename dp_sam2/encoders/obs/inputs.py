@@ -1,16 +1,14 @@
-"""What the obs encoder is given: DP's (or UMI's) ``shape_meta``, per-camera crop/resize settings,
-the input range and layout, and the image operations of DP's preprocessing order (resize, crop,
-resize to SAM 2's size).
+"""What the obs encoder is given: DP's (or UMI's) ``shape_meta``, per-camera crop/resize settings, the input
+range and layout, and the image operations of DP's preprocessing order (resize, crop, resize to SAM 2's size).
 
-Input conventions (DESIGN ruling 20: each group file says which one it expects, nothing is guessed
-from shapes or values):
+Input conventions (DESIGN ruling 20: each group file says which one it expects, nothing is guessed from shapes):
 
 * ``input_layout: dp``: rgb ``(B*To, 3, H, W)``, low_dim ``(B*To, *shape)`` (DP's image policy);
 * ``input_layout: umi``: rgb ``(B, T, 3, H, W)``, low_dim ``(B, T, *shape)`` with
   ``T = shape_meta.obs[key].horizon`` (UMI's timm policies);
-* ``input_range``: ``[-1, 1]`` (DP's image normaliser), ``[0, 1]`` (UMI, DP's raw dataset
-  images) or ``imagenet`` (``([0, 1] - mean) / std`` with ImageNet's mean/std, what LeRobot
-  hands over; SAM 2 normalises with the same mean/std, so such input is used as it comes).
+* ``input_range``: ``[-1, 1]`` (DP's image normaliser), ``[0, 1]`` (UMI, DP's raw dataset images) or
+  ``imagenet`` (``([0, 1] - mean) / std`` with ImageNet's mean/std, what LeRobot hands over; SAM 2
+  normalises with the same mean/std, so such input is used as it comes).
 """
 from __future__ import annotations
 

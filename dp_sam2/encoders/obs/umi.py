@@ -1,36 +1,14 @@
 """UMI's ``TimmObsEncoder`` keys, mapped onto :class:`~dp_sam2.encoders.obs.encoder.SAM2ObsEncoder`.
 
-UMI (real-stanford/universal_manipulation_interface) writes its encoder inline in
-``train_diffusion_unet_timm_umi_workspace.yaml``; a ``umi_obs_encoder`` group file selected with
-``+umi_obs_encoder@policy.obs_encoder=sam2_large`` is merged into that dict, so every key of it
-reaches the constructor. What each one becomes:
-
-==========================  ==================================================================
-``model_name``              the SAM 2 short name (``sam2_large``); same as ``model_cfg``, which
-                            must then name the same model
-``pretrained``              ``true``: the official weights from ``checkpoint``; ``false``: random
-                            SAM 2 weights, no file read (UMI's workspace gives the encoder 0.1x
-                            the learning rate when it is true)
-``frozen``                  the freeze switch (``freeze``, if also set, must agree); ``frozen``
-                            with ``pretrained: false`` is refused, as UMI refuses it
-``share_rgb_model``         one pooling head for all cameras (true) or one per camera (false);
-                            there is always one SAM 2 backbone, shared by the cameras
-``feature_aggregation``     null: ``pooling`` decides; else ``attention_pool_2d``/``cls`` ->
-                            attention, ``avg`` -> mean (or one of ours by name). Token mode: null
-                            = every feature-map cell is a token, a name = one pooled token
-``transforms``              UMI's list: ``{type: RandomCrop, ratio: r}`` first, then torchvision
-                            modules (Hydra instantiates them). Training: a random crop of
-                            ``int(H*r) x int(W*r)`` per image, then the modules on the batch in
-                            [0, 1] after the resize to ``image_size``. Eval: the centre crop of
-                            the same size and no modules (UMI itself also augments at eval)
-``global_pool``             must be ``''`` (UMI asserts it too)
-``downsample_ratio``        16 (SAM 2's stride-16 map); 32 is refused
-``position_encording``      accepted, no effect (UMI uses it only for its ``transformer``
-                            aggregation)
-``use_group_norm``          no effect: Hiera has no BatchNorm
-``imagenet_norm``           no effect: SAM 2's ImageNet mean/std is always applied
-``n_emb``                   set (UMI's transformer workspace): token mode ``(B, N, n_emb)``
-==========================  ==================================================================
+UMI writes its encoder inline in ``train_diffusion_unet_timm_umi_workspace.yaml``; the group file selected with
+``+umi_obs_encoder@policy.obs_encoder=sam2_large`` is merged into it, so every key reaches the constructor:
+``model_name`` = ``model_cfg`` (must agree); ``pretrained: false``: random SAM 2 weights, no file read;
+``frozen`` = ``freeze`` (must agree; refused with ``pretrained: false``, as UMI does); ``share_rgb_model``: one
+pooling head for all cameras or one each (always one backbone); ``feature_aggregation``: null -> ``pooling``,
+``attention_pool_2d``/``cls`` -> attention, ``avg`` -> mean (token mode: null = one token per map cell);
+``transforms``: ``{type: RandomCrop, ratio: r}`` (an ``int(H*r) x int(W*r)`` crop, centred in eval), then
+torchvision modules on [0, 1] after the resize, in training; ``global_pool``: ``''`` only; ``downsample_ratio``:
+16 only; ``position_encording``, ``use_group_norm``, ``imagenet_norm``: no effect; ``n_emb``: token mode.
 """
 from __future__ import annotations
 
