@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +15,9 @@ from torch import nn
 
 from conftest import build_official, perturb_, rel_err, requires_official, save_official_checkpoint
 from dp_sam2 import SAM2ObsEncoder
-from dp_sam2.encoders.obs.finetune import LoRALinear, adamw_param_groups
-from dp_sam2.encoders.obs.backbone import SAM2Backbone
 from dp_sam2.checkpoints.resolve import CheckpointNotFoundError
+from dp_sam2.encoders.obs.backbone import SAM2Backbone
+from dp_sam2.encoders.obs.finetune import LoRALinear, adamw_param_groups
 
 SIZE = 64
 PUSHT = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},
@@ -100,7 +101,8 @@ def test_minus_one_one_input_equals_zero_one_input(ckpt):
     assert rel_err(a(obs), b(obs01)) < 1e-5
     # the normalised SAM 2 input: [-1, 1] -> [0, 1] -> ImageNet mean/std
     x = a.preprocess(torch.full((1, 3, 96, 96), 1.0))
-    assert torch.allclose(x[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(x[0, :, 0, 0], expected)
 
 
 def _coordinate_image(h, w):
@@ -229,8 +231,8 @@ def test_diffusion_training_changes_only_what_trains(ckpt, mode):
         # the stride-4/8 lateral convs never feed the stride-16 map: not trained
         assert not any(k.startswith(("image_encoder.neck.convs.2.", "image_encoder.neck.convs.3.")) for k in changed)
     else:
-        assert changed and all(k.startswith((f"image_encoder.trunk.blocks.{last}.", "image_encoder.neck.", "no_mem_embed"))
-                               for k in changed)
+        kept = (f"image_encoder.trunk.blocks.{last}.", "image_encoder.neck.", "no_mem_embed")
+        assert changed and all(k.startswith(kept) for k in changed)
         assert f"image_encoder.trunk.blocks.{last}.mlp.layers.0.weight" in changed
     if mode == "lora":
         lora_b = [m.lora_b for m in enc.backbone.modules() if isinstance(m, LoRALinear)]
@@ -400,7 +402,8 @@ def test_bad_shape_meta(ckpt):
     with pytest.raises(ValueError, match=r"must have shape \[3, H, W\]"):
         make_encoder(ckpt, {"obs": {"depth": {"shape": [1, 64, 64], "type": "rgb"}}})
     with pytest.raises(ValueError, match="supports 'rgb' and 'low_dim'"):
-        make_encoder(ckpt, {"obs": {"image": {"shape": [3, 64, 64], "type": "rgb"}, "pc": {"shape": [3], "type": "pcd"}}})
+        make_encoder(ckpt, {"obs": {"image": {"shape": [3, 64, 64], "type": "rgb"},
+                                    "pc": {"shape": [3], "type": "pcd"}}})
     with pytest.raises(ValueError, match="no rgb obs key"):
         make_encoder(ckpt, {"obs": {"pos": {"shape": [3]}}})
 
@@ -475,3 +478,59 @@ def test_bf16_precision_switch(ckpt):
     assert cos >= 0.999
     with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp16'"):
         make_encoder(ckpt, precision="fp16")
+
+
+# ----------------------------------------------------------------------------- input conventions
+@pytest.mark.parametrize("name", ["sam2_tiny", "sam2.1_large"])
+def test_dp_group_files_state_their_input_convention(name):
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "dp_sam2" / "configs" / "obs_encoder" / f"{name}.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    assert (cfg["input_layout"], cfg["input_range"], cfg["compile"]) == ("dp", [-1, 1], False)
+    assert "Input convention (DP's image policy): rgb (B*To, 3, H, W) in [-1, 1]" in text
+
+
+def test_imagenet_input_range_is_used_as_it_comes(ckpt):
+    """LeRobot hands ImageNet-normalised images; SAM 2 normalises with the same mean/std."""
+    from dp_sam2.encoders.obs.inputs import SAM2_MEAN, SAM2_STD, resize
+
+    unit = make_encoder(ckpt, input_range=[0, 1]).eval()
+    imagenet = make_encoder(ckpt, input_range="imagenet").eval()
+    obs = obs_for(PUSHT)
+    img01 = (obs["image"] + 1) / 2
+    normed = (img01 - torch.tensor(SAM2_MEAN).view(1, 3, 1, 1)) / torch.tensor(SAM2_STD).view(1, 3, 1, 1)
+    assert torch.equal(imagenet.preprocess(normed), resize(normed, (SIZE, SIZE)))  # no renormalisation
+    assert rel_err(imagenet.preprocess(normed), unit.preprocess(img01)) < 1e-5
+    assert rel_err(imagenet(dict(obs, image=normed)), unit(dict(obs, image=img01))) < 1e-5
+    assert rel_err(imagenet.encode_images(img01, input_range=[0, 1]), unit.encode_images(img01)) < 1e-5
+    with pytest.raises(ValueError, match=r"'image' must be images \(B, 3, 96, 96\) in imagenet"):
+        imagenet(dict(obs, image=torch.zeros(4, 3, 84, 84)))
+    with pytest.raises(ValueError, match="or imagenet"):
+        make_encoder(ckpt, input_range="imagenet_norm")
+
+
+# ----------------------------------------------------------------------------- compile: true
+@pytest.mark.slow
+def test_compiled_backbone_equals_eager_and_survives_copies(ckpt):
+    """compile=true: the backbone runs through torch.compile (inductor); state_dict keys do not
+    change, and DP's deepcopy (EMA) and dill pickling (checkpoints) work."""
+    import dill
+
+    eager = make_encoder(ckpt, feature_dim=32).eval()
+    comp = make_encoder(ckpt, feature_dim=32, compile=True).eval()
+    assert list(comp.state_dict()) == list(eager.state_dict())
+    obs = obs_for(PUSHT, batch=2)
+    with torch.no_grad():
+        ref = eager(obs)
+        out = comp(obs)
+    assert "_compiled" in comp.backbone.__dict__  # it did run compiled
+    assert rel_err(out, ref) <= 1e-4
+    assert not any("_orig_mod" in k for k in comp.state_dict()) and list(comp.state_dict()) == list(eager.state_dict())
+    ema = copy.deepcopy(comp)
+    assert "_compiled" not in ema.backbone.__dict__ and ema.use_compile  # compiles its own on first use
+    back = dill.loads(dill.dumps(comp))
+    assert "_compiled" not in back.backbone.__dict__ and list(back.state_dict()) == list(eager.state_dict())
+    with torch.no_grad():
+        assert rel_err(ema(obs), ref) <= 1e-4
+        assert rel_err(back(obs), ref) <= 1e-4

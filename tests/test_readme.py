@@ -16,6 +16,10 @@ What is not run for real, and where it is checked instead:
   `build_sam2_video_predictor` build get a 256 px input instead of 1024 px (see SMALL_INPUT).
 * `python train.py ...` needs Diffusion Policy: the config it would compose is composed here
   from DP-shaped fixture yamls (tests/fixtures/dp/config) and its obs encoder checked.
+* `torchrun ... train.py` / `accelerate launch ... train.py` (the data-parallel workspace) and
+  `python ray_train_multirun.py ...` need DP too: their configs are composed here the same way
+  (Ray's through `hydra.initialize` + `hydra.compose`, as DP's script does); the workspace itself
+  runs under torchrun on a stand-in DP checkout in tests/test_ddp.py.
 * `sam2_large` commands run with DP_SAM2_ALLOW_MISSING_CHECKPOINT=1 (random weights) on a
   two-frame replay buffer.
 """
@@ -253,6 +257,42 @@ def h_train(cmd, box):
     assert node["model_cfg"] == (chosen[-1] if chosen else "sam2_large")
 
 
+UMI_CONFIG = ROOT / "tests" / "fixtures" / "umi" / "config"  # UMI-shaped stand-ins (tests/test_umi.py)
+
+
+def h_umi_train(cmd, box):
+    """UMI's train.py needs UMI: its command is composed against the UMI-shaped fixture yamls and
+    the encoder it selects is built (random weights, 64 px) and run on UMI-shaped obs."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    args = shlex.split(cmd)[2:]
+    name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
+    overrides = [a for a in args if not a.startswith("--")]
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("+umi_obs_encoder@policy.obs_encoder=")]
+    assert chosen, f"no +umi_obs_encoder@policy.obs_encoder= selection in {cmd}"
+    OmegaConf.register_new_resolver("eval", eval, replace=True)  # as UMI's train.py does
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(UMI_CONFIG), version_base=None):
+            cfg = compose(name, overrides=overrides + ["policy.obs_encoder.pretrained=false",
+                                                       "policy.obs_encoder.image_size=64"])
+        node = cfg.policy.obs_encoder
+        assert node._target_ == "dp_sam2.SAM2ObsEncoder" and node.model_name == chosen[-1]
+        assert node.input_layout == "umi"
+        enc = instantiate(node).train()
+        meta = OmegaConf.to_container(cfg.task.shape_meta, resolve=True)
+        obs = {k: torch.rand(1, a["horizon"], *a["shape"]) for k, a in meta["obs"].items()}
+        out = enc(obs)
+        assert out.shape[0] == 1 and out[0].numel() == int(np.prod(enc.output_shape()))
+    finally:
+        GlobalHydra.instance().clear()
+        OmegaConf.clear_resolver("eval")
+
+
 def h_train_hybrid(cmd, box):
     """The hybrid-workspace commands (`+sam2_policy@policy=`): composed from the DP-shaped fixtures
     (`--config-dir=.` is DP's root, where the flattened paper yaml sits: tests/fixtures/dp) with the
@@ -280,8 +320,94 @@ def h_train_hybrid(cmd, box):
     assert cfg.task.name == "pusht_image" and cfg.policy.crop_shape is not None
 
 
+DDP_TARGET = "dp_sam2.workspaces.data_parallel.TrainDiffusionDataParallelWorkspace"
+
+
+def h_train_parallel(cmd, box):
+    """torchrun / accelerate launch of DP's train.py: the same composition as `python train.py`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    args = shlex.split(cmd)
+    rest = args[args.index("train.py") + 1:]
+    h_train(shlex.join(["python", "train.py", *rest]), box)
+    name = next(a.split("=", 1)[1] for a in rest if a.startswith("--config-name="))
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(FIXTURE_CONFIG), version_base=None):
+            cfg = compose(name, overrides=[a for a in rest if not a.startswith("--")])
+    finally:
+        GlobalHydra.instance().clear()
+    assert cfg._target_ == DDP_TARGET and cfg.policy._target_.endswith("DiffusionUnetImagePolicy")
+    assert cfg.task.name == "pusht_image"
+
+
+def h_ray(cmd, box):
+    """DP's ray_train_multirun.py composes with hydra.initialize(config_path=<relative>) + compose."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    args = shlex.split(cmd)
+    name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
+    overrides = args[args.index("--") + 1:]
+    GlobalHydra.instance().clear()
+    try:
+        with hydra.initialize(version_base=None, config_path="fixtures/dp/config"):
+            cfg = hydra.compose(config_name=name, overrides=overrides + ["training.seed=43"])
+    finally:
+        GlobalHydra.instance().clear()
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=")[0].split("@")[0].lstrip("+") == "obs_encoder"]
+    assert cfg.policy.obs_encoder._target_ == "dp_sam2.SAM2ObsEncoder"
+    assert cfg.policy.obs_encoder.model_cfg == chosen[-1]
+    assert cfg.training.seed == 43 and "run_dir" in cfg.multi_run  # what the script reads
+
+
+PLUGIN = ROOT / "lerobot_policy_sam2"
+
+
+def h_lerobot_pip(cmd, box):
+    """``pip install "lerobot[...]==0.6.1" . ./lerobot_policy_sam2`` needs Python >= 3.12: .ci/run's LeRobot
+    block builds its venv with this very line. Here: the pins, and that the plugin distribution is named
+    as LeRobot's discovery needs (``lerobot_policy_*``, the package of the same name) and depends on dp-sam2."""
+    import tomllib
+
+    args = shlex.split(cmd)
+    assert args == ["pip", "install", "lerobot[dataset,training,diffusion]==0.6.1", ".", "./lerobot_policy_sam2"], cmd
+    project = tomllib.loads((PLUGIN / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "lerobot_policy_sam2" and project["requires-python"] == ">=3.12"
+    assert any(re.match(r"dp-sam2\b", dep) for dep in project["dependencies"])
+    assert (PLUGIN / "src" / "lerobot_policy_sam2" / "__init__.py").is_file()
+    assert cmd.replace("pip install", '"$LR_VENV/bin/pip" install -q', 1) in (ROOT / ".ci" / "run").read_text()
+
+
+def h_lerobot_train(cmd, box):
+    """``lerobot-train --policy.type=sam2_diffusion ...`` needs LeRobot (Python >= 3.12): it runs for real, as
+    written with sam2_tiny and CPU overrides appended, in lerobot_policy_sam2/tests (the LeRobot venv of
+    .ci/run). Here: one line of ``--key=value`` options, the registered type, the model by a registry short
+    name, and every ``--policy.*`` option a field of the plugin's config class (or of LeRobot's base)."""
+    import ast
+
+    from dp_sam2.checkpoints.registry import MODELS
+
+    args = shlex.split(cmd)
+    assert args[0] == "lerobot-train" and all(re.fullmatch(r"--[\w.]+=\S+", a) for a in args[1:]), cmd
+    opts = dict(a[2:].split("=", 1) for a in args[1:])
+    assert opts["policy.type"] == "sam2_diffusion" and opts["policy.sam2_model"] in MODELS, opts
+    source = PLUGIN / "src" / "lerobot_policy_sam2" / "configuration_sam2_diffusion.py"
+    cls = next(n for n in ast.parse(source.read_text()).body
+               if isinstance(n, ast.ClassDef) and n.name == "SAM2DiffusionConfig")
+    registered = [d.args[0].value for d in cls.decorator_list if isinstance(d, ast.Call) and d.args]
+    assert registered == ["sam2_diffusion"]
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    fields |= {"type", "device", "push_to_hub", "repo_id"}  # LeRobot's PreTrainedConfig
+    assert {k.split(".", 1)[1] for k in opts if k.startswith("policy.")} <= fields, opts
+    assert "def readme_lerobot_train" in (PLUGIN / "tests" / "test_sam2_diffusion.py").read_text()
+
+
+
 HANDLERS = [
-    (r"^pip install ", h_pip),
+    (r"^pip install (?!\"lerobot)", h_pip),
+    (r"^pip install \"lerobot\[", h_lerobot_pip),
     (r"^bash \.ci/run$", h_ci),
     (r"^python -m pytest tests ", h_quick_tests),
     (r"^cd \S+$", h_cd),
@@ -290,8 +416,13 @@ HANDLERS = [
     (r"^dp-sam2 (segment|track|viz) .*--out \S+", h_outputs),
     (r"^dp-sam2 download ", h_download),
     (r"^(dp-sam2|torchrun --standalone --nproc_per_node \d+ -m dp_sam2\.cli) cache-features ", h_cache),
-    (r"^python train\.py --config-name=(?!.*\+sam2_policy@)\S+", h_train),
+    (r"^python train\.py --config-name=(?!\S*_umi_)(?!.*\+sam2_policy@)\S+", h_train),
     (r"^python train\.py (--config-dir=\S+ )?--config-name=\S+ \+sam2_policy@policy=\S+$", h_train_hybrid),
+    (r"^python train\.py --config-name=train_diffusion_\w*_umi_workspace ", h_umi_train),
+    (r"^(torchrun --standalone --nproc_per_node \d+|accelerate launch --num_processes \d+) train\.py --config-name=\S+",
+     h_train_parallel),
+    (r"^python ray_train_multirun\.py --config-name=\S+ .* -- ", h_ray),
+    (r"^lerobot-train --policy\.type=", h_lerobot_train),
 ]
 
 
@@ -453,7 +584,8 @@ def test_environment_variables_are_exactly_the_three():
 def test_sections():
     text = README.read_text()
     for title in ("## On a fresh machine", "## Install beside Diffusion Policy", "## Selecting the encoder",
-                  "## Checkpoints", "## The feature cache", "## The command line", "## The predictors",
+                  "## Checkpoints", "## The feature cache", "## Training on many GPUs", "## The command line",
+                  "## The predictors",
                   "## Troubleshooting", "## Speed", "## Running the real Diffusion Policy"):
         assert title in text, title
     assert "Hybrid workspaces are not supported" not in text

@@ -152,18 +152,13 @@ def CachedFeatureDataset(dataset, cache_path, model_cfg: str = "sam2_large", che
     """A Diffusion Policy dataset whose rgb obs are cached SAM 2 features (``_target_`` for DP's
     ``task.dataset``; DP's ``train.py`` stays unchanged).
 
-    ``dataset``: DP's own dataset (Hydra instantiates its nested ``_target_`` first), e.g.
-    ``PushTImageDataset``; its ``SequenceSampler`` decides which frames each sample holds (padding
-    included) and the rgb obs are replaced by the cached ``(T, 256, h, w)`` float16 features of
-    those frames (only the first ``n_obs_steps`` when given: the policy uses no more).
-    ``cache_path``: the zarr store given to ``dp-sam2 cache-features`` (``--out``, or the replay
-    zarr). ``model_cfg``, ``checkpoint``, ``image_size``, ``crop_shape``, ``resize_shape``,
-    ``precision``: the policy's obs-encoder settings (interpolate them from ``policy.obs_encoder``); they form the
-    cache key and a cache made with other settings is refused. ``get_normalizer()`` is the wrapped
-    dataset's with an identity normaliser for the feature keys. So at eval, when live camera
-    images go through that identity normaliser, the obs encoder must take [0, 1] images:
-    ``input_range`` (interpolate ``policy.obs_encoder.input_range``) must be ``[0, 1]``.
-    ``rgb_keys``: ``{obs_key: data_key}`` when the names differ and cannot be guessed.
+    ``dataset``: DP's own dataset (e.g. ``PushTImageDataset``); its ``SequenceSampler`` picks each sample's frames
+    (padding included), whose rgb obs become the cached ``(T, 256, h, w)`` float16 features (only the first
+    ``n_obs_steps`` when given). ``cache_path``: the zarr store given to ``dp-sam2 cache-features``.
+    ``model_cfg``, ``checkpoint``, ``image_size``, ``crop_shape``, ``resize_shape``, ``precision``: the
+    ``policy.obs_encoder`` settings; they form the cache key, and a cache made with others is refused.
+    ``get_normalizer()`` is the wrapped one with identity for the feature keys, so live eval images reach the
+    encoder in [0, 1]: ``input_range`` must be ``[0, 1]``. ``rgb_keys``: ``{obs_key: data_key}`` if names differ.
     """
     from dp_sam2.encoders.obs.inputs import parse_input_range
 

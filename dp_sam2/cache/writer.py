@@ -1,34 +1,14 @@
-"""Frozen SAM 2 features of a Diffusion Policy replay buffer, computed once, and a dataset wrapper
-that serves them in place of images.
+"""Frozen SAM 2 features of a Diffusion Policy replay buffer, computed once (``dp-sam2 cache-features``).
 
-With a frozen backbone the features of a frame never change, so computing them once instead of
-at every training step makes DP training many times faster. :func:`cache_features` encodes every
-frame of the rgb arrays of a DP zarr replay buffer (``data/<key>`` of shape ``(N, H, W, 3)``,
-uint8 or float on a 0-255 scale, as DP stores them) with :meth:`SAM2ObsEncoder.encode_images`
-(the obs encoder's deterministic eval preprocessing: optional resize, centre crop, resize to
-``image_size``, SAM 2 normalisation; stride-16 features with ``no_mem_embed``) and stores them as
-
-    <store>/dp_sam2_features/<model>-<image_size>px-<digest12>[-c<H>x<W>][-r<H>x<W>]/
-        .attrs                 the full key (model, checkpoint sha256, image size, crop, resize),
-                               the source (frames, episode_ends digest, shapes), complete flag
-        features/<key>         (N, 256, image_size/16, image_size/16) float16, one chunk per frame
-        done/<key>             (N,) bool: which frames are written (resume after an interruption)
-
-``<store>`` is the replay zarr itself by default (DP's ``ReplayBuffer`` reads only ``data/`` and
-``meta/``, so an extra group does no harm) or any other zarr path. A cache whose key differs from
-what the training config asks for is never used: :func:`open_cache` raises a ValueError naming
-both keys. Both the zarr 2 and the zarr 3 APIs are supported.
-
-Under ``torchrun`` (``torch.distributed``; gloo is enough, also on GPU machines) each rank
-encodes a share of the frames (whole blocks of the done mask, so ranks never write the same
-chunk); the result is the same as one process's.
-
-**The random-crop trade-off.** DP trains with random crops (``crop_shape``, ``random_crop``) as
-augmentation. Cached features are of one fixed view, the centre crop the encoder uses in eval,
-so training on the cache gives up that augmentation: expect somewhat more overfitting on small
-datasets, in exchange for several times faster steps. Options: cache without a crop
-(``crop_shape: null`` in both the cache and the policy), or train a few epochs on the cache and
-fine-tune on live images, or skip the cache when augmentation matters more than speed.
+:func:`cache_features` encodes every frame of the rgb arrays ``data/<key>`` ``(N, H, W, 3)`` (uint8 or float,
+0-255) of a DP zarr replay buffer with :meth:`SAM2ObsEncoder.encode_images` into
+``<store>/dp_sam2_features/<model>-<image_size>px-<digest12>[-c<H>x<W>][-r<H>x<W>]/``: ``.attrs`` (the key:
+model, checkpoint sha256, image size, crop, resize, precision; the source; a complete flag), ``features/<key>``
+``(N, 256, image_size/16, image_size/16)`` float16, one chunk per frame, and ``done/<key>`` ``(N,)`` bool (resume).
+``<store>``: the replay zarr (DP reads only ``data/`` and ``meta/``) or any zarr path; zarr 2 and 3 both work.
+:func:`open_cache` refuses a cache whose key differs from the config's (a ValueError naming both). Under
+``torchrun`` (gloo is enough) each rank writes whole done-mask blocks, with the same result as one process.
+:class:`~dp_sam2.cache.CachedFeatureDataset` serves them; README.md's "## The feature cache" has the crop trade-off.
 """
 from __future__ import annotations
 

@@ -1,22 +1,13 @@
 """Downloading the official SAM 2 checkpoints (``dp-sam2 download``).
 
-Two sources hold the same files: ``"official"`` (Meta's host, ``dl.fbaipublicfiles.com``, or a
-mirror of it given as ``base_url``) and ``"huggingface"`` (the hub repos ``facebook/sam2-hiera-*``
-and ``facebook/sam2.1-hiera-*``, through ``huggingface_hub.hf_hub_download``, which honours
-``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN`` and its own cache; optional extra
-``pip install "dp-sam2[huggingface]"``). Either way the verified file lands at
-``<dest>/<official file name>``.
-
-From the official host each file is fetched into ``<dest>/<official file name>.part`` with a
-progress bar; an interrupted download resumes from the ``.part`` file with an HTTP ``Range``
-request (also automatically, a few times, within one run). When complete, the file is checked
-(it loads safely, it is the model its name says, and it has exactly the official keys and shapes
-of the model's config) and only then renamed atomically to its final name, so a file with the
-final name is always whole.
-
-The default destination is ``checkpoints/`` under the Diffusion Policy repo root when run from
-inside a DP checkout (where the default obs-encoder configs look), else the user cache
-(``$DP_SAM2_CACHE``, default ``~/.cache/dp_sam2``), which the checkpoint resolver also searches.
+Two sources hold the same files: ``"official"`` (``dl.fbaipublicfiles.com``, or a mirror as ``base_url``) and
+``"huggingface"`` (``facebook/sam2-hiera-*``, ``facebook/sam2.1-hiera-*`` through ``hf_hub_download``, which
+honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``; extra ``dp-sam2[huggingface]``). Either way the file
+is verified (loads safely, is the model its name says, has exactly its config's keys and shapes) before it
+lands at ``<dest>/<official file name>``. From the official host it is fetched into a ``.part`` file (progress
+bar; an interruption resumes with an HTTP ``Range`` request, also automatically within a run) and renamed
+atomically when complete, so a file with the final name is always whole. Default ``dest``: ``checkpoints/``
+under the DP repo root inside a DP checkout, else ``$DP_SAM2_CACHE`` (default ``~/.cache/dp_sam2``).
 """
 from __future__ import annotations
 

@@ -1,24 +1,14 @@
 """Finding SAM 2 checkpoint files, relative to the Diffusion Policy repo.
 
-A Diffusion Policy (DP) config stores the ``checkpoint`` path exactly as the user wrote it, and
-DP freezes the resolved config into every training checkpoint. So paths stay relative
-(``checkpoints/sam2_hiera_large.pt``) and are looked up when the encoder is built, in this order:
-
-1. an absolute path is used as given;
-2. ``$DP_SAM2_CHECKPOINT_DIR`` (the path below it, then just the file name);
-3. the DP repo root: the folder holding the ``diffusion_policy`` package (a namespace package with
-   no ``__init__.py``, so it is found through ``__path__``);
-4. the current directory (DP's ``train.py`` does not change it);
-5. the user cache ``$DP_SAM2_CACHE`` (default ``~/.cache/dp_sam2``; path, then file name), where
-   ``dp-sam2 download`` puts files.
-
-When none holds the file the error lists every place tried and the command that downloads it.
-:func:`find_weights` is the one lookup every part of dp_sam2 uses for a model's weights (obs
-encoder, feature cache, CLI, predictors' ``from_pretrained``): ``checkpoint`` or the default
-``checkpoints/<official file name>``, and ``None`` (random weights, with a warning) when the file
-is missing and ``random_weights=True`` or ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1`` allows it. The
-environment variable is for ``eval.py`` on a machine whose DP checkpoint already holds the
-encoder weights (the config frozen into a DP checkpoint cannot be changed there).
+DP freezes the ``checkpoint`` path as written into every training checkpoint, so paths stay relative
+(``checkpoints/sam2_hiera_large.pt``) and are looked up when the encoder is built, in order: an absolute path
+as given; ``$DP_SAM2_CHECKPOINT_DIR`` (path below it, then file name); the DP repo root (the folder holding
+the ``diffusion_policy`` namespace package, found through ``__path__``); the current directory; the user cache
+``$DP_SAM2_CACHE`` (default ``~/.cache/dp_sam2``; path, then file name), where ``dp-sam2 download`` puts files.
+Otherwise the error lists every place tried and the download command. :func:`find_weights` is the one lookup
+all of dp_sam2 uses: ``checkpoint`` or ``checkpoints/<official file name>``, or ``None`` (random weights, a
+warning) for a missing file when ``random_weights=True`` or ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1`` (for
+``eval.py`` with a DP checkpoint that already holds the encoder weights).
 """
 from __future__ import annotations
 

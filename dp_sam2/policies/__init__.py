@@ -1,27 +1,14 @@
 """Diffusion Policy's image policies with SAM 2 as the encoder, robomimic's left out.
 
 ``sam2_diffusion_policy`` is the ``policy._target_`` that the ``sam2_policy`` Hydra group
-(``+sam2_policy@policy=sam2_large``) puts in any of DP's image training configs. It receives the
-kwargs of the DP policy config it replaced and builds the matching policy
-(:mod:`dp_sam2.policies.kwargs` tells them apart):
-
-=================================  ==================================================================
-replaced DP policy                 built
-=================================  ==================================================================
-DiffusionTransformerHybridImage..  :class:`SAM2DiffusionTransformerHybridImagePolicy` (``n_layer``,
-                                   ``n_emb``, ... present): DP's transformer policy methods
-DiffusionUnetHybridImagePolicy     :class:`SAM2DiffusionUnetHybridImagePolicy` (``crop_shape``,
-                                   ``obs_encoder_group_norm`` or ``eval_fixed_crop`` present): a
-                                   ``DiffusionUnetImagePolicy`` (DP's hybrid has the same methods)
-DiffusionUnetImagePolicy           DP's ``DiffusionUnetImagePolicy`` itself, unchanged
-=================================  ==================================================================
-
-It logs (INFO, ``dp_sam2.policies.*``) which one it built and what the hybrid kwargs became; the
-built policy's ``image_args`` attribute says the same. A config it cannot serve (no
-``noise_scheduler``: IBC, robomimic policies), a stray kwarg that DP would forward to
-``noise_scheduler.step``, or a crop set twice differently fails at startup.
-
-Nothing here imports Diffusion Policy (or robomimic) until a policy is built.
+(``+sam2_policy@policy=sam2_large``) puts in any of DP's image training configs. From the kwargs of the DP
+policy config it replaced (:mod:`dp_sam2.policies.kwargs` tells them apart) it builds
+:class:`SAM2DiffusionTransformerHybridImagePolicy` (``n_layer``, ``n_emb``, ... present),
+:class:`SAM2DiffusionUnetHybridImagePolicy` (``crop_shape``, ``obs_encoder_group_norm`` or ``eval_fixed_crop``
+present; a ``DiffusionUnetImagePolicy``) or DP's ``DiffusionUnetImagePolicy`` itself, and logs (INFO) which,
+and what the hybrid kwargs became (also in the policy's ``image_args``). No ``noise_scheduler`` (IBC,
+robomimic), a stray kwarg DP would forward to ``noise_scheduler.step``, or a crop set twice differently fails
+at startup. Nothing here imports Diffusion Policy (or robomimic) until a policy is built.
 """
 from __future__ import annotations
 

@@ -1,16 +1,11 @@
-"""The image kwargs of DP's hybrid policies, applied to SAM2ObsEncoder.
+"""The image kwargs of DP's hybrid policies, applied to SAM2ObsEncoder instead of robomimic's encoder.
 
-DP's hybrid policies hand ``crop_shape``, ``obs_encoder_group_norm`` and ``eval_fixed_crop`` to
-the robomimic encoder they build. Here they go to the SAM 2 encoder instead:
-
-* ``crop_shape: [h, w]`` becomes the encoder's crop for every camera (before the resize to
-  ``image_size``): random in training, centre in eval (robomimic's crop with
-  ``eval_fixed_crop: true``); ``null`` means no crop. A non-null ``policy.obs_encoder.crop_shape``
-  must equal it (an error names both otherwise): one crop, set in one place.
-* ``eval_fixed_crop: false`` makes robomimic crop at random in eval too; SAM2ObsEncoder always
-  crops at the centre in eval, so it is accepted with a warning that says so.
-* ``obs_encoder_group_norm`` replaces robomimic's BatchNorm with GroupNorm; SAM 2 has no
-  BatchNorm, so either value is accepted and changes nothing.
+* ``crop_shape: [h, w]``: the encoder's crop for every camera (before the resize to ``image_size``), random in
+  training, centre in eval (robomimic's crop with ``eval_fixed_crop: true``); ``null``: no crop. A non-null
+  ``policy.obs_encoder.crop_shape`` must equal it (an error names both): one crop, set in one place.
+* ``eval_fixed_crop: false`` (robomimic: random crops in eval too) is accepted with a warning:
+  SAM2ObsEncoder always crops at the centre in eval.
+* ``obs_encoder_group_norm`` (robomimic: GroupNorm for BatchNorm): either value, no effect (SAM 2 has no BatchNorm).
 """
 from __future__ import annotations
 

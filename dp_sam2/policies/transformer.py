@@ -1,20 +1,14 @@
 """``SAM2DiffusionTransformerHybridImagePolicy``: DP's transformer hybrid policy with SAM 2.
 
-A subclass of DP's ``DiffusionTransformerHybridImagePolicy`` whose ``__init__`` builds no robomimic
-model: it sets the attributes DP's ``__init__`` sets (``obs_encoder``, ``model`` — DP's
-``TransformerForDiffusion`` —, ``noise_scheduler``, ``mask_generator``, ``normalizer``,
-``horizon``, ``obs_feature_dim``, ``action_dim``, ``n_action_steps``, ``n_obs_steps``,
-``obs_as_cond``, ``pred_action_steps_only``, ``kwargs``, ``num_inference_steps``) with the SAM 2
-encoder as ``obs_encoder``, so DP's ``conditional_sample``, ``predict_action``,
-``set_normalizer`` and ``compute_loss`` run unchanged.
-
-One method differs: :meth:`get_optimizer` (same signature, called by DP's transformer workspaces
-with ``cfg.optimizer``) puts only the encoder's *trainable* parameters (the pooling heads, plus
-LoRA adapters or the unfrozen backbone blocks when fine-tuning) in the obs-encoder group with
-``obs_encoder_weight_decay``; frozen SAM 2 weights are in no group. DP puts all of them there.
-
-DP's module imports robomimic (as DP's transformer workspace does anyway), so the class is created
-on first use; ``dp_sam2.policies.SAM2DiffusionTransformerHybridImagePolicy`` resolves it.
+A subclass of DP's ``DiffusionTransformerHybridImagePolicy`` whose ``__init__`` builds no robomimic model but
+sets DP's attributes (``obs_encoder`` = SAM 2, ``model`` = DP's ``TransformerForDiffusion``, ``noise_scheduler``,
+``mask_generator``, ``normalizer``, ``horizon``, ``obs_feature_dim``, ``action_dim``, ``n_action_steps``,
+``n_obs_steps``, ``obs_as_cond``, ``pred_action_steps_only``, ``kwargs``, ``num_inference_steps``), so DP's
+``conditional_sample``, ``predict_action``, ``set_normalizer`` and ``compute_loss`` run unchanged. Only
+:meth:`get_optimizer` (same signature, called by DP's transformer workspaces with ``cfg.optimizer``) differs:
+the obs-encoder group (``obs_encoder_weight_decay``) holds only the encoder's *trainable* parameters; frozen
+SAM 2 weights are in no group (DP puts all there). DP's module imports robomimic, so the class is created on
+first use; ``dp_sam2.policies.SAM2DiffusionTransformerHybridImagePolicy`` resolves it.
 """
 from __future__ import annotations
 

@@ -1,16 +1,13 @@
 """``SAM2DiffusionUnetHybridImagePolicy``: DP's UNet hybrid policy with SAM 2 instead of robomimic.
 
-After ``__init__``, every method of DP's ``DiffusionUnetHybridImagePolicy`` is the same as
-``DiffusionUnetImagePolicy``'s (``conditional_sample``, ``predict_action``, ``set_normalizer``,
-``compute_loss``). So this class *is* a ``DiffusionUnetImagePolicy`` (a subclass that adds nothing
-after ``__init__``): it takes the hybrid policy's kwargs, turns its image kwargs into the SAM 2
-encoder's settings (:mod:`dp_sam2.policies.image_args`) and hands the rest to
-``DiffusionUnetImagePolicy.__init__`` with the encoder. No robomimic model is built, and the
-state dict is ``DiffusionUnetImagePolicy``'s: ``obs_encoder.*`` (SAM 2, official ``trunk.``
-names under ``obs_encoder.backbone.``), ``model.*`` (the ConditionalUnet1D), ``normalizer.*``.
-
-The class derives from DP's, so it is created on first use (DP is imported then, not when
-dp_sam2 is); ``dp_sam2.policies.SAM2DiffusionUnetHybridImagePolicy`` resolves it.
+After ``__init__`` every method of DP's ``DiffusionUnetHybridImagePolicy`` is ``DiffusionUnetImagePolicy``'s
+(``conditional_sample``, ``predict_action``, ``set_normalizer``, ``compute_loss``), so this class *is* a
+``DiffusionUnetImagePolicy`` (a subclass adding nothing after ``__init__``): it takes the hybrid kwargs, turns
+the image kwargs into encoder settings (:mod:`dp_sam2.policies.image_args`) and hands the rest, with the
+encoder, to ``DiffusionUnetImagePolicy.__init__``. No robomimic model is built; the state dict is
+``DiffusionUnetImagePolicy``'s: ``obs_encoder.*`` (SAM 2, official ``trunk.`` names under
+``obs_encoder.backbone.``), ``model.*`` (the ConditionalUnet1D), ``normalizer.*``. Created on first use (DP is
+imported then, not with dp_sam2); ``dp_sam2.policies.SAM2DiffusionUnetHybridImagePolicy`` resolves it.
 """
 from __future__ import annotations
 

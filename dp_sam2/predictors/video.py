@@ -1,18 +1,14 @@
 """SAM2VideoPredictor: prompt objects on some frames of a video and track them through it.
 
-The official API (``init_state``, ``add_new_points_or_box``, ``add_new_mask``,
-``propagate_in_video``, ``clear_all_prompts_in_frame``, ``remove_object``, ``reset_state``) with
-the official outputs, plus a streaming mode for cameras::
+The official API (``init_state``, ``add_new_points_or_box``, ``add_new_mask``, ``propagate_in_video``,
+``clear_all_prompts_in_frame``, ``remove_object``, ``reset_state``) and outputs, plus a streaming mode::
 
-    state = predictor.init_state()            # no video: frames arrive one at a time
+    state = predictor.init_state()             # no video: frames arrive one at a time
     t = predictor.add_frame(state, first_rgb)  # HxWx3 uint8
     predictor.add_new_points_or_box(state, t, obj_id=1, points=[[x, y]], labels=[1])
-    predictor.track_frame(state)               # -> (t, obj_ids, masks) for the prompted frame
-    for rgb in camera:
-        t, obj_ids, masks = predictor.track_frame(state, rgb)
+    t, obj_ids, masks = predictor.track_frame(state)  # the prompted frame; then track_frame(state, rgb)
 
-With ``release_old_frames=True`` (the streaming default) frames, features and outputs older than
-the memory window are dropped, so memory stays bounded however long the stream runs.
+``release_old_frames=True`` (streaming default) drops frames, features and outputs older than the memory window.
 """
 from __future__ import annotations
 

@@ -11,10 +11,12 @@ from pathlib import Path
 OPTIONAL_PARTS = (
     ("hybrid DP policies", "dp_sam2.policies", "robomimic",
      "pip install --no-deps robomimic==0.2.0 (see the README)"),
-    ("multi-process workspace", "dp_sam2.workspaces", "accelerate", "pip install accelerate"),
+    ("multi-process workspace", "dp_sam2.workspaces", "torch.distributed", "a torch build with torch.distributed"),
+    ("  launched by accelerate", "dp_sam2.workspaces", "accelerate",
+     "optional, torchrun works too: pip install accelerate"),
     ("LeRobot plugin", "lerobot_policy_sam2", "lerobot", "pip install lerobot (Python >= 3.12) and this package"),
 )
-GROUPS = ("obs_encoder", "umi_obs_encoder")
+GROUPS = ("obs_encoder", "sam2_policy", "umi_obs_encoder")
 
 
 def _version(module: str) -> str:

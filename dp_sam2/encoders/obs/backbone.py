@@ -50,6 +50,26 @@ class SAM2Backbone(nn.Module):
         for j in range(n - level, n):  # convs[n - 1 - i] serves trunk level i < level
             neck.convs[j].requires_grad_(False)
 
+    def compiled(self, example: torch.Tensor | None = None) -> nn.Module:
+        """This backbone through ``torch.compile`` (inductor), made on first use and kept outside the
+        module tree: ``state_dict()`` keys do not change (no ``_orig_mod.``), and deep copies (DP's
+        EMA) and pickles (dill checkpoints) leave it out; a copy compiles its own on first use.
+        ``example``: one eager forward on it first fills the per-size caches (position embeddings,
+        chunk plans), so the graph is compiled once instead of once empty and again filled."""
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:
+            if example is not None:
+                with torch.no_grad():
+                    self(example)
+            compiled = torch.compile(self, backend="inductor")
+            object.__setattr__(self, "_compiled", compiled)  # a plain attribute, not a submodule
+        return compiled
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_compiled", None)
+        return state
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         encoder = self.image_encoder
         if self.activation_checkpointing and torch.is_grad_enabled():

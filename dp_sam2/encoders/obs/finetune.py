@@ -1,21 +1,13 @@
 """Finetuning the SAM 2 backbone inside a Diffusion Policy: which weights train, LoRA adapters,
 activation checkpointing, and an optimizer factory with a separate backbone learning rate.
 
-Modes (set on :class:`~dp_sam2.encoders.obs.encoder.SAM2ObsEncoder`):
-
-* ``freeze=True`` (default): no backbone weight trains; the backbone runs in eval mode without an
-  autograd graph. Only the pooling heads train.
-* ``freeze=False``: the whole image encoder (trunk, neck) and ``no_mem_embed`` train.
-* ``freeze=False, trainable_blocks=N``: only the last ``N`` Hiera blocks, the neck and
-  ``no_mem_embed`` train (the patch embedding, position embeddings and earlier blocks stay frozen).
-* ``freeze=False, lora_rank=r``: every original backbone weight stays frozen; rank-``r`` LoRA
-  adapters on the attention projections (``attn.qkv``, ``attn.proj``) of every Hiera block (or of
-  the last ``trainable_blocks``) train. Adapter keys sit beside the official ones
-  (``...attn.qkv.lora_a``), so official keys keep their names.
-
-The optimizer factory :func:`adamw_param_groups` is a drop-in ``_target_`` for DP's
-``optimizer:`` node (DP calls it with ``params=model.parameters()``): backbone parameters go in
-their own group with ``lr * backbone_lr_scale``.
+Modes (set on :class:`~dp_sam2.encoders.obs.encoder.SAM2ObsEncoder`): ``freeze=True`` (default): only the
+pooling heads train, the backbone runs in eval mode without an autograd graph; ``freeze=False``: the whole
+image encoder (trunk, neck) and ``no_mem_embed`` train; with ``trainable_blocks=N`` only the last ``N`` Hiera
+blocks, the neck and ``no_mem_embed``; with ``lora_rank=r`` only rank-``r`` LoRA adapters on ``attn.qkv`` and
+``attn.proj`` of every Hiera block (or the last ``trainable_blocks``), keyed beside the unchanged official
+keys (``...attn.qkv.lora_a``). :func:`adamw_param_groups` is a drop-in ``_target_`` for DP's ``optimizer:``
+(called with ``params=model.parameters()``): backbone parameters get their own group, ``lr * backbone_lr_scale``.
 """
 from __future__ import annotations
 
@@ -44,7 +36,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.freeze, bool):
             raise TypeError(f"freeze must be true or false, got {self.freeze!r}")
-        if self.trainable_blocks is not None and (not isinstance(self.trainable_blocks, int) or self.trainable_blocks < 0):
+        blocks = self.trainable_blocks
+        if blocks is not None and (not isinstance(blocks, int) or blocks < 0):
             raise ValueError(f"trainable_blocks must be null or an int >= 0, got {self.trainable_blocks!r}")
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"lora_rank must be an int >= 0, got {self.lora_rank!r}")

@@ -1,9 +1,21 @@
-"""What the obs encoder is given: DP's ``shape_meta``, per-camera crop/resize settings, the input
-range, and the image operations of DP's preprocessing order (resize, crop, resize to SAM 2's size)."""
+"""What the obs encoder is given: DP's (or UMI's) ``shape_meta``, per-camera crop/resize settings, the input
+range and layout, and the image operations of DP's preprocessing order (resize, crop, resize to SAM 2's size).
+
+Input conventions (DESIGN ruling 20: each group file says which one it expects, nothing is guessed from shapes):
+
+* ``input_layout: dp``: rgb ``(B*To, 3, H, W)``, low_dim ``(B*To, *shape)`` (DP's image policy);
+* ``input_layout: umi``: rgb ``(B, T, 3, H, W)``, low_dim ``(B, T, *shape)`` with
+  ``T = shape_meta.obs[key].horizon`` (UMI's timm policies);
+* ``input_range``: ``[-1, 1]`` (DP's image normaliser), ``[0, 1]`` (UMI, DP's raw dataset images) or
+  ``imagenet`` (``([0, 1] - mean) / std`` with ImageNet's mean/std, what LeRobot hands over; SAM 2
+  normalises with the same mean/std, so such input is used as it comes).
+"""
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,27 +23,36 @@ import torch.nn.functional as F
 SAM2_MEAN = (0.485, 0.456, 0.406)
 SAM2_STD = (0.229, 0.224, 0.225)
 _RANGES = {"[-1,1]": (-1.0, 1.0), "[0,1]": (0.0, 1.0)}
+IMAGENET = "imagenet"  # the input_range value of ImageNet-normalised images (SAM 2's own mean/std)
+LAYOUTS = ("dp", "umi")
 
 
 @dataclass(frozen=True)
 class ObsKeys:
-    """The obs keys of a DP ``shape_meta``, sorted as DP's ``MultiImageObsEncoder`` sorts them."""
+    """The obs keys of a DP ``shape_meta``, sorted as DP's ``MultiImageObsEncoder`` sorts them.
+    ``horizons`` (UMI layout only): ``T`` of each used key."""
 
     rgb: tuple[str, ...]
     low_dim: tuple[str, ...]
     shapes: dict
+    horizons: dict = field(default_factory=dict)
 
 
-def parse_shape_meta(shape_meta) -> ObsKeys:
-    meta = _plain(shape_meta)
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("obs"), Mapping) or not meta["obs"]:
-        raise ValueError(f"shape_meta must be a dict with a non-empty 'obs' dict (DP's task shape_meta), got {meta!r}")
-    rgb, low_dim, shapes = [], [], {}
-    for key, attr in meta["obs"].items():
+def parse_shape_meta(shape_meta, layout: str = "dp") -> ObsKeys:
+    """The used obs keys. In the UMI layout each key needs its ``horizon``, and low_dim keys with
+    ``ignore_by_policy: true`` are left out, as UMI's ``TimmObsEncoder`` does (rgb keys never are)."""
+    obs = _obs_meta(shape_meta)
+    rgb, low_dim, shapes, horizons = [], [], {}, {}
+    for key in obs:
+        attr = obs[key]
         if not isinstance(attr, Mapping) or "shape" not in attr:
             raise ValueError(f"shape_meta['obs'][{key!r}] must have a 'shape', got {attr!r}")
-        shape = tuple(int(s) for s in attr["shape"])
+        shape = tuple(int(s) for s in _plain(attr["shape"]))
         kind = attr.get("type", "low_dim")
+        if layout == "umi":
+            if kind == "low_dim" and bool(attr.get("ignore_by_policy", False)):
+                continue
+            horizons[key] = _horizon(key, attr)
         if kind == "rgb":
             if len(shape) != 3 or shape[0] != 3:
                 raise ValueError(f"rgb obs {key!r} must have shape [3, H, W] (SAM 2 takes RGB), got {list(shape)}")
@@ -43,7 +64,33 @@ def parse_shape_meta(shape_meta) -> ObsKeys:
         shapes[key] = shape
     if not rgb:
         raise ValueError("shape_meta has no rgb obs key; SAM2ObsEncoder needs at least one image")
-    return ObsKeys(tuple(sorted(rgb)), tuple(sorted(low_dim)), shapes)
+    return ObsKeys(tuple(sorted(rgb)), tuple(sorted(low_dim)), shapes, horizons)
+
+
+def _obs_meta(shape_meta):
+    """``shape_meta['obs']``, read key by key: a DictConfig stays lazy, so entries the encoder never
+    reads (UMI's ``latency_steps: ${eval:...}``) are not resolved."""
+    obs = shape_meta.get("obs") if isinstance(shape_meta, Mapping) else None
+    if not isinstance(obs, Mapping) or not obs:
+        raise ValueError(f"shape_meta must be a dict with a non-empty 'obs' dict (DP's task shape_meta), "
+                         f"got {shape_meta!r}")
+    return obs
+
+
+def _horizon(key, attr) -> int:
+    horizon = attr.get("horizon")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"input_layout umi needs shape_meta['obs'][{key!r}]['horizon'] (UMI's T, a positive int), "
+                         f"got {horizon!r}")
+    return horizon
+
+
+def parse_input_layout(value) -> str:
+    """``dp`` (``(B*To, ...)``) or ``umi`` (``(B, T, ...)``); see the module docstring."""
+    if isinstance(value, str) and value.strip().lower() in LAYOUTS:
+        return value.strip().lower()
+    raise ValueError(f"input_layout must be 'dp' (DP: rgb (B*To, 3, H, W)) or 'umi' (UMI: rgb (B, T, 3, H, W), "
+                     f"T = shape_meta.obs[key].horizon), got {value!r}")
 
 
 def _plain(value):
@@ -78,18 +125,127 @@ def _per_key_hw(value, keys: Sequence[str], name: str) -> dict[str, tuple[int, i
     return {k: hw for k in keys}
 
 
-def parse_input_range(value) -> tuple[float, float]:
-    """``[-1, 1]`` (DP's normaliser, the default) or ``[0, 1]``, as a list or a string."""
+def parse_input_range(value) -> tuple[float, float] | str:
+    """``[-1, 1]`` (DP's normaliser, the default) or ``[0, 1]``, as a list or a string, -> ``(lo, hi)``;
+    ``imagenet`` (ImageNet mean/std normalised, LeRobot) -> ``"imagenet"``."""
     value = _plain(value)
     if isinstance(value, str):
-        key = value.replace(" ", "")
+        key = value.replace(" ", "").lower()
         if key in _RANGES:
             return _RANGES[key]
+        if key == IMAGENET:
+            return IMAGENET
     elif isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
         rng = (float(value[0]), float(value[1]))
         if rng in _RANGES.values():
             return rng
-    raise ValueError(f"input_range must be [-1, 1] (DP's image normaliser) or [0, 1], got {value!r}")
+    raise ValueError(f"input_range must be [-1, 1] (DP's image normaliser), [0, 1] (UMI) or imagenet "
+                     f"(ImageNet mean/std normalised, LeRobot), got {value!r}")
+
+
+def range_name(rng) -> str:
+    return IMAGENET if rng == IMAGENET else f"[{rng[0]:g}, {rng[1]:g}]"
+
+
+def _mean_std(x: torch.Tensor):
+    mean = torch.tensor(SAM2_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(SAM2_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return mean, std
+
+
+def to_unit(x: torch.Tensor, rng) -> torch.Tensor:
+    """Images in ``rng`` (channels at dim -3) -> [0, 1]."""
+    if rng == IMAGENET:
+        mean, std = _mean_std(x)
+        return x * std + mean
+    lo, hi = rng
+    return x if (lo, hi) == (0.0, 1.0) else (x - lo) / (hi - lo)
+
+
+def from_unit(x: torch.Tensor, rng) -> torch.Tensor:
+    """The inverse of :func:`to_unit`."""
+    if rng == IMAGENET:
+        mean, std = _mean_std(x)
+        return (x - mean) / std
+    lo, hi = rng
+    return x if (lo, hi) == (0.0, 1.0) else x * (hi - lo) + lo
+
+
+def lookup_model(model_cfg):
+    """``(name, registry spec)``; a custom ``.yaml`` file gives ``(path, None)``."""
+    from dp_sam2.checkpoints.registry import get_spec
+
+    if isinstance(model_cfg, (str, os.PathLike)) and Path(os.fspath(model_cfg)).suffix == ".yaml" \
+            and Path(os.fspath(model_cfg)).is_file():
+        return os.fspath(model_cfg), None  # a custom config file
+    spec = get_spec(model_cfg)
+    return spec.name, spec
+
+
+def check_image_size(image_size, spec) -> int:
+    if image_size is None:
+        if spec is None:
+            raise ValueError("image_size is required with a custom model config")
+        return spec.obs_image_size
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32 or image_size % 32:
+        raise ValueError(
+            f"image_size must be a positive multiple of 32 (Hiera's windows and strides need it), "
+            f"got {image_size!r}; window-aligned sizes are cheapest: 224 for tiny/small/base+, 256 for large"
+        )
+    return image_size
+
+
+def check_crops(keys: ObsKeys, crop_shape: dict, resize_shape: dict) -> None:
+    for key in keys.rgb:
+        crop = crop_shape[key]
+        src = resize_shape[key] or keys.shapes[key][1:]
+        if crop is not None and (crop[0] > src[0] or crop[1] > src[1]):
+            raise ValueError(f"crop_shape {list(crop)} for {key!r} is larger than its image {list(src)}")
+
+
+def check_obs(obs_dict, keys: ObsKeys, layout: str, feature_shape: tuple[int, ...], rng) -> int:
+    """The batch size of a valid ``obs_dict``; a clear error otherwise. Each rgb value is images or
+    precomputed features; in the UMI layout every value has its ``T`` after ``B``."""
+    if not isinstance(obs_dict, Mapping):
+        raise TypeError(f"obs_dict must be a dict of tensors, got {type(obs_dict).__name__}")
+    wanted = keys.rgb + keys.low_dim
+    missing = [k for k in wanted if k not in obs_dict]
+    if missing:
+        raise ValueError(f"obs_dict is missing keys {missing}; expected {list(wanted)} (from shape_meta), "
+                         f"got {sorted(obs_dict)}")
+    sizes = {}
+    for key in wanted:
+        value = obs_dict[key]
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"obs {key!r} must be a torch.Tensor, got {type(value).__name__}")
+        steps = (keys.horizons[key],) if layout == "umi" else ()
+        if key in keys.rgb:
+            if tuple(value.shape[1:]) != steps + tuple(feature_shape):
+                check_images(key, value, keys, feature_shape, rng, steps)
+        elif tuple(value.shape[1:]) != steps + keys.shapes[key]:
+            raise ValueError(f"obs {key!r} must have shape {_dims(steps, keys.shapes[key])}{_t_note(steps)}, "
+                             f"got {tuple(value.shape)}")
+        sizes[key] = value.shape[0]
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"obs tensors have different batch sizes: {sizes}")
+    return next(iter(sizes.values()))
+
+
+def check_images(key: str, value: torch.Tensor, keys: ObsKeys, feature_shape, rng, steps: tuple = ()) -> None:
+    shape, name = keys.shapes[key], range_name(rng)
+    if tuple(value.shape[1:]) != steps + shape:
+        raise ValueError(f"rgb obs {key!r} must be images {_dims(steps, shape)} in {name} or precomputed features "
+                         f"{_dims(steps, tuple(feature_shape))}{_t_note(steps)}; got {tuple(value.shape)}")
+    if not value.is_floating_point():
+        raise TypeError(f"rgb obs {key!r} must be a float tensor in {name}, got {value.dtype}")
+
+
+def _dims(steps: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(["B", *(f"T={t}" for t in steps), *map(str, shape)]) + ")"
+
+
+def _t_note(steps: tuple[int, ...]) -> str:
+    return " (input_layout umi: T = shape_meta.obs[key].horizon)" if steps else ""
 
 
 def center_crop(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
