@@ -14,7 +14,8 @@ from dp_sam2 import build_sam2
 from dp_sam2.checkpoints.registry import MODELS, get_spec
 from dp_sam2.encoders.sam2.build import load_model_config
 
-SHAPES = json.loads((Path(__file__).parent / "sam2_state_dict_shapes.json").read_text())
+# the official keys and shapes of the 8 models, recorded from sam2==1.1.0 (shipped: download verification uses it)
+SHAPES = json.loads((Path(__file__).parents[1] / "dp_sam2" / "checkpoints" / "state_dict_shapes.json").read_text())
 ALL_CONFIGS = sorted(SHAPES)
 
 

@@ -556,7 +556,7 @@ def _table(header_start: str) -> list[list[str]]:
     return rows
 
 
-OFFICIAL_SHAPES = json.loads((ROOT / "tests" / "sam2_state_dict_shapes.json").read_text())
+OFFICIAL_SHAPES = json.loads((ROOT / "dp_sam2" / "checkpoints" / "state_dict_shapes.json").read_text())
 
 
 def test_models_table_matches_the_registry():
