@@ -206,7 +206,7 @@ def test_info(tmp_path, ckpt_dir, monkeypatch, capsys):
     # usable only when both our module and its dependency are importable (found, not imported)
     states = {line.split(":")[0].strip(): line for line in lines if " + " in line}
     assert [name.split()[-1] for name in states] == ["robomimic", "torch.distributed", "accelerate", "lerobot"]
-    assert "usable" in states[next(n for n in states if "torch.distributed" in n)]  # torch has it
+    assert states[next(n for n in states if "torch.distributed" in n)].endswith(": usable")  # torch has it
     have_robomimic = importlib.util.find_spec("robomimic") is not None
     have_policies = importlib.util.find_spec("dp_sam2.policies") is not None
     assert ("usable" in states["hybrid DP policies         dp_sam2.policies + robomimic"].split(": ", 1)[1]
