@@ -1,7 +1,7 @@
 """Encoder path (forward_image + _prepare_backbone_features): ours vs the official, side by side.
 
     python benchmarks/bench_encoder.py [--cases tiny@1024x1,tiny@224x8,large@256x4] [--rounds 5]
-        [--linear mkl|onednn|auto] [--bf16]
+        [--linear mkl|onednn|mixed|auto] [--bf16]
 
 Same perturbed weights and inputs on both sides; outputs are checked equal (rel <= 1e-4) before
 any time counts. Reports the median of alternating runs, the FLOP count (attention included:
@@ -30,6 +30,7 @@ from _common import (
     save_official_checkpoint,
 )
 from dp_sam2 import build_sam2
+from dp_sam2.encoders.sam2.linear import BACKENDS
 
 CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
            "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml", "large": "configs/sam2.1/sam2.1_hiera_l.yaml"}
@@ -104,7 +105,7 @@ def main() -> None:
     ap.add_argument("--cases", default="tiny@1024x1,tiny@224x8,large@256x4")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--linear", choices=["mkl", "onednn", "auto"], default=None,
+    ap.add_argument("--linear", choices=list(BACKENDS), default=None,
                     help="our trunk's linear backend (default: the machine's default)")
     args = ap.parse_args()
     import sam2

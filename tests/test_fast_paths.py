@@ -9,7 +9,14 @@ import torch
 from conftest import rel_err
 from dp_sam2 import build_sam2
 from dp_sam2.encoders.sam2 import hiera_fast
-from dp_sam2.encoders.sam2.linear import LinearBackend, linear_act_residual, linear_backend, machine_default_backend
+from dp_sam2.encoders.sam2.linear import (
+    NARROW,
+    LinearBackend,
+    linear_act_residual,
+    linear_backend,
+    machine_default_backend,
+    pack_weight,
+)
 
 
 def _tiny(image_size: int = 512):
@@ -41,7 +48,7 @@ def test_fast_route_equals_reference_route(size):
         reference = _encode(model, x)
         trunk.set_inference_route("fast")
         runs = {}
-        for name in ("mkl", "onednn"):
+        for name in ("mkl", "onednn", "mixed"):
             trunk.set_linear_backend(name)
             runs[name] = [_encode(model, x)]
         if size == 224:  # "auto" at one size: it alternates the two above while it tunes
@@ -91,7 +98,8 @@ def test_linear_backend_is_per_trunk_with_a_default_context():
     assert _trunk(outside).linear.name == machine_default_backend()
     _trunk(outside).set_linear_backend("auto")
     assert _trunk(inside).linear.name == "onednn" and _trunk(outside).linear.name == "auto"
-    with pytest.raises(ValueError, match=r"linear backend must be one of \('mkl', 'onednn', 'auto'\), got 'fast'"):
+    want = r"linear backend must be one of \('mkl', 'onednn', 'mixed', 'auto'\), got 'fast'"
+    with pytest.raises(ValueError, match=want):
         _trunk(outside).set_linear_backend("fast")
     with pytest.raises(ValueError, match="got True"), linear_backend(True):
         pass
@@ -102,7 +110,7 @@ def test_linear_act_residual_matches_plain_ops():
     x = torch.randn(3, 5, 48)
     res = torch.randn(3, 5, 96)
     w, b = layer.weight, layer.bias
-    for name in ("mkl", "onednn"):
+    for name in ("mkl", "onednn", "mixed"):
         backend = LinearBackend(name)
         with torch.no_grad():
             assert rel_err(linear_act_residual(x, w, b, backend=backend), layer(x)) <= 1e-6
@@ -112,10 +120,58 @@ def test_linear_act_residual_matches_plain_ops():
             out = torch.empty(3, 5, 96)
             linear_act_residual(x, w, b, residual=res, out=out, backend=backend)
             assert rel_err(out, res + layer(x)) <= 1e-6
+            no_bias = linear_act_residual(x, w, None, residual=res, backend=backend)
+            assert rel_err(no_bias, res + x @ w.T) <= 1e-6
+            packed = pack_weight(w, torch.float32)  # the fast route's packed fp32 copy: oneDNN only
+            assert rel_err(linear_act_residual(x, packed, b, gelu=True, backend=backend), want) <= 1e-6
+            assert rel_err(linear_act_residual(x, packed, b, residual=res, backend=backend), res + layer(x)) <= 1e-6
+            assert res.equal(res.clone())  # the residual is read, never written
     with pytest.raises(ValueError, match="gelu or residual"):
         linear_act_residual(x, w, b, gelu=True, residual=res)
     with pytest.raises(ValueError, match="into out only with a residual"):
         linear_act_residual(x, w, b, out=res)
+
+
+def test_machine_default_backend_per_cpu_class(monkeypatch):
+    """``"mixed"`` on AVX-512 CPUs (measured there), MKL on every other class (AVX2 unchanged)."""
+    for capability, want in (("AVX512", "mixed"), ("AVX512_BF16", "mixed"), ("AVX2", "mkl"), ("DEFAULT", "mkl")):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert machine_default_backend() == want, capability
+        assert LinearBackend().name == want
+
+
+def test_mixed_and_onednn_pack_fp32_weights_once():
+    """``"mixed"`` packs the narrow layers' fp32 weights (no residual) for oneDNN, ``"onednn"`` all of
+    them; the copies are made once, kept apart from the bf16 ones, and never saved."""
+    model = _tiny(64)
+    trunk = _trunk(model)
+    keys = set(model.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    linears = {id(m.weight): m for m in trunk.modules() if isinstance(m, torch.nn.Linear)}
+    for name in ("mkl", "mixed", "onednn"):
+        trunk.clear_caches()
+        trunk.set_linear_backend(name)
+        with torch.no_grad():
+            _encode(model, x)
+            packed = {k[0] for k, v in trunk._lowp_cache.items() if k[1:] == (torch.float32, True)}
+            first = {k: v[2] for k, v in trunk._lowp_cache.items()}
+            _encode(model, x)
+            assert all(trunk._lowp_cache[k][2] is v for k, v in first.items())  # reused, not rebuilt
+        assert all(trunk._lowp_cache[(i, torch.float32, True)][2].is_mkldnn for i in packed)
+        residual_layers = {id(b.attn.proj.weight) for b in trunk.blocks} | {id(b.mlp.layers[1].weight)
+                                                                           for b in trunk.blocks}
+        if name == "mkl":
+            assert not packed
+        elif name == "mixed":
+            want = {i for i, m in linears.items() if min(m.weight.shape) <= NARROW and i not in residual_layers}
+            assert packed == want and want
+        else:
+            assert packed == set(linears)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _encode(model, x)  # bf16 copies join the fp32 ones instead of replacing them
+    dtypes = {k[1] for k in trunk._lowp_cache}
+    assert dtypes == {torch.float32, torch.bfloat16}
+    assert set(model.state_dict()) == keys
 
 
 @pytest.mark.parametrize("onednn_faster", [True, False])

@@ -103,7 +103,7 @@ class MultiScaleBlock(nn.Module):
 class Hiera(nn.Module):
     """The Hiera trunk. ``forward`` returns the last block of each stage as NCHW maps, highest
     resolution first (strides 4, 8, 16, 32). ``inference_route`` ("fast" | "reference") and
-    ``linear_backend`` ("mkl" | "onednn" | "auto", default :func:`.linear.default_backend`) are
+    ``linear_backend`` ("mkl" | "onednn" | "mixed" | "auto", default :func:`.linear.default_backend`) are
     per-trunk settings; see :meth:`set_inference_route` and :meth:`set_linear_backend`."""
 
     def __init__(
@@ -163,7 +163,7 @@ class Hiera(nn.Module):
         self.channel_list = [self.blocks[i].dim_out for i in ends]
         self.kept_blocks = set(self.stage_ends) if return_interm_layers else {self.stage_ends[-1]}
         self._pos_cache: dict = {}
-        self._lowp_cache: dict = {}  # id(param) -> (weakref, stamp, low-precision copy); never saved
+        self._lowp_cache: dict = {}  # (id(param), dtype, pack) -> (weakref, stamp, copy); never saved
         self.set_inference_route(inference_route)
         self.set_linear_backend(linear_backend)
 
@@ -178,7 +178,7 @@ class Hiera(nn.Module):
         return self
 
     def set_linear_backend(self, name: str | None) -> Hiera:
-        """The fast route's GEMM backend, ``"mkl"`` | ``"onednn"`` | ``"auto"`` (see :mod:`.linear`);
+        """The fast route's GEMM backend, ``"mkl"`` | ``"onednn"`` | ``"mixed"`` | ``"auto"`` (:mod:`.linear`);
         ``None`` takes :func:`.linear.default_backend`. ``"auto"`` starts its timings afresh."""
         self.linear = LinearBackend(name)
         return self
@@ -207,20 +207,21 @@ class Hiera(nn.Module):
         return pos
 
     def lowp_weight(self, t: torch.Tensor | None, dtype: torch.dtype, pack: bool = False) -> torch.Tensor | None:
-        """``t`` in ``dtype`` (``pack``: bf16 in oneDNN's GEMM layout, :func:`.linear.pack_weight`).
+        """``t`` in ``dtype`` (``pack``: in oneDNN's GEMM layout, :func:`.linear.pack_weight`).
         For a parameter the copy is made once and kept until the parameter changes (in-place update,
         ``load_state_dict``, ``.to()``: keyed on ``_version``, storage and device). Not a buffer:
         never in ``state_dict``. (``p.data.copy_(...)`` bypasses ``_version``: use ``p.copy_``.)"""
         if t is None or (t.dtype == dtype and not pack):
             return t
         if torch.compiler.is_compiling() or not isinstance(t, nn.Parameter) or t.is_inference():
-            return pack_weight(t) if pack else t.detach().to(dtype)
-        stamp = (t._version, t.data_ptr(), t.device, t.dtype, t.shape, dtype, pack)
-        entry = self._lowp_cache.get(id(t))
+            return pack_weight(t, dtype) if pack else t.detach().to(dtype)
+        stamp = (t._version, t.data_ptr(), t.device, t.dtype, t.shape)
+        key = (id(t), dtype, pack)
+        entry = self._lowp_cache.get(key)
         if entry is not None and entry[0]() is t and entry[1] == stamp:
             return entry[2]
-        copy = pack_weight(t) if pack else t.detach().to(dtype)
-        self._lowp_cache[id(t)] = (weakref.ref(t), stamp, copy)
+        copy = pack_weight(t, dtype) if pack else t.detach().to(dtype)
+        self._lowp_cache[key] = (weakref.ref(t), stamp, copy)
         return copy
 
     def clear_caches(self) -> None:

@@ -34,7 +34,10 @@ class _Route:
 
     def linear(self, x, layer, **kwargs):
         weight, bias = self.weights(layer)
-        return linear_act_residual(x, weight, bias, backend=self.trunk.linear, **kwargs)
+        backend = self.trunk.linear
+        if not self.pack and backend.packs(x, weight, residual=kwargs.get("residual") is not None):
+            weight = self.trunk.lowp_weight(layer.weight, weight.dtype, pack=True)
+        return linear_act_residual(x, weight, bias, backend=backend, **kwargs)
 
     def norm(self, x, ln):
         weight, bias = self.trunk.lowp_weight(ln.weight, x.dtype), self.trunk.lowp_weight(ln.bias, x.dtype)

@@ -1,11 +1,15 @@
 """``residual + act(x @ W.T + b)`` for Hiera's fast inference route, on a chosen CPU GEMM backend.
 
 ``"mkl"``: ``F.linear`` (addmm) then the exact GELU / residual add in place on the fresh output.
-``"onednn"``: oneDNN's linear with the GELU / add in the GEMM epilogue (fp32 only). ``"auto"``:
-each layer shape's first calls alternate between the two, timed, and the faster is kept for the
-module's life. Every trunk holds its own :class:`LinearBackend` (``Hiera.set_linear_backend``);
-:func:`linear_backend` sets the default that trunks *built* inside it take. Under autograd,
-compile, autocast or off the CPU every backend is plain ``F.linear`` + activation + add.
+``"onednn"``: oneDNN's linear on weights packed once into its layout, GELU / add in the GEMM
+epilogue (fp32 only). ``"mixed"``: oneDNN for narrow layers without a residual (fewer than
+``NARROW`` in or out features: Hiera's first stages), MKL for the rest, a residual's GEMM
+accumulating into ``residual + bias`` (one memory pass fewer than addmm + add). ``"auto"``: each
+layer shape's first calls alternate between MKL and oneDNN (unpacked), timed, and the faster is
+kept for the module's life. Every trunk holds its own :class:`LinearBackend`
+(``Hiera.set_linear_backend``); :func:`linear_backend` sets the default that trunks *built*
+inside it take. Under autograd, compile, autocast or off the CPU every backend is plain
+``F.linear`` + activation + add.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("mkl", "onednn", "auto")
+BACKENDS = ("mkl", "onednn", "mixed", "auto")
+NARROW = 192  # "mixed": a layer with at most this many in or out features runs on oneDNN
 _MKLDNN = torch.backends.mkldnn.is_available()
 _DEFAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar("dp_sam2_linear_backend", default=None)
 
@@ -28,9 +33,9 @@ def check_backend(name: str) -> str:
 
 
 def machine_default_backend() -> str:
-    """MKL's addmm on every CPU class: on AVX2 oneDNN lost or tied on whole encoders; on AVX-512 the
-    runs so far do not separate the two (README, "Speed")."""
-    return "mkl"
+    """``"mixed"`` on AVX-512 CPUs (faster than ``"mkl"`` there by whole-encoder A/B runs), MKL's
+    addmm elsewhere (on AVX2 oneDNN lost or tied on whole encoders; README, "Speed")."""
+    return "mixed" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "mkl"
 
 
 def default_backend() -> str:
@@ -70,6 +75,16 @@ def _mkl(x, weight, bias, gelu, residual, out):
     return residual + y
 
 
+def _mkl_into_residual(x, weight, bias, residual, out):
+    """``(residual + bias) + x @ weight.T``, the GEMM accumulating into the sum (no autograd)."""
+    if bias is None:
+        y = residual.clone() if out is None else out.copy_(residual)
+    else:
+        y = torch.add(residual, bias, out=out)
+    y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+    return y
+
+
 def _onednn(x, weight, bias, gelu, residual, out):
     pointwise = torch.ops.mkldnn._linear_pointwise
     if residual is not None:
@@ -95,6 +110,13 @@ class LinearBackend:
     def settled(self) -> bool:
         return all(isinstance(v, bool) for v in self.choices.values())
 
+    def packs(self, x: torch.Tensor, weight: torch.Tensor, residual: bool) -> bool:
+        """Whether this backend runs the fp32 layer ``weight`` on oneDNN with a packed copy of it
+        (:func:`pack_weight`, which the caller keeps between calls)."""
+        if self.name in ("mkl", "auto") or not _onednn_ok(x, weight):
+            return False
+        return self.name == "onednn" or (not residual and min(weight.shape) <= NARROW)
+
     def run(self, x, weight, bias, gelu, residual, out):
         if weight.is_mkldnn:  # a weight packed by pack_weight(): oneDNN's layout, oneDNN only
             return _onednn(x, weight, bias, gelu, residual, out)
@@ -102,6 +124,10 @@ class LinearBackend:
             return _mkl(x, weight, bias, gelu, residual, out)
         if self.name == "onednn":
             return _onednn(x, weight, bias, gelu, residual, out)
+        if self.name == "mixed":
+            if residual is not None:
+                return _mkl_into_residual(x, weight, bias, residual, out)
+            return _mkl(x, weight, bias, gelu, residual, out)
         # Keyed by the layer's shape, not the row count: a layer keeps its backend whatever the batch.
         key = (x.shape[-1], weight.shape[0], gelu, residual is not None, torch.get_num_threads())
         state = self.choices.get(key)
@@ -122,14 +148,15 @@ _PLAIN = LinearBackend("mkl")
 
 
 def can_pack(x: torch.Tensor) -> bool:
-    """Whether :func:`pack_weight` applies: bf16 inference on a CPU with oneDNN, not compiling."""
+    """Whether bf16 linears run on :func:`pack_weight` copies: bf16 inference on a CPU with oneDNN,
+    not compiling."""
     return (_MKLDNN and x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling())
 
 
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A bf16 copy of ``weight`` in oneDNN's blocked GEMM layout (made once, reused every call)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16))
+def pack_weight(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """A ``dtype`` copy of ``weight`` in oneDNN's blocked GEMM layout (made once, reused every call)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype))
 
 
 def linear_act_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False,
