@@ -1,13 +1,14 @@
 """Hiera's fast route block by block, one column per linear backend (and the official's block).
 
     python benchmarks/bench_blocks.py [--case tiny@1024x1] [--backends mkl,mixed,onednn] [--rounds 5]
-        [--official]
+        [--official] [--bf16]
 
 Every block gets the same input (the official trunk's map before it) and runs once per backend in
 turn (A B C A B C ...), so a noisy machine slows every column alike; the median per block and the
 totals are printed. Outputs are checked against the first backend (rel <= 1e-5) before timing.
-Use it to place a backend choice or a chunk size where it pays; ``bench_encoder.py`` gives the
-whole encoder path against the official.
+``--bf16``: the bf16 route (packed bf16 weights; the backend does not matter there, one column)
+against the official's block under bf16 autocast, checked to rel <= 5e-2. Use it to place a
+backend choice or a chunk size where it pays; ``bench_encoder.py`` gives the whole encoder path.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from _common import build_official, rel_err, save_official_checkpoint
 from bench_encoder import CONFIGS
 from dp_sam2 import build_sam2
 from dp_sam2.encoders.sam2 import hiera_fast
-from dp_sam2.encoders.sam2.linear import BACKENDS, LinearBackend
+from dp_sam2.encoders.sam2.linear import BACKENDS, LinearBackend, can_pack
 
 
 def block_runner(trunk, backend: LinearBackend, block, x: torch.Tensor):
@@ -34,7 +35,7 @@ def block_runner(trunk, backend: LinearBackend, block, x: torch.Tensor):
 
     def run():
         trunk.linear = backend
-        route = hiera_fast._Route(trunk, x.dtype)
+        route = hiera_fast._Route(trunk, x.dtype, pack=can_pack(x))
         if windows is None:
             return hiera_fast.block_on_map(route, block, x)
         return hiera_fast.block_on_windows(route, block, windows)
@@ -48,15 +49,23 @@ def block_runner(trunk, backend: LinearBackend, block, x: torch.Tensor):
     return run, as_map
 
 
+def _without_autocast(run, as_map):
+    def plain():
+        with torch.autocast("cpu", enabled=False):
+            return run()
+    return plain, as_map
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", default="tiny@1024x1")
     ap.add_argument("--backends", default="mkl,mixed,onednn")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--official", action="store_true", help="also time the official's block")
+    ap.add_argument("--bf16", action="store_true", help="the bf16 route (official: under bf16 autocast)")
     args = ap.parse_args()
-    names = args.backends.split(",")
-    for name in names:
+    names = ["bf16"] if args.bf16 else args.backends.split(",")
+    for name in names if not args.bf16 else ():
         if name not in BACKENDS:
             raise SystemExit(f"--backends: {name!r} is not one of {BACKENDS}")
     size, rest = args.case.split("@")
@@ -67,25 +76,28 @@ def main() -> None:
         ours = build_sam2(CONFIGS[size], ckpt_path=str(path), device="cpu",
                           hydra_overrides_extra=[f"++model.image_size={image_size}"])
     theirs, trunk = official.image_encoder.trunk, ours.image_encoder.trunk
-    backends = {name: LinearBackend(name) for name in names}
+    backends = {name: LinearBackend("mkl" if args.bf16 else name) for name in names}
+    dtype, tolerance = (torch.bfloat16, 5e-2) if args.bf16 else (torch.float32, 1e-5)
     times: dict[tuple[str, int], list[float]] = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
         image = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
         x = theirs.patch_embed(image)
-        x = x + theirs._get_pos_embed(x.shape[1:3])
+        x = (x + theirs._get_pos_embed(x.shape[1:3])).to(dtype)
         columns = []
         for i, (block, ref_block) in enumerate(zip(trunk.blocks, theirs.blocks)):
             runners = {name: block_runner(trunk, backend, block, x) for name, backend in backends.items()}
+            if args.bf16:  # the fast route switches autocast off inside; outside it would recast
+                runners = {name: _without_autocast(*pair) for name, pair in runners.items()}
             if args.official:
                 runners["official"] = (lambda b=ref_block, x=x: b(x)), (lambda out: out)
             fns = {name: run for name, (run, _) in runners.items()}
             first = runners[names[0]][1](fns[names[0]]())
             for name, (run, as_map) in runners.items():
                 err = rel_err(as_map(run()), first)
-                if err > 1e-5:
+                if err > tolerance:
                     raise SystemExit(f"block {i}: {name} differs from {names[0]} (rel {err:.2e}); timing refused")
             columns.append(fns)
-            x = ref_block(x)
+            x = ref_block(x).to(dtype)
         for _ in range(args.rounds):
             for i, fns in enumerate(columns):
                 for name, fn in fns.items():
