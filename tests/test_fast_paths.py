@@ -125,7 +125,14 @@ def test_linear_act_residual_matches_plain_ops():
             packed = pack_weight(w, torch.float32)  # the fast route's packed fp32 copy: oneDNN only
             assert rel_err(linear_act_residual(x, packed, b, gelu=True, backend=backend), want) <= 1e-6
             assert rel_err(linear_act_residual(x, packed, b, residual=res, backend=backend), res + layer(x)) <= 1e-6
-            assert res.equal(res.clone())  # the residual is read, never written
+            # a broadcast residual, a permuted one, an out= with gaps: still the plain sum
+            row = res[:1, :1]
+            assert rel_err(linear_act_residual(x, w, b, residual=row, backend=backend), row + layer(x)) <= 1e-6
+            permuted = res.transpose(0, 1).contiguous().transpose(0, 1)
+            assert rel_err(linear_act_residual(x, w, b, residual=permuted, backend=backend), res + layer(x)) <= 1e-6
+            gappy = torch.empty(3, 5, 192)[..., ::2]
+            linear_act_residual(x, w, b, residual=res, out=gappy, backend=backend)
+            assert rel_err(gappy, res + layer(x)) <= 1e-6
     with pytest.raises(ValueError, match="gelu or residual"):
         linear_act_residual(x, w, b, gelu=True, residual=res)
     with pytest.raises(ValueError, match="into out only with a residual"):

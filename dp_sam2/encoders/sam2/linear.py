@@ -2,7 +2,7 @@
 
 ``"mkl"``: ``F.linear`` (addmm) then the exact GELU / residual add in place on the fresh output.
 ``"onednn"``: oneDNN's linear on weights packed once into its layout, GELU / add in the GEMM
-epilogue (fp32 only). ``"mixed"``: oneDNN for narrow layers without a residual (fewer than
+epilogue (fp32 only). ``"mixed"``: oneDNN for narrow layers without a residual (at most
 ``NARROW`` in or out features: Hiera's first stages), MKL for the rest, a residual's GEMM
 accumulating into ``residual + bias`` (one memory pass fewer than addmm + add). ``"auto"``: each
 layer shape's first calls alternate between MKL and oneDNN (unpacked), timed, and the faster is
@@ -76,17 +76,26 @@ def _mkl(x, weight, bias, gelu, residual, out):
 
 
 def _mkl_into_residual(x, weight, bias, residual, out):
-    """``(residual + bias) + x @ weight.T``, the GEMM accumulating into the sum (no autograd)."""
+    """``(residual + bias) + x @ weight.T``, the GEMM accumulating into the sum (no autograd).
+    A residual that broadcasts, or an ``out`` with gaps, takes :func:`_mkl` instead."""
+    shape = (*x.shape[:-1], weight.shape[0])
+    if tuple(residual.shape) != shape or (out is not None and not out.is_contiguous()):
+        return _mkl(x, weight, bias, False, residual, out)
+    y = torch.empty(shape, dtype=residual.dtype, device=residual.device) if out is None else out
     if bias is None:
-        y = residual.clone() if out is None else out.copy_(residual)
+        y.copy_(residual)
     else:
-        y = torch.add(residual, bias, out=out)
-    y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+        torch.add(residual, bias, out=y)
+    y.view(-1, shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
     return y
 
 
 def _onednn(x, weight, bias, gelu, residual, out):
     pointwise = torch.ops.mkldnn._linear_pointwise
+    if residual is not None and tuple(residual.shape) != (*x.shape[:-1], weight.shape[0]):
+        # a residual that broadcasts: oneDNN's epilogue wants the output's shape
+        y = pointwise(x, weight, bias, "none", [], "")
+        return torch.add(residual, y, out=out) if out is not None else residual + y
     if residual is not None and x.dtype == torch.bfloat16:
         # bf16: the GEMM, then the add (rounded as the official's under autocast), beat the binary
         # epilogue by 1-4 % on whole trunks (benchmarks/results/avx512_bf16_residual_add.txt)
