@@ -133,6 +133,13 @@ def test_linear_act_residual_matches_plain_ops():
             gappy = torch.empty(3, 5, 192)[..., ::2]
             linear_act_residual(x, w, b, residual=res, out=gappy, backend=backend)
             assert rel_err(gappy, res + layer(x)) <= 1e-6
+    with torch.no_grad():  # the bf16 route's packed weights: the GEMM, then the add (into out or not)
+        xb, resb, packed = x.bfloat16(), res.bfloat16(), pack_weight(w)
+        want = (resb.float() + layer(xb.float())).bfloat16().float()
+        assert rel_err(linear_act_residual(xb, packed, b.bfloat16(), residual=resb).float(), want) <= 1e-2
+        outb = torch.empty(3, 5, 96, dtype=torch.bfloat16)
+        linear_act_residual(xb, packed, b.bfloat16(), residual=resb, out=outb)
+        assert rel_err(outb.float(), want) <= 1e-2
     with pytest.raises(ValueError, match="gelu or residual"):
         linear_act_residual(x, w, b, gelu=True, residual=res)
     with pytest.raises(ValueError, match="into out only with a residual"):
