@@ -97,8 +97,8 @@ def _onednn(x, weight, bias, gelu, residual, out):
         y = pointwise(x, weight, bias, "none", [], "")
         return torch.add(residual, y, out=out) if out is not None else residual + y
     if residual is not None and x.dtype == torch.bfloat16:
-        # bf16: the GEMM, then the add (rounded as the official's under autocast), beat the binary
-        # epilogue by 1-4 % on whole trunks (benchmarks/results/avx512_bf16_residual_add.txt)
+        # bf16: the GEMM, then the add, beat the binary epilogue by 1-4 % on whole trunks
+        # (benchmarks/results/avx512_bf16_residual_add.txt)
         y = pointwise(x, weight, bias, "none", [], "")
         return y.add_(residual) if out is None else torch.add(residual, y, out=out)
     if residual is not None:
