@@ -75,35 +75,39 @@ def _mkl(x, weight, bias, gelu, residual, out):
     return residual + y
 
 
+def _output_shaped(residual, x, weight) -> bool:
+    """Whether ``residual`` has the linear's output shape (it does not broadcast)."""
+    return tuple(residual.shape) == (*x.shape[:-1], weight.shape[0])
+
+
 def _mkl_into_residual(x, weight, bias, residual, out):
     """``(residual + bias) + x @ weight.T``, the GEMM accumulating into the sum (no autograd).
     A residual that broadcasts, or an ``out`` with gaps, takes :func:`_mkl` instead."""
-    shape = (*x.shape[:-1], weight.shape[0])
-    if tuple(residual.shape) != shape or (out is not None and not out.is_contiguous()):
+    if not _output_shaped(residual, x, weight) or (out is not None and not out.is_contiguous()):
         return _mkl(x, weight, bias, False, residual, out)
-    y = torch.empty(shape, dtype=residual.dtype, device=residual.device) if out is None else out
+    y = torch.empty(residual.shape, dtype=residual.dtype, device=residual.device) if out is None else out
     if bias is None:
         y.copy_(residual)
     else:
         torch.add(residual, bias, out=y)
-    y.view(-1, shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+    y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
     return y
 
 
 def _onednn(x, weight, bias, gelu, residual, out):
     pointwise = torch.ops.mkldnn._linear_pointwise
-    if residual is not None and tuple(residual.shape) != (*x.shape[:-1], weight.shape[0]):
-        # a residual that broadcasts: oneDNN's epilogue wants the output's shape
-        y = pointwise(x, weight, bias, "none", [], "")
-        return torch.add(residual, y, out=out) if out is not None else residual + y
-    if residual is not None and x.dtype == torch.bfloat16:
-        # bf16: the GEMM, then the add, beat the binary epilogue by 1-4 % on whole trunks
-        # (benchmarks/results/avx512_bf16_residual_add.txt)
-        y = pointwise(x, weight, bias, "none", [], "")
-        return y.add_(residual) if out is None else torch.add(residual, y, out=out)
     if residual is not None:
-        y = pointwise.binary(x, residual, weight, bias, "add")
-        return y if out is None else out.copy_(y)
+        fits = _output_shaped(residual, x, weight)
+        if fits and x.dtype != torch.bfloat16:
+            y = pointwise.binary(x, residual, weight, bias, "add")
+            return y if out is None else out.copy_(y)
+        # the GEMM, then the add: in bf16 it beat the binary epilogue by 1-4 % on whole trunks
+        # (benchmarks/results/avx512_bf16_residual_add.txt); a residual that broadcasts cannot
+        # go into the epilogue at all (it wants the output's shape)
+        y = pointwise(x, weight, bias, "none", [], "")
+        if out is not None:
+            return torch.add(residual, y, out=out)
+        return y.add_(residual) if fits else residual + y
     return pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
 
 
