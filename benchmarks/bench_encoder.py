@@ -1,13 +1,15 @@
 """Encoder path (forward_image + _prepare_backbone_features): ours vs the official, side by side.
 
     python benchmarks/bench_encoder.py [--cases tiny@1024x1,tiny@224x8,large@256x4] [--rounds 5]
-        [--linear mkl|onednn|mixed|auto] [--bf16]
+        [--linear mkl|onednn|mixed|auto[,...]] [--bf16]
 
 Same perturbed weights and inputs on both sides; outputs are checked equal (rel <= 1e-4) before
 any time counts. Reports the median of alternating runs, the FLOP count (attention included:
 torch's counter misses the CPU SDPA kernel, see _common.count_flops) and each side's share of
 the measured fp32 matmul peak. ``--linear`` sets our trunk's linear backend (default: the
-machine's, see dp_sam2.encoders.sam2.linear); the backend that ran is printed. ``--bf16`` also
+machine's, see dp_sam2.encoders.sam2.linear); the backend that ran is printed. Several, comma
+separated (``--linear mkl,onednn``), each get a column of their own in the same alternation
+(``ours_mkl``, ``ours_onednn``), so backends compare on the same noise. ``--bf16`` also
 times both sides under ``torch.autocast("cpu", bfloat16)``, after checking the feature cosine of
 each against the official fp32 (>= 0.999).
 """
@@ -30,7 +32,7 @@ from _common import (
     save_official_checkpoint,
 )
 from dp_sam2 import build_sam2
-from dp_sam2.encoders.sam2.linear import BACKENDS
+from dp_sam2.encoders.sam2.linear import BACKENDS, LinearBackend
 
 CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
            "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml", "large": "configs/sam2.1/sam2.1_hiera_l.yaml"}
@@ -48,6 +50,15 @@ def bf16(fn):
     return run
 
 
+def _with_backend(trunk, backend, fn):
+    """``fn`` run with the trunk on the linear backend ``backend`` (a LinearBackend, kept between
+    calls, so "auto" keeps its choices)."""
+    def run():
+        trunk.linear = backend
+        return fn()
+    return run
+
+
 def cosine(got, ref) -> float:
     """The smallest cosine over the feature levels (flattened) against ``ref``."""
     return min(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
@@ -62,18 +73,29 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
         ours = build_sam2(config, ckpt_path=str(path), device="cpu",
                           hydra_overrides_extra=[f"++model.image_size={image_size}"])
     trunk = ours.image_encoder.trunk
-    if args.linear:
-        trunk.set_linear_backend(args.linear)
+    backends = args.linear or [None]
+    trunk.set_linear_backend(backends[0])
+    columns = {name: LinearBackend(name) for name in backends} if len(backends) > 1 else {None: trunk.linear}
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     name = f"{size_name}@{image_size}x{batch}"
     with torch.inference_mode():
         ref = encoder_path(official, x)
-        got = encoder_path(ours, x)
-        err = max(rel_err(a, b) for a, b in zip(got[1] + got[2], ref[1] + ref[2]))
+        err = 0.0
+        for backend in columns.values():  # every column's output is checked, not only the first
+            trunk.linear = backend
+            got = encoder_path(ours, x)
+            err = max(err, *(rel_err(a, b) for a, b in zip(got[1] + got[2], ref[1] + ref[2])))
         if err > 1e-4:
             raise SystemExit(f"outputs differ (rel {err:.2e}); timing refused")
-        fns = {"official": lambda: encoder_path(official, x), "ours": lambda: encoder_path(ours, x)}
+        fns = {"official": lambda: encoder_path(official, x)}
+        if len(backends) == 1:
+            fns["ours"] = lambda: encoder_path(ours, x)
+        else:
+            for backend_name, backend in columns.items():
+                fns[f"ours_{backend_name}"] = _with_backend(trunk, backend, lambda: encoder_path(ours, x))
         if args.bf16:
+            if len(backends) > 1:
+                raise SystemExit("--bf16 takes one --linear backend (the bf16 route does not use it)")
             fns["official_bf16"] = bf16(fns["official"])
             fns["ours_bf16"] = bf16(fns["ours"])
             cos_off, cos_ours = cosine(fns["official_bf16"](), ref), cosine(fns["ours_bf16"](), ref)
@@ -84,11 +106,11 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
         no_attn = count_flops(lambda: encoder_path(official, x), cpu_attention=False)
         print(f"{name}: {flops / 1e9:.1f} GFLOP, of which attention "
               f"{(flops - no_attn) / 1e9:.1f} (torch's counter alone: {no_attn / 1e9:.1f})")
-        times = alternate(fns, rounds=rounds, settled=trunk.linear.settled)
+        times = alternate(fns, rounds=rounds, settled=lambda: all(b.settled() for b in columns.values()))
     peak = max(peak, matmul_peak_gflops())  # the machine is shared: take the better of two probes
     row = report(name, times, flops, peak)
     row["max_rel_err"] = err
-    row["linear_backend"] = trunk.linear.name
+    row["linear_backend"] = ",".join(backends) if len(backends) > 1 else trunk.linear.name
     if trunk.linear.name == "auto":
         row["onednn_shapes"] = f"{sum(v is True for v in trunk.linear.choices.values())}/{len(trunk.linear.choices)}"
     if args.bf16:
@@ -105,9 +127,14 @@ def main() -> None:
     ap.add_argument("--cases", default="tiny@1024x1,tiny@224x8,large@256x4")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--linear", choices=list(BACKENDS), default=None,
-                    help="our trunk's linear backend (default: the machine's default)")
+    ap.add_argument("--linear", default=None,
+                    help=f"our trunk's linear backend(s), comma separated, of {BACKENDS} (default: the machine's)")
     args = ap.parse_args()
+    if args.linear is not None:
+        args.linear = args.linear.split(",")
+        unknown = [name for name in args.linear if name not in BACKENDS]
+        if unknown:
+            raise SystemExit(f"--linear: {unknown[0]!r} is not one of {BACKENDS}")
     import sam2
 
     from dp_sam2.encoders.sam2.linear import machine_default_backend

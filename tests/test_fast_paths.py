@@ -15,6 +15,7 @@ from dp_sam2.encoders.sam2.linear import (
     linear_act_residual,
     linear_backend,
     machine_default_backend,
+    onednn_bf16,
     pack_weight,
 )
 
@@ -133,22 +134,51 @@ def test_linear_act_residual_matches_plain_ops():
             gappy = torch.empty(3, 5, 192)[..., ::2]
             linear_act_residual(x, w, b, residual=res, out=gappy, backend=backend)
             assert rel_err(gappy, res + layer(x)) <= 1e-6
-    with torch.no_grad():  # the bf16 route's packed weights: the GEMM, then the add (into out or not)
-        xb, resb, packed = x.bfloat16(), res.bfloat16(), pack_weight(w)
-        want = (resb.float() + layer(xb.float())).bfloat16().float()
-        assert rel_err(linear_act_residual(xb, packed, b.bfloat16(), residual=resb).float(), want) <= 1e-2
-        outb = torch.empty(3, 5, 96, dtype=torch.bfloat16)
-        linear_act_residual(xb, packed, b.bfloat16(), residual=resb, out=outb)
-        assert rel_err(outb.float(), want) <= 1e-2
     with pytest.raises(ValueError, match="gelu or residual"):
         linear_act_residual(x, w, b, gelu=True, residual=res)
     with pytest.raises(ValueError, match="into out only with a residual"):
         linear_act_residual(x, w, b, out=res)
 
 
+@pytest.mark.skipif(not onednn_bf16(), reason="this CPU's oneDNN has no bf16 kernels (AVX2: no AVX512-BW/VL/DQ)")
+def test_linear_act_residual_on_packed_bf16_weights():
+    """The bf16 route's packed weights: the GEMM, then the add (into out or not)."""
+    layer = torch.nn.Linear(48, 96)
+    x, res = torch.randn(3, 5, 48).bfloat16(), torch.randn(3, 5, 96).bfloat16()
+    with torch.no_grad():
+        packed, b = pack_weight(layer.weight), layer.bias.bfloat16()
+        want = (res.float() + layer(x.float())).bfloat16().float()
+        assert rel_err(linear_act_residual(x, packed, b, residual=res).float(), want) <= 1e-2
+        out = torch.empty(3, 5, 96, dtype=torch.bfloat16)
+        linear_act_residual(x, packed, b, residual=res, out=out)
+        assert rel_err(out.float(), want) <= 1e-2
+        assert rel_err(linear_act_residual(x, packed, b, gelu=True).float(),
+                       torch.nn.functional.gelu(layer(x.float()))) <= 2e-2
+
+
+def test_bf16_route_without_onednn_bf16_kernels(monkeypatch):
+    """On a CPU whose oneDNN has no bf16 kernels (AVX2), the bf16 route keeps plain bf16 weight
+    copies (packing would raise there) and stays close to fp32."""
+    from dp_sam2.encoders.sam2 import linear
+
+    model = _tiny(64)
+    trunk = model.image_encoder.trunk
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model.forward_image(x)["vision_features"]
+        monkeypatch.setattr(linear, "onednn_bf16", lambda: False)
+        trunk.clear_caches()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model.forward_image(x)["vision_features"]
+    bf16_copies = [v[2] for k, v in trunk._lowp_cache.items() if k[1] == torch.bfloat16]
+    assert bf16_copies and not any(c.is_mkldnn for c in bf16_copies)
+    assert torch.nn.functional.cosine_similarity(got.float().flatten(), ref.flatten(), dim=0) >= 0.999
+
+
 def test_machine_default_backend_per_cpu_class(monkeypatch):
-    """``"mixed"`` on AVX-512 CPUs (measured there), MKL on every other class (AVX2 unchanged)."""
-    for capability, want in (("AVX512", "mixed"), ("AVX512_BF16", "mixed"), ("AVX2", "mkl"), ("DEFAULT", "mkl")):
+    """``"mixed"`` on AVX-512 CPUs, ``"onednn"`` on AVX2 (each measured there), MKL on the rest."""
+    for capability, want in (("AVX512", "mixed"), ("AVX512_BF16", "mixed"), ("AVX2", "onednn"), ("DEFAULT", "mkl"),
+                             ("SVE256", "mkl")):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         assert machine_default_backend() == want, capability
         assert LinearBackend().name == want

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import time
 
 import torch
@@ -33,9 +34,13 @@ def check_backend(name: str) -> str:
 
 
 def machine_default_backend() -> str:
-    """``"mixed"`` on AVX-512 CPUs (faster than ``"mkl"`` there by whole-encoder A/B runs), MKL's
-    addmm elsewhere (on AVX2 oneDNN lost or tied on whole encoders; README, "Speed")."""
-    return "mixed" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "mkl"
+    """The backend each CPU class measured fastest on whole encoders (README, "Speed"): ``"mixed"``
+    on AVX-512, ``"onednn"`` on AVX2 (there oneDNN's GEMM on packed weights beat MKL's addmm by
+    2-6 %; unpacked it lost), MKL's addmm on every other class (not measured)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return "mixed"
+    return "onednn" if capability == "AVX2" else "mkl"
 
 
 def default_backend() -> str:
@@ -165,11 +170,18 @@ class LinearBackend:
 _PLAIN = LinearBackend("mkl")
 
 
+@functools.cache
+def onednn_bf16() -> bool:
+    """Whether this CPU runs oneDNN's bf16 kernels (AVX512-BW/VL/DQ or AVX-NE-CONVERT); without them
+    oneDNN refuses to pack bf16 weights (AVX2 CPUs)."""
+    return _MKLDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def can_pack(x: torch.Tensor) -> bool:
-    """Whether bf16 linears run on :func:`pack_weight` copies: bf16 inference on a CPU with oneDNN,
-    not compiling."""
-    return (_MKLDNN and x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling())
+    """Whether bf16 linears run on :func:`pack_weight` copies: bf16 inference on a CPU whose oneDNN
+    has bf16 kernels, not compiling."""
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and onednn_bf16())
 
 
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
