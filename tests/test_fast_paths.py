@@ -158,7 +158,7 @@ def test_linear_act_residual_on_packed_bf16_weights():
 
 def test_bf16_route_without_onednn_bf16_kernels(monkeypatch):
     """On a CPU whose oneDNN has no bf16 kernels (AVX2), the bf16 route keeps plain bf16 weight
-    copies (packing would raise there) and stays close to fp32."""
+    copies (packing would raise there), stays close to fp32 and warns that fp32 is faster there."""
     from dp_sam2.encoders.sam2 import linear
 
     model = _tiny(64)
@@ -166,9 +166,10 @@ def test_bf16_route_without_onednn_bf16_kernels(monkeypatch):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ref = model.forward_image(x)["vision_features"]
-        monkeypatch.setattr(linear, "onednn_bf16", lambda: False)
+        for module in (linear, hiera_fast):
+            monkeypatch.setattr(module, "onednn_bf16", lambda: False)
         trunk.clear_caches()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(UserWarning, match="5x slower than fp32"):
             got = model.forward_image(x)["vision_features"]
     bf16_copies = [v[2] for k, v in trunk._lowp_cache.items() if k[1] == torch.bfloat16]
     assert bf16_copies and not any(c.is_mkldnn for c in bf16_copies)
@@ -216,6 +217,9 @@ def test_mixed_and_onednn_pack_fp32_weights_once():
     dtypes = {k[1] for k in trunk._lowp_cache}
     assert dtypes == {torch.float32, torch.bfloat16}
     assert set(model.state_dict()) == keys
+    trunk.set_linear_backend("mkl")  # switching drops the packed fp32 copies (their memory), keeps the bf16 ones
+    assert not any(k[1:] == (torch.float32, True) for k in trunk._lowp_cache)
+    assert any(k[1] == torch.bfloat16 for k in trunk._lowp_cache)
 
 
 @pytest.mark.parametrize("onednn_faster", [True, False])

@@ -179,8 +179,10 @@ class Hiera(nn.Module):
 
     def set_linear_backend(self, name: str | None) -> Hiera:
         """The fast route's GEMM backend, ``"mkl"`` | ``"onednn"`` | ``"mixed"`` | ``"auto"`` (:mod:`.linear`);
-        ``None`` takes :func:`.linear.default_backend`. ``"auto"`` starts its timings afresh."""
+        ``None`` takes :func:`.linear.default_backend`. ``"auto"`` starts its timings afresh. The
+        previous backend's packed fp32 weight copies are dropped (the new one packs what it needs)."""
         self.linear = LinearBackend(name)
+        self._lowp_cache = {k: v for k, v in self._lowp_cache.items() if k[1:] != (torch.float32, True)}
         return self
 
     def _get_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:

@@ -11,10 +11,12 @@ Equal to the reference within rel 1e-5 in fp32 (tests/test_fast_paths.py).
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
-from .linear import can_pack, linear_act_residual
+from .linear import can_pack, linear_act_residual, onednn_bf16
 from .windows import max_pool_nhwc, padded_size, window_partition, window_unpartition
 
 CHUNK_ELEMENTS = 1 << 22  # MLP-hidden elements per chunk of tokens (16 MB in fp32)
@@ -161,6 +163,9 @@ def forward_trunk(trunk, x: torch.Tensor) -> list[torch.Tensor]:
     neck, still under autocast, then returns the official's dtypes)."""
     device = x.device.type
     if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+        if device == "cpu" and not torch.compiler.is_compiling() and not onednn_bf16():
+            warnings.warn("bf16 on this CPU runs about 5x slower than fp32 (oneDNN has no bf16 kernels "
+                          "here: they need AVX-512 or AVX-NE-CONVERT; README, Speed): use fp32 on it", stacklevel=2)
         x = x.to(torch.bfloat16)
         with torch.autocast(device, enabled=False):
             return _run_blocks(_Route(trunk, torch.bfloat16, pack=can_pack(x)), trunk, x)
