@@ -36,7 +36,7 @@ def check_backend(name: str) -> str:
 def machine_default_backend() -> str:
     """The backend each CPU class measured fastest on whole encoders (README, "Speed"): ``"mixed"``
     on AVX-512, ``"onednn"`` on AVX2 (there oneDNN's GEMM on packed weights beat MKL's addmm by
-    2-6 %; unpacked it lost), MKL's addmm on every other class (not measured)."""
+    1-11 % on whole encoders; unpacked it lost), MKL's addmm on every other class (not measured)."""
     capability = torch.backends.cpu.get_cpu_capability()
     if capability.startswith("AVX512"):
         return "mixed"
