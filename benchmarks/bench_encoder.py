@@ -73,9 +73,8 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
         ours = build_sam2(config, ckpt_path=str(path), device="cpu",
                           hydra_overrides_extra=[f"++model.image_size={image_size}"])
     trunk = ours.image_encoder.trunk
-    backends = args.linear or [None]
-    trunk.set_linear_backend(backends[0])
-    columns = {name: LinearBackend(name) for name in backends} if len(backends) > 1 else {None: trunk.linear}
+    backends = args.linear or [None]  # None: the machine's default
+    columns = {"ours" if len(backends) == 1 else f"ours_{name}": LinearBackend(name) for name in backends}
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     name = f"{size_name}@{image_size}x{batch}"
     with torch.inference_mode():
@@ -88,14 +87,9 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
         if err > 1e-4:
             raise SystemExit(f"outputs differ (rel {err:.2e}); timing refused")
         fns = {"official": lambda: encoder_path(official, x)}
-        if len(backends) == 1:
-            fns["ours"] = lambda: encoder_path(ours, x)
-        else:
-            for backend_name, backend in columns.items():
-                fns[f"ours_{backend_name}"] = _with_backend(trunk, backend, lambda: encoder_path(ours, x))
+        for column, backend in columns.items():
+            fns[column] = _with_backend(trunk, backend, lambda: encoder_path(ours, x))
         if args.bf16:
-            if len(backends) > 1:
-                raise SystemExit("--bf16 takes one --linear backend (the bf16 route does not use it)")
             fns["official_bf16"] = bf16(fns["official"])
             fns["ours_bf16"] = bf16(fns["ours"])
             cos_off, cos_ours = cosine(fns["official_bf16"](), ref), cosine(fns["ours_bf16"](), ref)
@@ -110,9 +104,10 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
     peak = max(peak, matmul_peak_gflops())  # the machine is shared: take the better of two probes
     row = report(name, times, flops, peak)
     row["max_rel_err"] = err
-    row["linear_backend"] = ",".join(backends) if len(backends) > 1 else trunk.linear.name
-    if trunk.linear.name == "auto":
-        row["onednn_shapes"] = f"{sum(v is True for v in trunk.linear.choices.values())}/{len(trunk.linear.choices)}"
+    row["linear_backend"] = ",".join(backend.name for backend in columns.values())
+    auto = next((backend for backend in columns.values() if backend.name == "auto"), None)
+    if auto is not None:
+        row["onednn_shapes"] = f"{sum(v is True for v in auto.choices.values())}/{len(auto.choices)}"
     if args.bf16:
         row["bf16_ours_vs_official_bf16"] = round(row["official_bf16_s"] / row["ours_bf16_s"], 3)
     print(f"{name}: linear backend {row['linear_backend']}"
@@ -135,6 +130,8 @@ def main() -> None:
         unknown = [name for name in args.linear if name not in BACKENDS]
         if unknown:
             raise SystemExit(f"--linear: {unknown[0]!r} is not one of {BACKENDS}")
+        if args.bf16 and len(args.linear) > 1:
+            raise SystemExit("--bf16 takes one --linear backend (the bf16 route does not use it)")
     import sam2
 
     from dp_sam2.encoders.sam2.linear import machine_default_backend
