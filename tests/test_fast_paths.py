@@ -177,8 +177,8 @@ def test_bf16_route_without_onednn_bf16_kernels(monkeypatch):
 
 
 def test_machine_default_backend_per_cpu_class(monkeypatch):
-    """``"mixed"`` on AVX-512 CPUs, ``"onednn"`` on AVX2 (each measured there), MKL on the rest."""
-    for capability, want in (("AVX512", "mixed"), ("AVX512_BF16", "mixed"), ("AVX2", "onednn"), ("DEFAULT", "mkl"),
+    """``"onednn"`` on AVX-512 and AVX2 CPUs (measured on both), MKL on the rest."""
+    for capability, want in (("AVX512", "onednn"), ("AVX512_BF16", "onednn"), ("AVX2", "onednn"), ("DEFAULT", "mkl"),
                              ("SVE256", "mkl")):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         assert machine_default_backend() == want, capability

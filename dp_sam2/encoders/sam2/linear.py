@@ -34,13 +34,12 @@ def check_backend(name: str) -> str:
 
 
 def machine_default_backend() -> str:
-    """The backend each CPU class measured fastest on whole encoders (README, "Speed"): ``"mixed"``
-    on AVX-512, ``"onednn"`` on AVX2 (there oneDNN's GEMM on packed weights beat MKL's addmm by
-    1-11 % on whole encoders; unpacked it lost), MKL's addmm on every other class (not measured)."""
+    """The backend measured fastest on whole encoders per CPU class (README, "Speed"): ``"onednn"``
+    on AVX-512 and AVX2 CPUs (oneDNN's GEMM on packed weights beat MKL's addmm by 1-11 % on AVX2
+    and ``"mixed"`` in 9 of 9 encoder runs on AVX-512; unpacked it lost), MKL's addmm on every
+    other class (not measured)."""
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability.startswith("AVX512"):
-        return "mixed"
-    return "onednn" if capability == "AVX2" else "mkl"
+    return "onednn" if capability.startswith("AVX512") or capability == "AVX2" else "mkl"
 
 
 def default_backend() -> str:
