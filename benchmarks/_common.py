@@ -1,6 +1,7 @@
 """Shared benchmark helpers: side-by-side timing (A B A B ...), FLOP counting and the machine's
 measured matmul peak; the reference helpers (official model with perturbed weights, rel_err) come
 from tests/official_ref.py, which needs neither pytest nor scipy."""
+
 from __future__ import annotations
 
 import statistics
@@ -23,7 +24,7 @@ def matmul_peak_gflops(dtype=torch.float32, n: int = 2048, reps: int = 5) -> flo
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def count_flops(fn, cpu_attention: bool = True) -> int:

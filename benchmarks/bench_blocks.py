@@ -10,6 +10,7 @@ totals are printed. Outputs are checked against the first backend (rel <= 1e-5) 
 against the official's block under bf16 autocast, checked to rel <= 5e-2. Use it to place a
 backend choice or a chunk size where it pays; ``bench_encoder.py`` gives the whole encoder path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,7 @@ def block_runner(trunk, backend: LinearBackend, block, x: torch.Tensor):
         stride = block.q_stride[0] if block.q_stride is not None else 1
         hw = (h // stride, w // stride)
         return hiera_fast.window_unpartition(out, hiera_fast.out_window(block), hw, hw)
+
     return run, as_map
 
 
@@ -53,6 +55,7 @@ def _without_autocast(run, as_map):
     def plain():
         with torch.autocast("cpu", enabled=False):
             return run()
+
     return plain, as_map
 
 
@@ -73,8 +76,9 @@ def main() -> None:
     official = build_official(CONFIGS[size], image_size=image_size, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_official_checkpoint(official, Path(tmp) / "ckpt.pt")
-        ours = build_sam2(CONFIGS[size], ckpt_path=str(path), device="cpu",
-                          hydra_overrides_extra=[f"++model.image_size={image_size}"])
+        ours = build_sam2(
+            CONFIGS[size], ckpt_path=str(path), device="cpu", hydra_overrides_extra=[f"++model.image_size={image_size}"]
+        )
     theirs, trunk = official.image_encoder.trunk, ours.image_encoder.trunk
     backends = {name: LinearBackend("mkl" if args.bf16 else name) for name in names}
     dtype, tolerance = (torch.bfloat16, 5e-2) if args.bf16 else (torch.float32, 1e-5)
@@ -107,16 +111,24 @@ def main() -> None:
                     times.setdefault((name, i), []).append(time.perf_counter() - start)
     cols = list(columns[0])
     total = dict.fromkeys(cols, 0.0)
-    print(f"{args.case}, threads {torch.get_num_threads()}, cpu capability {torch.backends.cpu.get_cpu_capability()}; "
-          f"median ms per block over {args.rounds} rounds")
+    print(
+        f"{args.case}, threads {torch.get_num_threads()}, cpu capability {torch.backends.cpu.get_cpu_capability()}; "
+        f"median ms per block over {args.rounds} rounds"
+    )
     for i, block in enumerate(trunk.blocks):
         med = {name: statistics.median(times[(name, i)]) for name in cols}
         for name in cols:
             total[name] += med[name]
-        print(f"block {i:2d} (window {block.window_size:2d}, {block.dim}->{block.dim_out}) "
-              + "  ".join(f"{name} {med[name] * 1e3:7.1f}" for name in cols))
-    print("total " + "  ".join(f"{name} {total[name] * 1e3:7.0f} (x{total[cols[0]] / total[name]:.3f} of {cols[0]})"
-                               for name in cols))
+        print(
+            f"block {i:2d} (window {block.window_size:2d}, {block.dim}->{block.dim_out}) "
+            + "  ".join(f"{name} {med[name] * 1e3:7.1f}" for name in cols)
+        )
+    print(
+        "total "
+        + "  ".join(
+            f"{name} {total[name] * 1e3:7.0f} (x{total[cols[0]] / total[name]:.3f} of {cols[0]})" for name in cols
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ checked against scipy (same areas, same partition) before any time counts. scipy
 labels plus the per-pixel area (np.bincount), the same output as ours. Median of alternating runs.
 The one-off compile of the C++ op is timed separately (fresh cache folder).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,13 @@ def compile_time() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, DP_SAM2_CACHE=tmp)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dp_sam2.ext", "build", "--cpu-only"], env=env,
-                       check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+        subprocess.run(
+            [sys.executable, "-m", "dp_sam2.ext", "build", "--cpu-only"],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         return time.perf_counter() - start
 
 
@@ -103,8 +109,11 @@ def main() -> None:
                     check(*fn(), ref)
             times = alternate(fns, rounds=args.rounds)
             med = {k: statistics.median(v) for k, v in times.items()}
-            row = {"case": f"{kind} {n}x1x{h}x{w}", **{f"{k}_ms": round(v * 1e3, 1) for k, v in med.items()},
-                   "components": int(sum(len(np.unique(r)) - 1 for r in ref[0].reshape(n, -1)))}
+            row = {
+                "case": f"{kind} {n}x1x{h}x{w}",
+                **{f"{k}_ms": round(v * 1e3, 1) for k, v in med.items()},
+                "components": int(sum(len(np.unique(r)) - 1 for r in ref[0].reshape(n, -1))),
+            }
             row["cpu_op_vs_scipy"] = round(med["scipy"] / med["cpu_op"], 2)
             print(row, flush=True)
 

@@ -14,6 +14,7 @@ weights in the official format. Two cases, each eager and compiled, outputs chec
 Prints one line per case: first call (compile + run), steady-state median step, eager median
 step, and after how many steps the compile has paid for itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,15 @@ def make_encoder(model: str, size: int, ckpt: Path, train: bool, use_compile: bo
 
     meta = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}}}
     torch.manual_seed(0)
-    return SAM2ObsEncoder(meta, model_cfg=model, checkpoint=str(ckpt), image_size=size, freeze=not train,
-                          compile=use_compile, feature_dim=64)
+    return SAM2ObsEncoder(
+        meta,
+        model_cfg=model,
+        checkpoint=str(ckpt),
+        image_size=size,
+        freeze=not train,
+        compile=use_compile,
+        feature_dim=64,
+    )
 
 
 def write_checkpoint(model: str, size: int, folder: Path) -> Path:
@@ -79,8 +87,10 @@ def timed(fn) -> tuple[float, torch.Tensor]:
 
 def run_case(name: str, args, ckpt: Path, train: bool) -> None:
     gen = torch.Generator().manual_seed(0)
-    obs = {"image": torch.rand(args.batch, 3, 96, 96, generator=gen) * 2 - 1,
-           "agent_pos": torch.rand(args.batch, 2, generator=gen)}
+    obs = {
+        "image": torch.rand(args.batch, 3, 96, 96, generator=gen) * 2 - 1,
+        "agent_pos": torch.rand(args.batch, 2, generator=gen),
+    }
     eager = make_encoder(args.model, args.image_size, ckpt, train, False)
     comp = make_encoder(args.model, args.image_size, ckpt, train, True)
     first, out_c = timed(lambda: step(comp, obs, train))
@@ -99,10 +109,12 @@ def run_case(name: str, args, ckpt: Path, train: bool) -> None:
         t_copy = timed(lambda: step(ema, obs, train))[0]
     gain = e - c
     pays = f"after {int((first - c) / gain) + 1} steps" if gain > 0 else "never (no steady-state gain)"
-    print(f"{name:5s} {args.model} {args.image_size}px b{args.batch}: first call {first:6.1f} s, "
-          f"steady {c * 1e3:7.1f} ms vs eager {e * 1e3:7.1f} ms ({e / c:4.2f}x), rel err {err:.1e}, "
-          f"compile pays {pays}" + (f"; deep copy's first call {t_copy:5.1f} s" if ema is not None else ""),
-          flush=True)
+    print(
+        f"{name:5s} {args.model} {args.image_size}px b{args.batch}: first call {first:6.1f} s, "
+        f"steady {c * 1e3:7.1f} ms vs eager {e * 1e3:7.1f} ms ({e / c:4.2f}x), rel err {err:.1e}, "
+        f"compile pays {pays}" + (f"; deep copy's first call {t_copy:5.1f} s" if ema is not None else ""),
+        flush=True,
+    )
 
 
 def main() -> None:

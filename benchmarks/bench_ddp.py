@@ -13,6 +13,7 @@ no_sync() (the same compute without the all-reduce), so the table shows what com
 
 On a CPU with C cores, 1 x C against C x 1 is framework and communication overhead, not scaling.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ def build_policy(args):
 
     nn = torch.nn
 
-    meta = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
-            "action": {"shape": [2]}}
+    meta = {
+        "obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+        "action": {"shape": [2]},
+    }
     os.environ["DP_SAM2_ALLOW_MISSING_CHECKPOINT"] = "1"  # random weights: timing only
     torch.manual_seed(0)
 
@@ -45,8 +48,9 @@ def build_policy(args):
             self.obs_encoder = SAM2ObsEncoder(meta, model_cfg=args.model, image_size=args.image_size)
             dim = self.obs_encoder.output_shape()[0] * 2 + 32  # 2 obs steps, a 16 x 2 action chunk
             width = max(8, int((float(args.head_params) / 3) ** 0.5))  # dim*w + w*w + w*32 ~ head_params
-            self.model = nn.Sequential(nn.Linear(dim, width), nn.Mish(), nn.Linear(width, width), nn.Mish(),
-                                       nn.Linear(width, 32))
+            self.model = nn.Sequential(
+                nn.Linear(dim, width), nn.Mish(), nn.Linear(width, width), nn.Mish(), nn.Linear(width, 32)
+            )
 
         def compute_loss(self, batch):
             b = batch["action"].shape[0]
@@ -75,8 +79,11 @@ def worker(args) -> None:
         image = torch.randn(local * 2, 256, side, side, generator=gen)
     else:
         image = torch.rand(local * 2, 3, 96, 96, generator=gen) * 2 - 1
-    batch = {"image": image.to(device), "agent_pos": torch.randn(local * 2, 2, generator=gen).to(device),
-             "action": torch.randn(local, 16, 2, generator=gen).to(device)}
+    batch = {
+        "image": image.to(device),
+        "agent_pos": torch.randn(local * 2, 2, generator=gen).to(device),
+        "action": torch.randn(local, 16, 2, generator=gen).to(device),
+    }
 
     def step(sync: bool) -> float:
         if device.type == "cuda":
@@ -100,9 +107,20 @@ def worker(args) -> None:
         local_only.append(step(False))
     if dist.is_main:
         trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-        print("RESULT " + json.dumps({"world": dist.world, "threads": args.threads, "global_batch": args.global_batch,
-                                      "step_s": statistics.median(synced), "no_sync_s": statistics.median(local_only),
-                                      "trainable": trainable}), flush=True)
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "world": dist.world,
+                    "threads": args.threads,
+                    "global_batch": args.global_batch,
+                    "step_s": statistics.median(synced),
+                    "no_sync_s": statistics.median(local_only),
+                    "trainable": trainable,
+                }
+            ),
+            flush=True,
+        )
     if dist.enabled:
         torch.distributed.destroy_process_group()
 
@@ -119,21 +137,37 @@ def launch(args, world: int, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), *_forward(args)]
     if world > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world), *cmd[1:]]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=os.pathsep.join(
-        [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _forward(args) -> list[str]:
-    out = ["--model", args.model, "--image-size", str(args.image_size), "--global-batch", str(args.global_batch),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--head-params", str(args.head_params),
-           "--device", args.device]
+    out = [
+        "--model",
+        args.model,
+        "--image-size",
+        str(args.image_size),
+        "--global-batch",
+        str(args.global_batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--head-params",
+        str(args.head_params),
+        "--device",
+        args.device,
+    ]
     return out + (["--cached"] if args.cached else [])
 
 
@@ -158,15 +192,19 @@ def main(argv=None) -> None:
     if any(args.global_batch % world for world, _ in runs):
         parser.error("--global-batch must be divisible by every process count")
     results = [launch(args, world, threads) for world, threads in runs]
-    print(f"{args.model} @ {args.image_size} px, {'cached features' if args.cached else 'live images'}, "
-          f"global batch {args.global_batch}, {results[0]['trainable'] / 1e6:.2f} M trainable, {args.device}")
+    print(
+        f"{args.model} @ {args.image_size} px, {'cached features' if args.cached else 'live images'}, "
+        f"global batch {args.global_batch}, {results[0]['trainable'] / 1e6:.2f} M trainable, {args.device}"
+    )
     print("| processes x threads | step | step without all-reduce | all-reduce share | vs first |")
     print("|---|---|---|---|---|")
     base = results[0]["step_s"]
     for r in results:
         share = max(0.0, r["step_s"] - r["no_sync_s"]) / r["step_s"] if r["world"] > 1 else 0.0
-        print(f"| {r['world']} x {r['threads']} | {r['step_s']:.3f} s | {r['no_sync_s']:.3f} s | {share:.0%} | "
-              f"{r['step_s'] / base:.2f}x |")
+        print(
+            f"| {r['world']} x {r['threads']} | {r['step_s']:.3f} s | {r['no_sync_s']:.3f} s | {share:.0%} | "
+            f"{r['step_s'] / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ parameters); activation checkpointing cut the tiny finetune step's extra memory 
 (2568 -> 1530 MiB). Large finetune was not run here (about 17 GiB without checkpointing on a
 23 GiB machine shared with other jobs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,16 +102,38 @@ def build(model: str, case: str):
     os.environ["DP_SAM2_ALLOW_MISSING_CHECKPOINT"] = "1"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        encoder = SAM2ObsEncoder(shape_meta, model_cfg=f"sam2_{model}", image_size=IMAGE_SIZE[model],
-                                 crop_shape=[CROP, CROP], freeze=case.startswith("frozen"),
-                                 activation_checkpointing=case == "finetune_ckpt")
-    scheduler = DDPMScheduler(num_train_timesteps=100, beta_start=1e-4, beta_end=0.02,
-                              beta_schedule="squaredcos_cap_v2", variance_type="fixed_small", clip_sample=True,
-                              prediction_type="epsilon")
-    policy = DiffusionUnetImagePolicy(shape_meta, scheduler, encoder, horizon=HORIZON, n_action_steps=8,
-                                      n_obs_steps=N_OBS, num_inference_steps=100, obs_as_global_cond=True,
-                                      diffusion_step_embed_dim=128, down_dims=(512, 1024, 2048), kernel_size=5,
-                                      n_groups=8, cond_predict_scale=True)
+        encoder = SAM2ObsEncoder(
+            shape_meta,
+            model_cfg=f"sam2_{model}",
+            image_size=IMAGE_SIZE[model],
+            crop_shape=[CROP, CROP],
+            freeze=case.startswith("frozen"),
+            activation_checkpointing=case == "finetune_ckpt",
+        )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=100,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="squaredcos_cap_v2",
+        variance_type="fixed_small",
+        clip_sample=True,
+        prediction_type="epsilon",
+    )
+    policy = DiffusionUnetImagePolicy(
+        shape_meta,
+        scheduler,
+        encoder,
+        horizon=HORIZON,
+        n_action_steps=8,
+        n_obs_steps=N_OBS,
+        num_inference_steps=100,
+        obs_as_global_cond=True,
+        diffusion_step_embed_dim=128,
+        down_dims=(512, 1024, 2048),
+        kernel_size=5,
+        n_groups=8,
+        cond_predict_scale=True,
+    )
     normalizer = LinearNormalizer()
     normalizer["image"] = get_image_range_normalizer()
     normalizer["agent_pos"] = SingleFieldLinearNormalizer.create_identity()
@@ -126,8 +149,10 @@ def build(model: str, case: str):
         frames = torch.randn(BATCH, HORIZON, *encoder.feature_shape, generator=gen).half()
     else:  # what DP's pusht dataset returns: [0, 1] images
         frames = torch.rand(BATCH, HORIZON, 3, 96, 96, generator=gen)
-    batch = {"obs": {"image": frames, "agent_pos": torch.rand(BATCH, HORIZON, 2, generator=gen)},
-             "action": torch.randn(BATCH, HORIZON, 2, generator=gen)}
+    batch = {
+        "obs": {"image": frames, "agent_pos": torch.rand(BATCH, HORIZON, 2, generator=gen)},
+        "action": torch.randn(BATCH, HORIZON, 2, generator=gen),
+    }
     policy.train()
     return policy, ema, optimizer, batch
 
@@ -156,10 +181,18 @@ def run_case(model: str, case: str, steps: int) -> dict:
         times.append(time.perf_counter() - t)
         peaks.append(_status_kb("VmHWM") - held)
     n_backbone = sum(p.numel() for p in policy.obs_encoder._all_backbones()[0].parameters())
-    return {"model": model, "case": case, "image_size": IMAGE_SIZE[model], "batch": BATCH, "n_obs_steps": N_OBS,
-            "step_s": round(statistics.median(times), 3), "step_peak_minus_held_MiB": round(max(peaks) / 1024, 1),
-            "held_MiB": round(held / 1024, 1), "backbone_params_M": round(n_backbone / 1e6, 1),
-            "threads": torch.get_num_threads()}
+    return {
+        "model": model,
+        "case": case,
+        "image_size": IMAGE_SIZE[model],
+        "batch": BATCH,
+        "n_obs_steps": N_OBS,
+        "step_s": round(statistics.median(times), 3),
+        "step_peak_minus_held_MiB": round(max(peaks) / 1024, 1),
+        "held_MiB": round(held / 1024, 1),
+        "backbone_params_M": round(n_backbone / 1e6, 1),
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -180,8 +213,12 @@ def main() -> None:
         for case in args.cases.split(","):
             if case not in CASES or model not in IMAGE_SIZE:
                 raise SystemExit(f"unknown case {case!r} or model {model!r}; cases {CASES}, models {list(IMAGE_SIZE)}")
-            proc = subprocess.run([sys.executable, __file__, "--_one", model, case, "--steps", str(args.steps)],
-                                  env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--_one", model, case, "--steps", str(args.steps)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode:
                 raise SystemExit(f"{model}/{case} failed:\n{proc.stderr[-3000:]}")
             row = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("ROW "))[4:])

@@ -13,6 +13,7 @@ separated (``--linear mkl,onednn``), each get a column of their own in the same 
 times both sides under ``torch.autocast("cpu", bfloat16)``, after checking the feature cosine of
 each against the official fp32 (>= 0.999).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,12 @@ from _common import (
 from dp_sam2 import build_sam2
 from dp_sam2.encoders.sam2.linear import BACKENDS, LinearBackend
 
-CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
-           "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml", "large": "configs/sam2.1/sam2.1_hiera_l.yaml"}
+CONFIGS = {
+    "tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
 
 
 def encoder_path(model, x):
@@ -47,22 +52,27 @@ def bf16(fn):
     def run():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return fn()
+
     return run
 
 
 def _with_backend(trunk, backend, fn):
     """``fn`` run with the trunk on the linear backend ``backend`` (a LinearBackend, kept between
     calls, so "auto" keeps its choices)."""
+
     def run():
         trunk.linear = backend
         return fn()
+
     return run
 
 
 def cosine(got, ref) -> float:
     """The smallest cosine over the feature levels (flattened) against ``ref``."""
-    return min(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
-               for a, b in zip(got[1], ref[1]))
+    return min(
+        torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
+        for a, b in zip(got[1], ref[1])
+    )
 
 
 def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: float, args) -> dict:
@@ -70,8 +80,9 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
     official = build_official(config, image_size=image_size, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_official_checkpoint(official, Path(tmp) / "ckpt.pt")
-        ours = build_sam2(config, ckpt_path=str(path), device="cpu",
-                          hydra_overrides_extra=[f"++model.image_size={image_size}"])
+        ours = build_sam2(
+            config, ckpt_path=str(path), device="cpu", hydra_overrides_extra=[f"++model.image_size={image_size}"]
+        )
     trunk = ours.image_encoder.trunk
     backends = args.linear or [None]  # None: the machine's default
     columns = {"ours" if len(backends) == 1 else f"ours_{name}": LinearBackend(name) for name in backends}
@@ -98,8 +109,10 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
                 raise SystemExit(f"ours in bf16 is too far from the official fp32 (cosine {cos_ours:.5f})")
         flops = count_flops(lambda: encoder_path(official, x))
         no_attn = count_flops(lambda: encoder_path(official, x), cpu_attention=False)
-        print(f"{name}: {flops / 1e9:.1f} GFLOP, of which attention "
-              f"{(flops - no_attn) / 1e9:.1f} (torch's counter alone: {no_attn / 1e9:.1f})")
+        print(
+            f"{name}: {flops / 1e9:.1f} GFLOP, of which attention "
+            f"{(flops - no_attn) / 1e9:.1f} (torch's counter alone: {no_attn / 1e9:.1f})"
+        )
         times = alternate(fns, rounds=rounds, settled=lambda: all(b.settled() for b in columns.values()))
     peak = max(peak, matmul_peak_gflops())  # the machine is shared: take the better of two probes
     row = report(name, times, flops, peak)
@@ -110,10 +123,12 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
         row["onednn_shapes"] = f"{sum(v is True for v in auto.choices.values())}/{len(auto.choices)}"
     if args.bf16:
         row["bf16_ours_vs_official_bf16"] = round(row["official_bf16_s"] / row["ours_bf16_s"], 3)
-    print(f"{name}: linear backend {row['linear_backend']}"
-          + (f" (oneDNN for {row['onednn_shapes']} layer shapes)" if "onednn_shapes" in row else "")
-          + (f"; bf16: ours / official-under-autocast speed {row['bf16_ours_vs_official_bf16']}x" if args.bf16 else ""),
-          flush=True)
+    print(
+        f"{name}: linear backend {row['linear_backend']}"
+        + (f" (oneDNN for {row['onednn_shapes']} layer shapes)" if "onednn_shapes" in row else "")
+        + (f"; bf16: ours / official-under-autocast speed {row['bf16_ours_vs_official_bf16']}x" if args.bf16 else ""),
+        flush=True,
+    )
     return row
 
 
@@ -122,8 +137,11 @@ def main() -> None:
     ap.add_argument("--cases", default="tiny@1024x1,tiny@224x8,large@256x4")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--linear", default=None,
-                    help=f"our trunk's linear backend(s), comma separated, of {BACKENDS} (default: the machine's)")
+    ap.add_argument(
+        "--linear",
+        default=None,
+        help=f"our trunk's linear backend(s), comma separated, of {BACKENDS} (default: the machine's)",
+    )
     args = ap.parse_args()
     if args.linear is not None:
         args.linear = args.linear.split(",")
@@ -137,13 +155,21 @@ def main() -> None:
     from dp_sam2.encoders.sam2.linear import machine_default_backend
 
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
-                if flag in flags), "?")
+    cpu = next(
+        (
+            label
+            for flag, label in (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+            if flag in flags
+        ),
+        "?",
+    )
     peak = matmul_peak_gflops()
-    print(f"torch {torch.__version__}, sam2 {getattr(sam2, '__version__', '1.1.0')}, "
-          f"python {platform.python_version()}, "
-          f"cpu class {cpu} ({torch.backends.cpu.get_cpu_capability()}), threads {torch.get_num_threads()}, "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s, machine default linear backend {machine_default_backend()}")
+    print(
+        f"torch {torch.__version__}, sam2 {getattr(sam2, '__version__', '1.1.0')}, "
+        f"python {platform.python_version()}, "
+        f"cpu class {cpu} ({torch.backends.cpu.get_cpu_capability()}), threads {torch.get_num_threads()}, "
+        f"fp32 matmul peak {peak:.0f} GFLOP/s, machine default linear backend {machine_default_backend()}"
+    )
     for case in args.cases.split(","):
         name, rest = case.split("@")
         size, batch = rest.split("x")

@@ -8,6 +8,7 @@ level, add `no_mem_embed`), side by side.
 Same perturbed weights and inputs; features checked equal (rel <= 1e-4) before times count.
 Batch 16 = DP's batch 8 x n_obs_steps 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ from _common import (
 )
 from dp_sam2.encoders.obs.backbone import SAM2Backbone
 
-CONFIGS = {"tiny": ("configs/sam2/sam2_hiera_t.yaml", "sam2_tiny"),
-           "large": ("configs/sam2/sam2_hiera_l.yaml", "sam2_large")}
+CONFIGS = {
+    "tiny": ("configs/sam2/sam2_hiera_t.yaml", "sam2_tiny"),
+    "large": ("configs/sam2/sam2_hiera_l.yaml", "sam2_large"),
+}
 
 
 def seed_recipe(model, x):
@@ -62,8 +65,9 @@ def main() -> None:
             if err > 1e-4:
                 raise SystemExit(f"{case}: features differ (rel {err:.2e}); timing refused")
             flops = count_flops(lambda: seed_recipe(official, x))
-            times = alternate({"official": lambda: seed_recipe(official, x), "ours": lambda: ours(x)},
-                              rounds=args.rounds)
+            times = alternate(
+                {"official": lambda: seed_recipe(official, x), "ours": lambda: ours(x)}, rounds=args.rounds
+            )
         report(f"DP features {name}@{size}x{batch}", times, flops, peak)
         print(f"  max rel err {err:.1e}")
 

@@ -9,6 +9,7 @@ low-resolution logits) is checked equal (rel <= 1e-4, masks >= 99.9 % agreement)
 counts. Reports the median of alternating runs (A B A B ...). At an ``image_size`` other than
 1024 the official predictor gets the right ``_bb_feat_sizes`` (it hard-codes 1024's).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,20 +22,31 @@ import torch
 from _common import alternate, build_official, rel_err, report, save_official_checkpoint
 from dp_sam2 import SAM2AutomaticMaskGenerator, SAM2ImagePredictor, build_sam2
 
-CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
-           "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml", "large": "configs/sam2.1/sam2.1_hiera_l.yaml"}
+CONFIGS = {
+    "tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
 
 
 def prompt_cases(h: int, w: int) -> dict:
     rng = np.random.default_rng(0)
     corners = np.sort(rng.uniform(0, 1, (16, 2, 2)), axis=1) * [w, h]
     return {
-        "points": dict(point_coords=np.array([[w * 0.4, h * 0.5], [w * 0.6, h * 0.3]]), point_labels=np.array([1, 0]),
-                       multimask_output=True),
+        "points": dict(
+            point_coords=np.array([[w * 0.4, h * 0.5], [w * 0.6, h * 0.3]]),
+            point_labels=np.array([1, 0]),
+            multimask_output=True,
+        ),
         "box": dict(box=np.array([w * 0.2, h * 0.2, w * 0.7, h * 0.8]), multimask_output=False),
-        "box+points_logits": dict(box=np.array([w * 0.2, h * 0.2, w * 0.7, h * 0.8]),
-                                  point_coords=np.array([[w * 0.4, h * 0.5]]), point_labels=np.array([1]),
-                                  multimask_output=False, return_logits=True),
+        "box+points_logits": dict(
+            box=np.array([w * 0.2, h * 0.2, w * 0.7, h * 0.8]),
+            point_coords=np.array([[w * 0.4, h * 0.5]]),
+            point_labels=np.array([1]),
+            multimask_output=False,
+            return_logits=True,
+        ),
         "multi_box16": dict(box=corners.reshape(16, 4), multimask_output=False),
     }
 
@@ -67,8 +79,9 @@ def main() -> None:
     official = build_official(config, image_size=size, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_official_checkpoint(official, Path(tmp) / "ckpt.pt")
-        ours = build_sam2(config, ckpt_path=str(path), device="cpu",
-                          hydra_overrides_extra=[f"++model.image_size={size}"])
+        ours = build_sam2(
+            config, ckpt_path=str(path), device="cpu", hydra_overrides_extra=[f"++model.image_size={size}"]
+        )
     feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
     h, w = (int(v) for v in args.image_hw.split("x"))
     image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -81,16 +94,20 @@ def main() -> None:
     if rel_err(our_pred.get_image_embedding(), ref_pred.get_image_embedding()) > 1e-4:
         raise SystemExit("image embeddings differ; timing refused")
     if args.set_image:
-        times = alternate({"official": lambda: ref_pred.set_image(image), "ours": lambda: our_pred.set_image(image)},
-                          rounds=max(3, args.rounds // 2))
+        times = alternate(
+            {"official": lambda: ref_pred.set_image(image), "ours": lambda: our_pred.set_image(image)},
+            rounds=max(3, args.rounds // 2),
+        )
         report("set_image", times)
 
     cases = prompt_cases(h, w)
     for name in args.cases.split(","):
         kwargs = cases[name]
         err = check_equal(our_pred.predict(**kwargs), ref_pred.predict(**kwargs), kwargs.get("return_logits", False))
-        times = alternate({"official": lambda: ref_pred.predict(**kwargs), "ours": lambda: our_pred.predict(**kwargs)},
-                          rounds=args.rounds)
+        times = alternate(
+            {"official": lambda: ref_pred.predict(**kwargs), "ours": lambda: our_pred.predict(**kwargs)},
+            rounds=args.rounds,
+        )
         report(f"predict[{name}]", times)["max_rel_err"] = err
 
     if args.amg:
@@ -100,8 +117,9 @@ def main() -> None:
         a, b = our_gen.generate(image), ref_gen.generate(image)
         if len(a) != len(b) or any(x["bbox"] != y["bbox"] for x, y in zip(a, b)):
             raise SystemExit("generator outputs differ; timing refused")
-        times = alternate({"official": lambda: ref_gen.generate(image), "ours": lambda: our_gen.generate(image)},
-                          rounds=3, warmup=0)
+        times = alternate(
+            {"official": lambda: ref_gen.generate(image), "ours": lambda: our_gen.generate(image)}, rounds=3, warmup=0
+        )
         report("amg[points_per_side=8]", times)
 
 

@@ -7,6 +7,7 @@ its bf16-stored memories cast to fp32 at use (see tests/test_video.py), hole fil
 
     OMP_NUM_THREADS=2 python benchmarks/bench_video.py --image-size 512 --frames 6 --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def module_times(predictor, state) -> dict[str, float]:
     for name in names:
         mod = getattr(predictor, name)
         handles.append(mod.register_forward_pre_hook(lambda m, a, n=name: start.__setitem__(n, time.perf_counter())))
-        handles.append(mod.register_forward_hook(
-            lambda m, a, o, n=name: spent.__setitem__(n, spent[n] + time.perf_counter() - start[n])))
+        handles.append(
+            mod.register_forward_hook(
+                lambda m, a, o, n=name: spent.__setitem__(n, spent[n] + time.perf_counter() - start[n])
+            )
+        )
     t = time.perf_counter()
     n = len(propagate(predictor, state))
     total = time.perf_counter() - t
@@ -86,6 +90,7 @@ def main() -> None:
     print(f"outputs equal: {len(got)} frames x 2 objects, worst rel_err {worst:.2e}")
 
     import tqdm as _tqdm  # the official always draws a bar: silence it for both while timing
+
     per_frame = args.frames - 1
     orig = _tqdm.tqdm.__init__
 
@@ -95,8 +100,14 @@ def main() -> None:
 
     _tqdm.tqdm.__init__ = quiet
     try:
-        times = alternate({"official": lambda: propagate(official, states["official"]),
-                           "ours": lambda: propagate(ours, states["ours"])}, rounds=args.rounds, warmup=0)
+        times = alternate(
+            {
+                "official": lambda: propagate(official, states["official"]),
+                "ours": lambda: propagate(ours, states["ours"]),
+            },
+            rounds=args.rounds,
+            warmup=0,
+        )
     finally:
         _tqdm.tqdm.__init__ = orig
     times = {k: [t / per_frame for t in v] for k, v in times.items()}

@@ -3,6 +3,7 @@
 Importing this package is cheap and has no side effects (in particular it never touches Hydra's
 global state); the public names are loaded on first use.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -6,6 +6,7 @@ step; :class:`LogProgress` instead writes whole lines: one at the start, one at 
 known total and one at the end, at most 12 per bar however slow the machine. Without a known
 total it writes a line after 5 s, then after 10, 20, 40 ... s (a few lines per hour of work).
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,8 +24,19 @@ class LogProgress:
     """The subset of tqdm's interface dp_sam2 uses (iterate, ``update``, ``set_postfix``, ``close``,
     ``with``), writing whole lines for logs."""
 
-    def __init__(self, iterable=None, total=None, desc: str = "", unit: str = "it", unit_scale: bool = False,
-                 unit_divisor: int = 1000, initial: int = 0, file=None, disable: bool = False, **_ignored):
+    def __init__(
+        self,
+        iterable=None,
+        total=None,
+        desc: str = "",
+        unit: str = "it",
+        unit_scale: bool = False,
+        unit_divisor: int = 1000,
+        initial: int = 0,
+        file=None,
+        disable: bool = False,
+        **_ignored,
+    ):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
@@ -88,9 +100,18 @@ class LogProgress:
             return
         from tqdm.std import tqdm
 
-        line = tqdm.format_meter(self.n, self.total, time.monotonic() - self._start, ncols=100, prefix=self.desc,
-                                 unit=self.unit, unit_scale=self.unit_scale, unit_divisor=self.unit_divisor,
-                                 postfix=self.postfix or None, initial=self.initial)
+        line = tqdm.format_meter(
+            self.n,
+            self.total,
+            time.monotonic() - self._start,
+            ncols=100,
+            prefix=self.desc,
+            unit=self.unit,
+            unit_scale=self.unit_scale,
+            unit_divisor=self.unit_divisor,
+            postfix=self.postfix or None,
+            initial=self.initial,
+        )
         stream = self.file if self.file is not None else sys.stderr
         stream.write(line.replace("\r", "") + "\n")
         stream.flush()

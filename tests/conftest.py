@@ -5,6 +5,7 @@ facebookresearch/sam2 HEAD), built with its own random initialisation and then p
 fixed seed so no parameter keeps a trivial value (zeros, ones). The same weights are saved in the
 official ``{"model": state_dict}`` format and loaded into ours.
 """
+
 from __future__ import annotations
 
 import importlib.util

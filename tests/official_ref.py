@@ -1,6 +1,7 @@
 """Reference helpers shared by the tests and the benchmarks, without pytest: the official model
 (PyPI ``sam2``) built with perturbed weights, saved in the official format, and the error measure
 of DESIGN ruling 1. ``tests/conftest.py`` re-exports them; ``benchmarks/_common.py`` imports them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,16 @@ def perturb_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> tor
     return module
 
 
-def build_official(config: str, *, image_size: int | None = None, video: bool = False,
-                   seed: int = 0, overrides=(), apply_postprocessing: bool = True, **kwargs):
+def build_official(
+    config: str,
+    *,
+    image_size: int | None = None,
+    video: bool = False,
+    seed: int = 0,
+    overrides=(),
+    apply_postprocessing: bool = True,
+    **kwargs,
+):
     """An official SAM2Base (or SAM2VideoPredictor) on CPU in fp32 with perturbed weights."""
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
@@ -55,8 +64,15 @@ def build_official(config: str, *, image_size: int | None = None, video: bool = 
     torch.manual_seed(seed)
     with _official_hydra():
         builder = build_sam2_video_predictor if video else build_sam2
-        model = builder(config, None, device="cpu", mode="eval", hydra_overrides_extra=extra,
-                        apply_postprocessing=apply_postprocessing, **kwargs)
+        model = builder(
+            config,
+            None,
+            device="cpu",
+            mode="eval",
+            hydra_overrides_extra=extra,
+            apply_postprocessing=apply_postprocessing,
+            **kwargs,
+        )
     return perturb_(model, seed=seed)
 
 

@@ -11,6 +11,7 @@ The official ``remove_small_regions`` needs OpenCV, which is not installed here:
 ``cv2`` module whose ``connectedComponentsWithStats`` is scipy's 8-connected labelling (labels
 in raster order of first pixel, as OpenCV's).
 """
+
 from __future__ import annotations
 
 import sys
@@ -90,16 +91,36 @@ def assert_same_records(got, ref):
 GENERATOR_CASES = {
     "grid6": dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.99),
     "filtered": dict(points_per_side=6, pred_iou_thresh=0.4, stability_score_thresh=0.3, box_nms_thresh=0.9),
-    "crops": dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1,
-                  box_nms_thresh=0.99, crop_nms_thresh=0.95, crop_n_points_downscale_factor=2,
-                  mask_threshold=1.0),  # smaller masks: some inside sub-crops survive the edge filter
-    "min_region": dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.3, box_nms_thresh=0.99,
-                       min_mask_region_area=30),
-    "m2m_rle": dict(points_per_side=5, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.99,
-                    use_m2m=True, output_mode="uncompressed_rle", points_per_batch=7),
-    "single_grid": dict(points_per_side=None, point_grids=[np.array([[0.2, 0.3], [0.5, 0.5], [0.8, 0.6], [0.4, 0.9]])],
-                        multimask_output=False, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                        box_nms_thresh=0.99),
+    "crops": dict(
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        crop_n_layers=1,
+        box_nms_thresh=0.99,
+        crop_nms_thresh=0.95,
+        crop_n_points_downscale_factor=2,
+        mask_threshold=1.0,
+    ),  # smaller masks: some inside sub-crops survive the edge filter
+    "min_region": dict(
+        points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.3, box_nms_thresh=0.99, min_mask_region_area=30
+    ),
+    "m2m_rle": dict(
+        points_per_side=5,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=0.99,
+        use_m2m=True,
+        output_mode="uncompressed_rle",
+        points_per_batch=7,
+    ),
+    "single_grid": dict(
+        points_per_side=None,
+        point_grids=[np.array([[0.2, 0.3], [0.5, 0.5], [0.8, 0.6], [0.4, 0.9]])],
+        multimask_output=False,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=0.99,
+    ),
 }
 
 
@@ -151,24 +172,37 @@ def test_attributes_and_from_pretrained(models, tmp_path):
     assert gen.config.pred_iou_thresh == 0.5
     assert [g.shape for g in gen.point_grids] == [(16, 2)]
     path = save_official_checkpoint(official, tmp_path / "ckpt.pt")
-    gen = SAM2AutomaticMaskGenerator.from_pretrained("sam2.1_tiny", ckpt_path=str(path), device="cpu",
-                                                     image_size=SIZE, points_per_side=3, box_nms_thresh=0.5)
+    gen = SAM2AutomaticMaskGenerator.from_pretrained(
+        "sam2.1_tiny", ckpt_path=str(path), device="cpu", image_size=SIZE, points_per_side=3, box_nms_thresh=0.5
+    )
     assert gen.box_nms_thresh == 0.5 and len(gen.point_grids[0]) == 9 and gen.predictor.model.image_size == SIZE
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    (dict(output_mode="png"), ValueError,
-     r"output_mode must be one of \('binary_mask', 'uncompressed_rle', 'coco_rle'\), got 'png'"),
-    (dict(points_per_side=None), ValueError, "exactly one of points_per_side or point_grids"),
-    (dict(point_grids=[np.zeros((4, 2))]), ValueError, "exactly one of points_per_side or point_grids"),
-    (dict(points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1), ValueError,
-     r"one grid per crop layer \(2\), got 1"),
-    (dict(points_per_side=None, point_grids=[np.zeros((4, 3))]), ValueError,
-     r"point_grids\[0\] must have shape \(N, 2\)"),
-    (dict(points_per_side=0), ValueError, "points_per_side must be an integer >= 1, got 0"),
-    (dict(points_per_batch=0), ValueError, "points_per_batch must be an integer >= 1"),
-    (dict(crop_n_layers=-1), ValueError, "crop_n_layers must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (
+            dict(output_mode="png"),
+            ValueError,
+            r"output_mode must be one of \('binary_mask', 'uncompressed_rle', 'coco_rle'\), got 'png'",
+        ),
+        (dict(points_per_side=None), ValueError, "exactly one of points_per_side or point_grids"),
+        (dict(point_grids=[np.zeros((4, 2))]), ValueError, "exactly one of points_per_side or point_grids"),
+        (
+            dict(points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1),
+            ValueError,
+            r"one grid per crop layer \(2\), got 1",
+        ),
+        (
+            dict(points_per_side=None, point_grids=[np.zeros((4, 3))]),
+            ValueError,
+            r"point_grids\[0\] must have shape \(N, 2\)",
+        ),
+        (dict(points_per_side=0), ValueError, "points_per_side must be an integer >= 1, got 0"),
+        (dict(points_per_batch=0), ValueError, "points_per_batch must be an integer >= 1"),
+        (dict(crop_n_layers=-1), ValueError, "crop_n_layers must be an integer >= 0"),
+    ],
+)
 def test_bad_arguments(models, kwargs, error, message):
     with pytest.raises(error, match=message):
         SAM2AutomaticMaskGenerator(models[1], **kwargs)
@@ -226,8 +260,9 @@ def test_rle_and_boxes_match_official(seed):
         assert got.shape == ref.shape and got.dtype == ref.dtype and torch.equal(got, ref)
     logits = torch.randn(4, 20, 30, generator=torch.Generator().manual_seed(seed)) * 3
     for thr, off in ((0.0, 1.0), (0.5, 0.3)):
-        assert torch.equal(amg.calculate_stability_score(logits, thr, off),
-                           official.calculate_stability_score(logits, thr, off))
+        assert torch.equal(
+            amg.calculate_stability_score(logits, thr, off), official.calculate_stability_score(logits, thr, off)
+        )
 
 
 def test_grids_crops_and_uncrop_match_official():
@@ -247,8 +282,10 @@ def test_grids_crops_and_uncrop_match_official():
     assert torch.equal(amg.uncrop_boxes_xyxy(boxes[None], crop), official.uncrop_boxes_xyxy(boxes[None], crop))
     pts = torch.rand(5, 2) * 50
     assert torch.equal(amg.uncrop_points(pts, crop), official.uncrop_points(pts, crop))
-    assert torch.equal(amg.is_box_near_crop_edge(boxes, crop, [0, 0, 100, 100]),
-                       official.is_box_near_crop_edge(boxes, crop, [0, 0, 100, 100]))
+    assert torch.equal(
+        amg.is_box_near_crop_edge(boxes, crop, [0, 0, 100, 100]),
+        official.is_box_near_crop_edge(boxes, crop, [0, 0, 100, 100]),
+    )
     masks = random_masks(3, h=80, w=60)
     assert torch.equal(amg.uncrop_masks(masks, crop, 90, 100), official.uncrop_masks(masks, crop, 90, 100))
     assert amg.box_xyxy_to_xywh(torch.tensor([2, 3, 10, 7])).tolist() == [2, 3, 8, 4]
@@ -299,8 +336,11 @@ def test_postprocess_small_regions_matches_official(fake_cv2):
     masks[0] = masks[3]  # a duplicate, for the NMS
 
     def data(module):
-        return module.MaskData(rles=module.mask_to_rle_pytorch(masks), boxes=module.batched_mask_to_box(masks),
-                               iou_preds=torch.rand(8, generator=torch.Generator().manual_seed(0)))
+        return module.MaskData(
+            rles=module.mask_to_rle_pytorch(masks),
+            boxes=module.batched_mask_to_box(masks),
+            iou_preds=torch.rand(8, generator=torch.Generator().manual_seed(0)),
+        )
 
     got = SAM2AutomaticMaskGenerator.postprocess_small_regions(data(amg), 15, 0.7)
     ref = Official.postprocess_small_regions(data(official), 15, 0.7)

@@ -1,6 +1,7 @@
 """bf16 beyond autocast: under ``torch.autocast(<device>, bfloat16)`` the fast route runs the trunk in
 bf16 on weight copies made once (never in state_dict, rebuilt when the weights change); features stay
 close to the official fp32 and to plain autocast; training under autocast gives fp32-like gradients."""
+
 from __future__ import annotations
 
 import copy
@@ -96,8 +97,9 @@ def _obs_encoder(monkeypatch, **kwargs):
     monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
     meta = {"obs": {"image": {"shape": [3, 64, 64], "type": "rgb"}}, "action": {"shape": [2]}}
     with pytest.warns(UserWarning):
-        enc = SAM2ObsEncoder(meta, model_cfg="sam2_tiny", checkpoint="missing/sam2_hiera_tiny.pt",
-                             image_size=64, **kwargs)
+        enc = SAM2ObsEncoder(
+            meta, model_cfg="sam2_tiny", checkpoint="missing/sam2_hiera_tiny.pt", image_size=64, **kwargs
+        )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in enc.parameters():

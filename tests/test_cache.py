@@ -1,6 +1,7 @@
 """The frozen-feature cache: equal to the live encoder, keyed (a stale cache is refused),
 resumable, sharded under torchrun (2 ranks == 1 process), and the dataset wrapper inside a
 DP-shaped setup (a small stand-in for Diffusion Policy's dataset classes, written here)."""
+
 from __future__ import annotations
 
 import os
@@ -28,16 +29,21 @@ def write_replay(path: Path, episodes=EPISODES, hw=(40, 48), seed=0) -> Path:
     rng = np.random.default_rng(seed)
     n = sum(episodes)
     root = zarr.open_group(str(path), mode="w")
-    yy, xx = np.mgrid[0: hw[0], 0: hw[1]]
-    img = np.stack([np.stack([(xx * (3 + i) + yy * 2) % 256, (yy * (5 + i)) % 256,
-                              np.full(hw, 20 * i % 256)], -1) for i in range(n)]).astype(np.float32)
+    yy, xx = np.mgrid[0 : hw[0], 0 : hw[1]]
+    img = np.stack(
+        [
+            np.stack([(xx * (3 + i) + yy * 2) % 256, (yy * (5 + i)) % 256, np.full(hw, 20 * i % 256)], -1)
+            for i in range(n)
+        ]
+    ).astype(np.float32)
     img += rng.uniform(0, 20, img.shape).astype(np.float32)
     data = root.require_group("data")
     write_array(data, "img", np.clip(img, 0, 255), chunks=(4, *hw, 3))  # zarr 2 and 3
     write_array(data, "state", rng.normal(size=(n, 5)).astype(np.float32), chunks=(n, 5))
     write_array(data, "action", rng.normal(size=(n, 2)).astype(np.float32), chunks=(n, 2))
-    write_array(root.require_group("meta"), "episode_ends", np.cumsum(episodes).astype(np.int64),
-                chunks=(len(episodes),))
+    write_array(
+        root.require_group("meta"), "episode_ends", np.cumsum(episodes).astype(np.int64), chunks=(len(episodes),)
+    )
     return path
 
 
@@ -71,8 +77,15 @@ def _encoder(ckpt, size=SIZE, input_range=(-1, 1), **kw):
     from dp_sam2 import SAM2ObsEncoder
 
     meta = {"obs": {"img": {"shape": [3, 40, 48], "type": "rgb"}}}
-    return SAM2ObsEncoder(meta, model_cfg="sam2_tiny", checkpoint=str(ckpt), image_size=size,
-                          pooling="mean", input_range=list(input_range), **kw).eval()
+    return SAM2ObsEncoder(
+        meta,
+        model_cfg="sam2_tiny",
+        checkpoint=str(ckpt),
+        image_size=size,
+        pooling="mean",
+        input_range=list(input_range),
+        **kw,
+    ).eval()
 
 
 def _features(store, res) -> np.ndarray:
@@ -107,8 +120,9 @@ def test_stale_cache_is_refused(cached, ckpts, tmp_path):
         C.open_cache(path, key_b)
     assert C.file_sha256(ckpts[0])[:12] in str(info.value) and "dp-sam2 cache-features" in str(info.value)
     key_bf16, _ = C.make_key("sam2_tiny", str(ckpts[0]), SIZE, precision="bf16")
-    with pytest.raises(ValueError,
-                       match="no SAM 2 feature cache for sam2_tiny-64px-[0-9a-f]{12}-bf16 .*precision fp32"):
+    with pytest.raises(
+        ValueError, match="no SAM 2 feature cache for sam2_tiny-64px-[0-9a-f]{12}-bf16 .*precision fp32"
+    ):
         C.open_cache(path, key_bf16)
     key_96, _ = C.make_key("sam2_tiny", str(ckpts[0]), 96)
     with pytest.raises(ValueError, match="image_size 64"):
@@ -153,10 +167,32 @@ def test_resume_after_interruption(cached, ckpts, tmp_path, monkeypatch):
 def test_two_rank_torchrun_matches_one_process(cached, ckpts, tmp_path):
     path, res = cached
     out = tmp_path / "two.zarr"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "dp_sam2.tools.cli", "cache-features", "--zarr", str(path), "--out", str(out),
-           "--obs-encoder", "sam2_tiny", "--checkpoint", str(ckpts[0]), "--image-size", str(SIZE),
-           "--batch-size", "5", "--no-progress", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dp_sam2.tools.cli",
+        "cache-features",
+        "--zarr",
+        str(path),
+        "--out",
+        str(out),
+        "--obs-encoder",
+        "sam2_tiny",
+        "--checkpoint",
+        str(ckpts[0]),
+        "--image-size",
+        str(SIZE),
+        "--batch-size",
+        "5",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -254,7 +290,7 @@ FAKE_DP = {
                 return val
             def get_normalizer(self, **kwargs):
                 return {"action": Field([1.0], [0.0]), "agent_pos": Field([1.0], [0.0]), "image": """
-                        """get_image_range_normalizer()}
+    """get_image_range_normalizer()}
             def get_all_actions(self): return torch.from_numpy(self.replay_buffer.data["action"])
             def __len__(self): return len(self.sampler)
             def __getitem__(self, idx):
@@ -278,8 +314,10 @@ def fake_dp(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-SHAPE_META = {"obs": {"image": {"shape": [3, 40, 48], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
-              "action": {"shape": [2]}}
+SHAPE_META = {
+    "obs": {"image": {"shape": [3, 40, 48], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+    "action": {"shape": [2]},
+}
 
 
 def test_dataset_wrapper_serves_cached_features(fake_dp, cached, ckpts):
@@ -288,8 +326,16 @@ def test_dataset_wrapper_serves_cached_features(fake_dp, cached, ckpts):
 
     path, res = cached
     inner = PushTImageDataset(str(path), horizon=6, pad_before=1, pad_after=5, val_ratio=0.3)
-    ds = C.CachedFeatureDataset(inner, cache_path=str(path), model_cfg="sam2_tiny", checkpoint=str(ckpts[0]),
-                                image_size=SIZE, input_range=[0, 1], shape_meta=SHAPE_META, n_obs_steps=2)
+    ds = C.CachedFeatureDataset(
+        inner,
+        cache_path=str(path),
+        model_cfg="sam2_tiny",
+        checkpoint=str(ckpts[0]),
+        image_size=SIZE,
+        input_range=[0, 1],
+        shape_meta=SHAPE_META,
+        n_obs_steps=2,
+    )
     assert isinstance(ds, BaseImageDataset) and len(ds) == len(inner)
     assert ds.replay_buffer is inner.replay_buffer  # other attributes come from the wrapped dataset
     feats = _features(path, res)
@@ -316,8 +362,9 @@ def test_dataset_wrapper_serves_cached_features(fake_dp, cached, ckpts):
     # the obs encoder takes the served features in place of the images: same output
     from dp_sam2 import SAM2ObsEncoder
 
-    enc = SAM2ObsEncoder(SHAPE_META, model_cfg="sam2_tiny", checkpoint=str(ckpts[0]), image_size=SIZE,
-                         input_range=[0, 1]).eval()
+    enc = SAM2ObsEncoder(
+        SHAPE_META, model_cfg="sam2_tiny", checkpoint=str(ckpts[0]), image_size=SIZE, input_range=[0, 1]
+    ).eval()
     sample, images = ds[5], inner[5]
     with torch.no_grad():
         from_cache = enc({"image": sample["obs"]["image"], "agent_pos": images["obs"]["agent_pos"][:2]})
@@ -325,11 +372,23 @@ def test_dataset_wrapper_serves_cached_features(fake_dp, cached, ckpts):
     assert rel_err(from_cache, live) <= 1e-2
 
     with pytest.raises(ValueError, match="input_range: \\[0, 1\\]"):
-        C.CachedFeatureDataset(inner, cache_path=str(path), model_cfg="sam2_tiny", checkpoint=str(ckpts[0]),
-                               image_size=SIZE, input_range=[-1, 1])
+        C.CachedFeatureDataset(
+            inner,
+            cache_path=str(path),
+            model_cfg="sam2_tiny",
+            checkpoint=str(ckpts[0]),
+            image_size=SIZE,
+            input_range=[-1, 1],
+        )
     with pytest.raises(ValueError, match="stale for this config"):
-        C.CachedFeatureDataset(inner, cache_path=str(path), model_cfg="sam2_tiny", checkpoint=str(ckpts[1]),
-                               image_size=SIZE, input_range=[0, 1])
+        C.CachedFeatureDataset(
+            inner,
+            cache_path=str(path),
+            model_cfg="sam2_tiny",
+            checkpoint=str(ckpts[1]),
+            image_size=SIZE,
+            input_range=[0, 1],
+        )
 
 
 DP_SHAPED_YAML = """
@@ -383,8 +442,12 @@ def test_dataset_wrapper_in_dp_shaped_hydra_config(fake_dp, cached, ckpts, tmp_p
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(cfg_dir), version_base=None):
-            overrides = ["+obs_encoder@policy.obs_encoder=sam2_tiny", f"policy.obs_encoder.checkpoint={ckpts[0]}",
-                         "policy.obs_encoder.input_range=[0,1]", f"policy.obs_encoder.image_size={SIZE}"]
+            overrides = [
+                "+obs_encoder@policy.obs_encoder=sam2_tiny",
+                f"policy.obs_encoder.checkpoint={ckpts[0]}",
+                "policy.obs_encoder.input_range=[0,1]",
+                f"policy.obs_encoder.image_size={SIZE}",
+            ]
             cfg = compose("train_cached", overrides=overrides)
             stale = compose("train_cached", overrides=overrides[:3] + ["policy.obs_encoder.image_size=96"])
             # the group file (merged after _self_) sets input_range [-1, 1]: refused with a clear message

@@ -1,5 +1,6 @@
 """Every `dp-sam2` command: --help, the demo (few steps), segment, track, viz, cache-features,
 info, and their errors. Models are tiny with generated (random) checkpoints."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -89,8 +90,20 @@ def test_demo_uses_official_weights_when_found(tmp_path, monkeypatch, ckpt_dir, 
 def test_segment(tmp_path, ckpt_dir, monkeypatch, capsys):
     image = picture(tmp_path / "photo.png")
     out = tmp_path / "mask.png"
-    args = ["segment", str(image), "--point", "65,55", "--model", "sam2.1_tiny", "--image-size", "256",
-            "--checkpoint", str(ckpt_dir / "sam2.1_hiera_tiny.pt"), "--out", str(out)]
+    args = [
+        "segment",
+        str(image),
+        "--point",
+        "65,55",
+        "--model",
+        "sam2.1_tiny",
+        "--image-size",
+        "256",
+        "--checkpoint",
+        str(ckpt_dir / "sam2.1_hiera_tiny.pt"),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert "score" in capsys.readouterr().out
     with Image.open(out) as img:
@@ -100,8 +113,14 @@ def test_segment(tmp_path, ckpt_dir, monkeypatch, capsys):
     # the result is the image predictor's best mask, drawn over the image
     from dp_sam2.tools.commands import segment_image
 
-    res = segment_image(image, point=(65, 55), model="sam2.1_tiny", checkpoint=str(ckpt_dir / "sam2.1_hiera_tiny.pt"),
-                        out=tmp_path / "m2.png", image_size=256)
+    res = segment_image(
+        image,
+        point=(65, 55),
+        model="sam2.1_tiny",
+        checkpoint=str(ckpt_dir / "sam2.1_hiera_tiny.pt"),
+        out=tmp_path / "m2.png",
+        image_size=256,
+    )
     drawn = np.asarray(Image.open(res.path)).astype(int)
     original = np.asarray(Image.open(image)).astype(int)
     if res.area:
@@ -127,8 +146,12 @@ def test_track_folder_and_video_file(tmp_path, ckpt_dir, capsys):
         picture(frames / f"{i}.png", size=(128, 96), shift=4 * i)
     out = tmp_path / "track"
     ckpt = str(ckpt_dir / "sam2.1_hiera_tiny.pt")
-    assert main(["track", str(frames), "--point", "0,65,55", "--out", str(out), "--image-size", "256",
-                 "--checkpoint", ckpt]) == 0
+    assert (
+        main(
+            ["track", str(frames), "--point", "0,65,55", "--out", str(out), "--image-size", "256", "--checkpoint", ckpt]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "track_sheet.png"]
     assert "wrote 4 files" in capsys.readouterr().out
     # a video file, decoded with PyAV, clicked on a later frame (tracks backwards too)
@@ -143,8 +166,25 @@ def test_track_folder_and_video_file(tmp_path, ckpt_dir, capsys):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    assert main(["track", str(video), "--point", "1,70,55", "--out", str(tmp_path / "t2"), "--image-size", "256",
-                 "--checkpoint", ckpt, "--max-frames", "2"]) == 0
+    assert (
+        main(
+            [
+                "track",
+                str(video),
+                "--point",
+                "1,70,55",
+                "--out",
+                str(tmp_path / "t2"),
+                "--image-size",
+                "256",
+                "--checkpoint",
+                ckpt,
+                "--max-frames",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "t2").iterdir())) == 3
     assert main(["track", str(frames), "--point", "7,65,55", "--out", str(out), "--checkpoint", ckpt]) == 1
     assert "the video has 3 frames" in capsys.readouterr().err
@@ -153,8 +193,23 @@ def test_track_folder_and_video_file(tmp_path, ckpt_dir, capsys):
 def test_viz(tmp_path, ckpt_dir, capsys):
     image = picture(tmp_path / "photo.png")
     out = tmp_path / "pca.png"
-    assert main(["viz", str(image), "--obs-encoder", "sam2_tiny", "--image-size", "128",
-                 "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "viz",
+                str(image),
+                "--obs-encoder",
+                "sam2_tiny",
+                "--image-size",
+                "128",
+                "--checkpoint",
+                str(ckpt_dir / "sam2_hiera_tiny.pt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with Image.open(out) as img:
         assert img.height > 200 and img.width > 400
     from dp_sam2.tools.draw import pca_rgb
@@ -172,9 +227,22 @@ def test_cache_features_command(tmp_path, ckpt_dir, capsys):
     from test_cache import write_replay
 
     replay = write_replay(tmp_path / "replay.zarr")
-    args = ["cache-features", "--zarr", str(replay), "--obs-encoder", "sam2_tiny", "--image-size", "64",
-            "--checkpoint", str(ckpt_dir / "sam2_hiera_tiny.pt"), "--batch-size", "8", "--no-progress",
-            "--device", "cpu"]
+    args = [
+        "cache-features",
+        "--zarr",
+        str(replay),
+        "--obs-encoder",
+        "sam2_tiny",
+        "--image-size",
+        "64",
+        "--checkpoint",
+        str(ckpt_dir / "sam2_hiera_tiny.pt"),
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "16 frames" in out and "complete" in out and "(16 frames encoded now)" in out
@@ -209,8 +277,9 @@ def test_info(tmp_path, ckpt_dir, monkeypatch, capsys):
     assert states[next(n for n in states if "torch.distributed" in n)].endswith(": usable")  # torch has it
     have_robomimic = importlib.util.find_spec("robomimic") is not None
     have_policies = importlib.util.find_spec("dp_sam2.policies") is not None
-    assert ("usable" in states["hybrid DP policies         dp_sam2.policies + robomimic"].split(": ", 1)[1]
-            .split(" ")[0]) == (have_robomimic and have_policies)
+    assert (
+        "usable" in states["hybrid DP policies         dp_sam2.policies + robomimic"].split(": ", 1)[1].split(" ")[0]
+    ) == (have_robomimic and have_policies)
     assert "robomimic" not in sys.modules or have_robomimic  # never imported by info
 
 
@@ -259,8 +328,11 @@ def test_demo_weights_fall_back_fast_or_download(tmp_path, monkeypatch, capsys):
     silent.bind(("127.0.0.1", 0))
     silent.listen(0)
     try:
-        for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{dropper.getsockname()[1]}",
-                    f"http://127.0.0.1:{silent.getsockname()[1]}"):
+        for url in (
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{dropper.getsockname()[1]}",
+            f"http://127.0.0.1:{silent.getsockname()[1]}",
+        ):
             start = time.monotonic()
             assert demo_weights(base_url=url, timeout=2.0) is None
             assert time.monotonic() - start < 12.0
@@ -341,11 +413,12 @@ def test_progress_bars_fit_logs(monkeypatch):
     lines = log.text.splitlines()
     assert "\r" not in log.text and 10 <= len(lines) <= 12
     assert "work:   0%" in lines[0] and "1000/1000" in lines[-1] and "100%" in lines[-1]
-    assert [int(line.split("%")[0].split()[-1]) for line in lines[1:-1]] == list(range(10, 100, 10))[:len(lines) - 2]
+    assert [int(line.split("%")[0].split()[-1]) for line in lines[1:-1]] == list(range(10, 100, 10))[: len(lines) - 2]
     # a download-style bar: updates of bytes, resumed from an offset, total known
     log = _Stream(tty=False)
-    with _progress.progress(total=100 << 20, initial=50 << 20, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc="file.pt", file=log) as bar:
+    with _progress.progress(
+        total=100 << 20, initial=50 << 20, unit="B", unit_scale=True, unit_divisor=1024, desc="file.pt", file=log
+    ) as bar:
         for _ in range(50):
             bar.update(1 << 20)
     assert len(log.text.splitlines()) <= 7 and "100M/100M" in log.text.splitlines()[-1]
@@ -376,9 +449,14 @@ def test_demo_log_fits_in_150_lines(tmp_path):
     env = {**os.environ, "DP_SAM2_CACHE": str(tmp_path / "empty_cache")}
     env.pop("DP_SAM2_CHECKPOINT_DIR", None)
     with open(log, "w") as out:
-        proc = subprocess.run([sys.executable, "-m", "dp_sam2.tools.cli", "demo", "--out", str(tmp_path / "out"),
-                               "--offline", "--quick"], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
-                              timeout=1200)
+        proc = subprocess.run(
+            [sys.executable, "-m", "dp_sam2.tools.cli", "demo", "--out", str(tmp_path / "out"), "--offline", "--quick"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+            timeout=1200,
+        )
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     lines = text.replace("\r", "\n").splitlines()

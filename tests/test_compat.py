@@ -2,6 +2,7 @@
 README put into a DP config still imports, a DP-style config saved with the old paths
 instantiates, and the obs encoder's state dict has the 0.1.0 keys and shapes (recorded from the
 0.1.0 release in tests/fixtures/compat), so DP checkpoints made with it still load."""
+
 from __future__ import annotations
 
 import importlib
@@ -46,8 +47,11 @@ def test_shipped_yaml_targets_import():
         if path.parent.name in ("sam2", "sam2.1"):
             continue  # model yamls are internal
         text = path.read_text()
-        targets |= {line.split(":", 1)[1].strip() for line in text.splitlines()
-                    if line.strip().startswith("_target_:") and "dp_sam2." in line}
+        targets |= {
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.strip().startswith("_target_:") and "dp_sam2." in line
+        }
     assert "dp_sam2.SAM2ObsEncoder" in targets
     for target in sorted(targets):
         module, _, name = target.rpartition(".")
@@ -88,8 +92,14 @@ RECORDED = json.loads((FIXTURES / "obs_encoder_0.1.0_state_dicts.json").read_tex
 def test_state_dict_keys_and_shapes_equal_0_1_0(case, monkeypatch):
     """A DP checkpoint of 0.1.0 holds these keys under ``obs_encoder.``: 0.2 must load them."""
     monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
-    meta = {"obs": {"cam_a": {"shape": [3, 96, 96], "type": "rgb"}, "wrist.cam": {"shape": [3, 64, 80], "type": "rgb"},
-                    "agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}}
+    meta = {
+        "obs": {
+            "cam_a": {"shape": [3, 96, 96], "type": "rgb"},
+            "wrist.cam": {"shape": [3, 64, 80], "type": "rgb"},
+            "agent_pos": {"shape": [2], "type": "low_dim"},
+        },
+        "action": {"shape": [2]},
+    }
     with pytest.warns(UserWarning):
         encoder = SAM2ObsEncoder(meta, **RECORDED[case]["kwargs"])
     got = {k: list(v.shape) for k, v in encoder.state_dict().items()}

@@ -6,6 +6,7 @@ a random-weight sam2_tiny file in the official format at checkpoints/. The shipp
 train_diffusion_unet_sam2_ddp_workspace.yaml runs there under `torchrun`, as on real DP (by hand:
 benchmarks/ddp_run/README.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,19 +28,43 @@ from dp_sam2.workspaces import dist as D
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = ROOT / "tests" / "fixtures" / "dp" / "ddp_checkout"
 CONFIG = "train_diffusion_unet_sam2_ddp_workspace"
-SMALL = ["task=pusht_image", "obs_encoder=sam2_tiny", "training.device=cpu", "logging.mode=disabled",
-         "dataloader.num_workers=0", "val_dataloader.num_workers=0", "dataloader.pin_memory=false",
-         "val_dataloader.pin_memory=false", "dataloader.shuffle=false", "policy.down_dims=[16]",
-         "policy.num_inference_steps=2", "policy.obs_encoder.image_size=64", "policy.obs_encoder.crop_shape=null",
-         "policy.obs_encoder.random_crop=false", "policy.obs_encoder.feature_dim=16",
-         "policy._target_=ddp_fixtures.FixedNoisePolicy",
-         # SGD with momentum: after one step its momentum buffer is exactly that step's gradient
-         "optimizer._target_=torch.optim.SGD", "optimizer.lr=0.1", "+optimizer.momentum=0.9",
-         "optimizer.weight_decay=0", "~optimizer.betas", "~optimizer.eps", "~optimizer.backbone_lr_scale",
-         "training.lr_scheduler=constant", "training.lr_warmup_steps=0", "training.num_epochs=1",
-         "training.max_train_steps=1", "training.max_val_steps=1", "training.rollout_every=1",
-         "training.checkpoint_every=1", "training.val_every=1", "training.sample_every=1"]
+SMALL = [
+    "task=pusht_image",
+    "obs_encoder=sam2_tiny",
+    "training.device=cpu",
+    "logging.mode=disabled",
+    "dataloader.num_workers=0",
+    "val_dataloader.num_workers=0",
+    "dataloader.pin_memory=false",
+    "val_dataloader.pin_memory=false",
+    "dataloader.shuffle=false",
+    "policy.down_dims=[16]",
+    "policy.num_inference_steps=2",
+    "policy.obs_encoder.image_size=64",
+    "policy.obs_encoder.crop_shape=null",
+    "policy.obs_encoder.random_crop=false",
+    "policy.obs_encoder.feature_dim=16",
+    "policy._target_=ddp_fixtures.FixedNoisePolicy",
+    # SGD with momentum: after one step its momentum buffer is exactly that step's gradient
+    "optimizer._target_=torch.optim.SGD",
+    "optimizer.lr=0.1",
+    "+optimizer.momentum=0.9",
+    "optimizer.weight_decay=0",
+    "~optimizer.betas",
+    "~optimizer.eps",
+    "~optimizer.backbone_lr_scale",
+    "training.lr_scheduler=constant",
+    "training.lr_warmup_steps=0",
+    "training.num_epochs=1",
+    "training.max_train_steps=1",
+    "training.max_val_steps=1",
+    "training.rollout_every=1",
+    "training.checkpoint_every=1",
+    "training.val_every=1",
+    "training.sample_every=1",
+]
 GLOBAL_BATCH = 4
+
 
 # --------------------------------------------------------------------------- the stand-in checkout
 @pytest.fixture(scope="module")
@@ -56,16 +81,24 @@ def checkout(tmp_path_factory):
 
 
 def _env(box: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(box), str(ROOT)]),
-               DP_SAM2_CACHE=str(box / "user_cache"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(box), str(ROOT)]),
+        DP_SAM2_CACHE=str(box / "user_cache"),
+        PYTHONUNBUFFERED="1",
+    )
     for name in ("DP_SAM2_CHECKPOINT_DIR", "DP_SAM2_ALLOW_MISSING_CHECKPOINT", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
     return env
 
 
 def _train(box: Path, nproc: int, overrides: list[str], timeout: int = 300) -> str:
-    launch = [sys.executable, "train.py"] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "train.py"]
+    launch = (
+        [sys.executable, "train.py"]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "train.py"]
+    )
     cmd = [*launch, f"--config-name={CONFIG}", *SMALL, *overrides]
     proc = subprocess.run(cmd, cwd=box, env=_env(box), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
@@ -79,16 +112,24 @@ def _payload(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def one_proc(checkout):
-    out = _train(checkout, 1, [f"dataloader.batch_size={GLOBAL_BATCH}", "val_dataloader.batch_size=4",
-                               "hydra.run.dir=runs/one"])
+    out = _train(
+        checkout, 1, [f"dataloader.batch_size={GLOBAL_BATCH}", "val_dataloader.batch_size=4", "hydra.run.dir=runs/one"]
+    )
     return checkout / "runs" / "one", out
 
 
 @pytest.fixture(scope="module")
 def two_proc(checkout):
     # each rank gets its own hydra.run.dir, as DP's ${now:...} default can: rank 0's must win
-    out = _train(checkout, 2, [f"dataloader.batch_size={GLOBAL_BATCH // 2}", "val_dataloader.batch_size=2",
-                               "hydra.run.dir=runs/two_${oc.env:RANK,0}"])
+    out = _train(
+        checkout,
+        2,
+        [
+            f"dataloader.batch_size={GLOBAL_BATCH // 2}",
+            "val_dataloader.batch_size=2",
+            "hydra.run.dir=runs/two_${oc.env:RANK,0}",
+        ],
+    )
     return checkout / "runs" / "two_0", out
 
 
@@ -134,10 +175,17 @@ def test_rank_zero_writes_one_run_folder(two_proc, checkout):
     run, out = two_proc
     assert sorted(p.name for p in (checkout / "runs").iterdir() if p.name.startswith("two")) == ["two_0"]
     names = sorted(p.name for p in run.iterdir())
-    assert names == [".hydra", "checkpoints", "logs.json.txt", "train.log"] or \
-        names == [".hydra", "checkpoints", "logs.json.txt", "train.log", "wandb"], names
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
-        ["epoch=0000-test_mean_score=0.000.ckpt", "latest.ckpt"]
+    assert names == [".hydra", "checkpoints", "logs.json.txt", "train.log"] or names == [
+        ".hydra",
+        "checkpoints",
+        "logs.json.txt",
+        "train.log",
+        "wandb",
+    ], names
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch=0000-test_mean_score=0.000.ckpt",
+        "latest.ckpt",
+    ]
     assert re.findall(r"RUNNER rank (\d)", out) == ["0"]  # env runner on rank 0 only
     assert re.findall(r"NORMALIZER rank (\d)", out) == ["0"]  # computed once, broadcast
     logs = [json.loads(line) for line in (run / "logs.json.txt").read_text().splitlines()]
@@ -160,8 +208,11 @@ def test_checkpoint_is_dps_payload_with_unwrapped_weights(two_proc, checkout):
     for key in ("model", "ema_model"):
         state = payload["state_dicts"][key]
         assert not [k for k in state if k.startswith("module.") or k.startswith("policy.")]
-        trunk = {k.split("obs_encoder.backbone.", 1)[1]: v for k, v in state.items()
-                 if k.startswith("obs_encoder.backbone.image_encoder.trunk.")}
+        trunk = {
+            k.split("obs_encoder.backbone.", 1)[1]: v
+            for k, v in state.items()
+            if k.startswith("obs_encoder.backbone.image_encoder.trunk.")
+        }
         assert len(trunk) > 50
         for name, value in trunk.items():  # the frozen trunk equals the SAM 2 file
             assert torch.equal(value, official[name].float()), name
@@ -194,8 +245,16 @@ def test_resume_from_latest(two_proc, checkout):
     again = checkout / "runs" / "resume_0"
     shutil.copytree(run, again)
     before = _payload(again / "checkpoints" / "latest.ckpt")
-    out = _train(checkout, 2, ["dataloader.batch_size=2", "val_dataloader.batch_size=2", "training.num_epochs=2",
-                               "hydra.run.dir=runs/resume_${oc.env:RANK,0}"])
+    out = _train(
+        checkout,
+        2,
+        [
+            "dataloader.batch_size=2",
+            "val_dataloader.batch_size=2",
+            "training.num_epochs=2",
+            "hydra.run.dir=runs/resume_${oc.env:RANK,0}",
+        ],
+    )
     assert out.count("Resuming from checkpoint") == 1  # printed by rank 0; every rank loads
     after = _payload(again / "checkpoints" / "latest.ckpt")
     # DP saves inside the epoch (epoch 0 of the first run), resumes at that number and runs num_epochs more
@@ -203,8 +262,9 @@ def test_resume_from_latest(two_proc, checkout):
     assert dill.loads(after["pickles"]["global_step"]) > dill.loads(before["pickles"]["global_step"])
     logs = [json.loads(line) for line in (again / "logs.json.txt").read_text().splitlines()]
     assert [row["epoch"] for row in logs if "val_loss" in row] == [0, 0, 1]  # the json log appends
-    changed = [k for k, v in after["state_dicts"]["model"].items()
-               if not torch.equal(v, before["state_dicts"]["model"][k])]
+    changed = [
+        k for k, v in after["state_dicts"]["model"].items() if not torch.equal(v, before["state_dicts"]["model"][k])
+    ]
     assert changed and not [k for k in changed if k.startswith("obs_encoder.backbone.")]
     assert not (checkout / "runs" / "resume_1").exists()
 
@@ -264,8 +324,16 @@ def test_cached_features_are_sharded(fake_dp, cached, ckpts):  # noqa: F811
 
     path, _ = cached
     inner = PushTImageDataset(str(path), horizon=4, pad_before=1, pad_after=3)
-    ds = CachedFeatureDataset(inner, cache_path=str(path), model_cfg="sam2_tiny", checkpoint=str(ckpts[0]),
-                              image_size=SIZE, input_range=[0, 1], shape_meta=SHAPE_META, n_obs_steps=2)
+    ds = CachedFeatureDataset(
+        inner,
+        cache_path=str(path),
+        model_cfg="sam2_tiny",
+        checkpoint=str(ckpts[0]),
+        image_size=SIZE,
+        input_range=[0, 1],
+        shape_meta=SHAPE_META,
+        n_obs_steps=2,
+    )
     cfg = {"batch_size": 3, "num_workers": 0, "shuffle": True}
     shards = []
     for rank in range(2):
@@ -324,14 +392,22 @@ def test_transformer_policies_get_their_own_optimizer(monkeypatch, tmp_path):
         from dp_sam2.workspaces.data_parallel import workspace_class
 
         cls = workspace_class()
-        base = {"training": {"device": "cpu", "seed": 0, "use_ema": False},
-                "policy": {"_target_": "test_ddp.TinyTransformerPolicy"}}
-        opt = {"transformer_weight_decay": 1e-3, "obs_encoder_weight_decay": 1e-6, "learning_rate": 1e-4,
-               "betas": [0.9, 0.95]}
+        base = {
+            "training": {"device": "cpu", "seed": 0, "use_ema": False},
+            "policy": {"_target_": "test_ddp.TinyTransformerPolicy"},
+        }
+        opt = {
+            "transformer_weight_decay": 1e-3,
+            "obs_encoder_weight_decay": 1e-6,
+            "learning_rate": 1e-4,
+            "betas": [0.9, 0.95],
+        }
         ws = cls(OmegaConf.create({**base, "optimizer": opt}), output_dir=str(tmp_path))
         assert ws.model.optimizer_kwargs == opt and ws.optimizer.param_groups[0]["weight_decay"] == 1e-3
-        ws = cls(OmegaConf.create({**base, "optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3}}),
-                 output_dir=str(tmp_path))
+        ws = cls(
+            OmegaConf.create({**base, "optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3}}),
+            output_dir=str(tmp_path),
+        )
         assert isinstance(ws.optimizer, torch.optim.AdamW) and ws.output_dir == str(tmp_path)
     finally:
         for name in [m for m in sys.modules if m == "diffusion_policy" or m.startswith("diffusion_policy.")]:
@@ -344,11 +420,15 @@ class TinyTransformerPolicy(torch.nn.Module):
         self.layer = torch.nn.Linear(2, 2)
 
     def get_optimizer(self, transformer_weight_decay, obs_encoder_weight_decay, learning_rate, betas):
-        self.optimizer_kwargs = {"transformer_weight_decay": transformer_weight_decay,
-                                 "obs_encoder_weight_decay": obs_encoder_weight_decay,
-                                 "learning_rate": learning_rate, "betas": list(betas)}
-        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=tuple(betas),
-                                 weight_decay=transformer_weight_decay)
+        self.optimizer_kwargs = {
+            "transformer_weight_decay": transformer_weight_decay,
+            "obs_encoder_weight_decay": obs_encoder_weight_decay,
+            "learning_rate": learning_rate,
+            "betas": list(betas),
+        }
+        return torch.optim.AdamW(
+            self.parameters(), lr=learning_rate, betas=tuple(betas), weight_decay=transformer_weight_decay
+        )
 
 
 # --------------------------------------------------------------------------- Ray (DP's multirun)
@@ -361,8 +441,10 @@ def test_obs_encoder_group_through_hydra_initialize_and_compose():
     GlobalHydra.instance().clear()
     try:
         with hydra.initialize(version_base=None, config_path="fixtures/dp/config"):
-            cfg = hydra.compose(config_name="train_dp_shaped_workspace",
-                                overrides=["+obs_encoder@policy.obs_encoder=sam2_tiny", "n_obs_steps=3"])
+            cfg = hydra.compose(
+                config_name="train_dp_shaped_workspace",
+                overrides=["+obs_encoder@policy.obs_encoder=sam2_tiny", "n_obs_steps=3"],
+            )
             assert cfg.policy.obs_encoder._target_ == "dp_sam2.SAM2ObsEncoder"
             assert cfg.policy.obs_encoder.model_cfg == "sam2_tiny" and cfg.policy.n_obs_steps == 3
             cfg = hydra.compose(config_name=CONFIG, overrides=["obs_encoder=sam2.1_tiny"])

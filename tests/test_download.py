@@ -1,6 +1,7 @@
 """`dp-sam2 download` against a local HTTP server on 127.0.0.1 serving a generated checkpoint:
 a whole download, a broken connection resumed automatically and by a second run (HTTP Range),
 the atomic rename, verification, and clear errors."""
+
 from __future__ import annotations
 
 import http.server
@@ -147,8 +148,10 @@ def test_offline_errors_are_clear(tmp_path):
 
 
 def test_names_and_default_destination(tmp_path, monkeypatch):
-    assert [s.name for s in dl.resolve_names(["sam2_large", "sam2.1_hiera_tiny.pt", "sam2_large"])] == \
-        ["sam2_large", "sam2.1_tiny"]
+    assert [s.name for s in dl.resolve_names(["sam2_large", "sam2.1_hiera_tiny.pt", "sam2_large"])] == [
+        "sam2_large",
+        "sam2.1_tiny",
+    ]
     assert {s.name for s in dl.resolve_names(list(MODELS))} == set(MODELS)
     with pytest.raises(ValueError, match="known names"):
         dl.resolve_names(["sam3_huge"])
@@ -187,8 +190,10 @@ def test_verify_is_strict_without_building_a_model(tiny_bytes, tmp_path):
     cases = {
         "unexpected keys \\['extra.weight'\\]": {**state, "extra.weight": torch.zeros(2)},
         "missing keys \\['no_mem_embed'\\]": {k: v for k, v in state.items() if k != "no_mem_embed"},
-        "1 shape mismatches, e.g. no_mem_embed: file \\(1, 1, 128\\) vs model \\(1, 1, 256\\)":
-            {**state, "no_mem_embed": torch.zeros(1, 1, 128)},
+        "1 shape mismatches, e.g. no_mem_embed: file \\(1, 1, 128\\) vs model \\(1, 1, 256\\)": {
+            **state,
+            "no_mem_embed": torch.zeros(1, 1, 128),
+        },
     }
     for message, bad in cases.items():
         torch.save({"model": bad}, path)
@@ -213,12 +218,24 @@ def test_checkpoints_layer_imports_nothing_above_it():
 
     import dp_sam2.checkpoints as pkg
 
-    above = ("dp_sam2.encoders", "dp_sam2.predictors", "dp_sam2.cache", "dp_sam2.tools", "dp_sam2.policies",
-             "dp_sam2.workspaces", "dp_sam2.ext")
+    above = (
+        "dp_sam2.encoders",
+        "dp_sam2.predictors",
+        "dp_sam2.cache",
+        "dp_sam2.tools",
+        "dp_sam2.policies",
+        "dp_sam2.workspaces",
+        "dp_sam2.ext",
+    )
     for file in Path(pkg.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 assert not name.startswith(above), f"{file.name} imports {name}"
 
@@ -313,12 +330,18 @@ def test_cli_download_from_a_hub_mirror(tmp_path):
     data = _tiny21_bytes(tmp_path)
     hub = _Hub({("facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt"): data})
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1",
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
     cmd = [sys.executable, "-m", "dp_sam2.tools.cli", "download", "sam2.1_tiny", "--source", "huggingface"]
     try:
-        proc = subprocess.run(cmd + ["--dest", str(tmp_path / "a")], env=env, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            cmd + ["--dest", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=300
+        )
     finally:
         hub.close()
     assert proc.returncode == 0, proc.stderr
@@ -326,13 +349,22 @@ def test_cli_download_from_a_hub_mirror(tmp_path):
     assert not list((tmp_path / "a").glob("*.part"))
     _only_the_file_route_was_needed(hub, "/facebook/sam2.1-hiera-tiny/resolve/main/sam2.1_hiera_tiny.pt")
     assert len(proc.stderr.splitlines()) <= 15  # the log-style progress bar: a few lines, no \r updates
-    offline = subprocess.run(cmd + ["--dest", str(tmp_path / "b")], env={**env, "HF_HUB_OFFLINE": "1"},
-                             capture_output=True, text=True, timeout=300)
+    offline = subprocess.run(
+        cmd + ["--dest", str(tmp_path / "b")],
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert offline.returncode == 0, offline.stderr
     assert (tmp_path / "b" / "sam2.1_hiera_tiny.pt").read_bytes() == data
-    empty = subprocess.run(cmd + ["--dest", str(tmp_path / "c")],
-                           env={**env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty")},
-                           capture_output=True, text=True, timeout=300)
+    empty = subprocess.run(
+        cmd + ["--dest", str(tmp_path / "c")],
+        env={**env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert empty.returncode == 1 and "could not download sam2.1_tiny from the Hugging Face hub" in empty.stderr
     assert not (tmp_path / "c" / "sam2.1_hiera_tiny.pt").exists()
 
@@ -364,10 +396,10 @@ def test_hub_source_in_process(tmp_path, monkeypatch):
 
         if "cache_dir" in inspect.signature(hub_mod.hf_hub_download).parameters:
             real = hub_mod.hf_hub_download
-            monkeypatch.setattr(hub_mod, "hf_hub_download",
-                                lambda *a, **k: real(*a, cache_dir=str(tmp_path / "hub_cache"), **k))
-        (res,) = dl.download(["facebook/sam2.1-hiera-tiny"], dest=tmp_path / "d", source="huggingface",
-                             progress=False)
+            monkeypatch.setattr(
+                hub_mod, "hf_hub_download", lambda *a, **k: real(*a, cache_dir=str(tmp_path / "hub_cache"), **k)
+            )
+        (res,) = dl.download(["facebook/sam2.1-hiera-tiny"], dest=tmp_path / "d", source="huggingface", progress=False)
     finally:
         hub.close()
     assert res.path == tmp_path / "d" / "sam2.1_hiera_tiny.pt" and res.path.read_bytes() == data
@@ -390,16 +422,18 @@ def test_from_pretrained_looks_locally_first_then_downloads(tmp_path, monkeypatc
         return dl.DownloadResult(spec, dest / spec.filename, "downloaded", len(tiny_bytes))
 
     monkeypatch.setattr(dl, "download_one", fake_download)
-    video = SAM2VideoPredictor.from_pretrained("facebook/sam2-hiera-tiny", source="huggingface", device="cpu",
-                                               image_size=128)
+    video = SAM2VideoPredictor.from_pretrained(
+        "facebook/sam2-hiera-tiny", source="huggingface", device="cpu", image_size=128
+    )
     assert isinstance(video, SAM2VideoPredictor) and video.image_size == 128
     assert calls == [("sam2_tiny", "huggingface", tmp_path / "cache")]
     state = torch.load(tmp_path / "cache" / "sam2_hiera_tiny.pt", weights_only=True)["model"]
     assert torch.equal(video.no_mem_embed.detach(), state["no_mem_embed"].float())
     # now found locally: no second download
     image = SAM2ImagePredictor.from_pretrained("sam2_tiny", device="cpu", image_size=128, mask_threshold=0.5)
-    amg = SAM2AutomaticMaskGenerator.from_pretrained("sam2_hiera_tiny.pt", device="cpu", image_size=128,
-                                                     points_per_side=4)
+    amg = SAM2AutomaticMaskGenerator.from_pretrained(
+        "sam2_hiera_tiny.pt", device="cpu", image_size=128, points_per_side=4
+    )
     assert len(calls) == 1 and image.mask_threshold == 0.5 and len(amg.point_grids[0]) == 16
     assert torch.equal(image.model.no_mem_embed.detach(), state["no_mem_embed"].float())
     with pytest.raises(ValueError, match="source must be one of"):

@@ -1,6 +1,7 @@
 """dp_sam2.ext: connected components against scipy's labelling, hole filling against the official
 functions (with an exact CPU stand-in for the official kernel, DESIGN ruling 2), bad inputs, the
 CLI, the nvcc build and (on a GPU) the kernel against the CPU path."""
+
 from __future__ import annotations
 
 import ctypes
@@ -68,8 +69,21 @@ def blobby(n, h, w, seed, sigma=2.0, level=0.0):
 def random_masks():
     gen = torch.Generator().manual_seed(0)
     cases = []
-    for n, h, w in [(1, 1, 1), (2, 1, 1), (1, 1, 9), (1, 7, 1), (3, 2, 2), (2, 3, 3), (4, 5, 8),
-                    (2, 16, 16), (3, 17, 31), (2, 33, 20), (1, 64, 63), (5, 40, 41), (1, 129, 96)]:
+    for n, h, w in [
+        (1, 1, 1),
+        (2, 1, 1),
+        (1, 1, 9),
+        (1, 7, 1),
+        (3, 2, 2),
+        (2, 3, 3),
+        (4, 5, 8),
+        (2, 16, 16),
+        (3, 17, 31),
+        (2, 33, 20),
+        (1, 64, 63),
+        (5, 40, 41),
+        (1, 129, 96),
+    ]:
         for p in (0.1, 0.45, 0.6, 0.9):
             cases.append((f"rand{n}x{h}x{w}p{p}", torch.rand(n, 1, h, w, generator=gen) < p))
     for n, h, w, sigma in [(4, 37, 53, 1.5), (2, 64, 64, 3.0), (1, 101, 77, 6.0)]:
@@ -120,11 +134,17 @@ def kernel_emulation(tmp_path_factory):
         pytest.skip("no C++ compiler")
     out = tmp_path_factory.mktemp("emu") / "cc_emu.so"
     src = _build.SOURCE_DIR / "connected_components.cu"
-    subprocess.run([cxx, "-O2", "-shared", "-fPIC", "-x", "c++", "-DDP_SAM2_CC_HOST_EMULATION",
-                    str(src), "-o", str(out)], check=True)
+    subprocess.run(
+        [cxx, "-O2", "-shared", "-fPIC", "-x", "c++", "-DDP_SAM2_CC_HOST_EMULATION", str(src), "-o", str(out)],
+        check=True,
+    )
     lib = ctypes.CDLL(str(out))
-    lib.dp_sam2_cc_emulate.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int32,
-                                                               ctypes.c_int32, ctypes.c_int]
+    lib.dp_sam2_cc_emulate.argtypes = [ctypes.c_void_p] * 4 + [
+        ctypes.c_int64,
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.c_int,
+    ]
     lib.dp_sam2_cc_emulate.restype = ctypes.c_int
 
     def run(mask: torch.Tensor, reverse: bool):
@@ -133,8 +153,9 @@ def kernel_emulation(tmp_path_factory):
         labels = torch.full(img.shape, -7, dtype=torch.int32)
         counts = torch.full(img.shape, -7, dtype=torch.int32)
         scratch = torch.full((3 * n * ((h + 1) // 2) * ((w + 1) // 2),), -7, dtype=torch.int32)
-        lib.dp_sam2_cc_emulate(img.data_ptr(), labels.data_ptr(), counts.data_ptr(),
-                               scratch.data_ptr(), n, h, w, int(reverse))
+        lib.dp_sam2_cc_emulate(
+            img.data_ptr(), labels.data_ptr(), counts.data_ptr(), scratch.data_ptr(), n, h, w, int(reverse)
+        )
         return labels, counts
 
     return run
@@ -166,8 +187,12 @@ def test_connected_components_match_scipy(impl, request):
 
 
 def test_implementations_agree_exactly_on_larger_masks():
-    masks = torch.cat([blobby(3, 190, 257, seed=5, sigma=4.0, level=0.2),
-                       torch.rand(3, 1, 190, 257, generator=torch.Generator().manual_seed(1)) < 0.5])
+    masks = torch.cat(
+        [
+            blobby(3, 190, 257, seed=5, sigma=4.0, level=0.2),
+            torch.rand(3, 1, 190, 257, generator=torch.Generator().manual_seed(1)) < 0.5,
+        ]
+    )
     labels, counts = get_connected_components(masks)
     assert_same_components(masks, labels, counts)
     t_labels, t_counts = _cc.cc_torch(masks.to(torch.uint8))
@@ -266,8 +291,7 @@ def test_postprocess_matches_official_transforms(monkeypatch, hole, sprinkle):
 
     monkeypatch.setattr(official, "get_connected_components", _scipy_stand_in)
     scores = _scores(2, 3, 40, 33, seed=hole + sprinkle)
-    transforms = SAM2Transforms(resolution=40, mask_threshold=0.0, max_hole_area=hole,
-                                max_sprinkle_area=sprinkle)
+    transforms = SAM2Transforms(resolution=40, mask_threshold=0.0, max_hole_area=hole, max_sprinkle_area=sprinkle)
     ref = transforms.postprocess_masks(scores, (40, 33))  # same size: the resize is the identity
     got = fill_holes_and_remove_sprinkles(scores, hole, sprinkle, mask_threshold=0.0)
     assert torch.equal(got, ref)
@@ -289,8 +313,9 @@ def test_fill_holes_semantics_by_hand():
 # --------------------------------------------------------------------------- CLI, builds, GPU
 def _run_cli(*args, env_extra=None, timeout=120):
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "dp_sam2.ext", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dp_sam2.ext", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
@@ -316,10 +341,18 @@ def test_status_and_build_cli(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_import_compiles_nothing(tmp_path):
-    probe = ("import sys, dp_sam2.ext as e; "
-             "print(sorted(m for m in ('torch.utils.cpp_extension', 'scipy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, DP_SAM2_CACHE=str(tmp_path)), cwd=REPO)
+    probe = (
+        "import sys, dp_sam2.ext as e; "
+        "print(sorted(m for m in ('torch.utils.cpp_extension', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, DP_SAM2_CACHE=str(tmp_path)),
+        cwd=REPO,
+    )
     assert out.stdout.strip() == "[]", out.stderr
     assert not any(tmp_path.iterdir())
 
@@ -346,11 +379,12 @@ def test_nvcc_builds_the_cuda_kernel(tmp_path):
     assert f"CUDA kernel: built: {tmp_path}" in out.stdout
     if not torch.cuda.is_available():
         assert f"TORCH_CUDA_ARCH_LIST={_build.DEFAULT_CUDA_ARCH_LIST}" in out.stdout
-    probe = ("import sys, torch; torch.ops.load_library(sys.argv[1]); "
-             "print(torch.ops.dp_sam2_ext.connected_components.default._schema)")
+    probe = (
+        "import sys, torch; torch.ops.load_library(sys.argv[1]); "
+        "print(torch.ops.dp_sam2_ext.connected_components.default._schema)"
+    )
     lib = next(tmp_path.glob("ext/cuda-*/dp_sam2_cc_cuda.so"))
-    loaded = subprocess.run([sys.executable, "-c", probe, str(lib)], capture_output=True,
-                            text=True, timeout=120)
+    loaded = subprocess.run([sys.executable, "-c", probe, str(lib)], capture_output=True, text=True, timeout=120)
     assert "connected_components(Tensor mask) -> (Tensor labels, Tensor counts)" in loaded.stdout, loaded.stderr
 
 
@@ -358,14 +392,15 @@ def test_nvcc_builds_the_cuda_kernel(tmp_path):
 def test_cuda_kernel_equals_cpu_path():
     assert implementation("cuda", build=True) == "cuda kernel"
     gen = torch.Generator().manual_seed(0)
-    masks = [m for _, m in CASES] + [torch.rand(64, 1, 256, 256, generator=gen) < 0.5,
-                                     blobby(2, 1023, 1025, seed=1, sigma=8.0),
-                                     torch.rand(70000, 1, 2, 3, generator=gen) < 0.5]
+    masks = [m for _, m in CASES] + [
+        torch.rand(64, 1, 256, 256, generator=gen) < 0.5,
+        blobby(2, 1023, 1025, seed=1, sigma=8.0),
+        torch.rand(70000, 1, 2, 3, generator=gen) < 0.5,
+    ]
     for mask in masks:
         labels, counts = get_connected_components(mask.cuda())
         assert labels.is_cuda
         ref_labels, ref_counts = _cc.cc_cpu_op(mask.to(torch.uint8).contiguous())
         assert torch.equal(labels.cpu(), ref_labels) and torch.equal(counts.cpu(), ref_counts)
     scores = _scores(2, 1, 64, 61, seed=0).cuda()
-    assert torch.equal(fill_holes_in_mask_scores(scores, 30).cpu(),
-                       fill_holes_in_mask_scores(scores.cpu(), 30))
+    assert torch.equal(fill_holes_in_mask_scores(scores, 30).cpu(), fill_holes_in_mask_scores(scores.cpu(), 30))

@@ -1,6 +1,7 @@
 """Hiera's fast inference route (hiera_fast: window groups, padded windows, chunked MLP, windows
 passed between blocks) and its linear backends give the reference route's numbers; the settings are
 per trunk; the encoder compiles without graph breaks. Each test builds its own model."""
+
 from __future__ import annotations
 
 import pytest
@@ -152,8 +153,10 @@ def test_linear_act_residual_on_packed_bf16_weights():
         out = torch.empty(3, 5, 96, dtype=torch.bfloat16)
         linear_act_residual(x, packed, b, residual=res, out=out)
         assert rel_err(out.float(), want) <= 1e-2
-        assert rel_err(linear_act_residual(x, packed, b, gelu=True).float(),
-                       torch.nn.functional.gelu(layer(x.float()))) <= 2e-2
+        assert (
+            rel_err(linear_act_residual(x, packed, b, gelu=True).float(), torch.nn.functional.gelu(layer(x.float())))
+            <= 2e-2
+        )
 
 
 def test_bf16_route_without_onednn_bf16_kernels(monkeypatch):
@@ -178,8 +181,13 @@ def test_bf16_route_without_onednn_bf16_kernels(monkeypatch):
 
 def test_machine_default_backend_per_cpu_class(monkeypatch):
     """``"onednn"`` on AVX-512 and AVX2 CPUs (measured on both), MKL on the rest."""
-    for capability, want in (("AVX512", "onednn"), ("AVX512_BF16", "onednn"), ("AVX2", "onednn"), ("DEFAULT", "mkl"),
-                             ("SVE256", "mkl")):
+    for capability, want in (
+        ("AVX512", "onednn"),
+        ("AVX512_BF16", "onednn"),
+        ("AVX2", "onednn"),
+        ("DEFAULT", "mkl"),
+        ("SVE256", "mkl"),
+    ):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         assert machine_default_backend() == want, capability
         assert LinearBackend().name == want
@@ -203,8 +211,9 @@ def test_mixed_and_onednn_pack_fp32_weights_once():
             _encode(model, x)
             assert all(trunk._lowp_cache[k][2] is v for k, v in first.items())  # reused, not rebuilt
         assert all(trunk._lowp_cache[(i, torch.float32, True)][2].is_mkldnn for i in packed)
-        residual_layers = {id(b.attn.proj.weight) for b in trunk.blocks} | {id(b.mlp.layers[1].weight)
-                                                                           for b in trunk.blocks}
+        residual_layers = {id(b.attn.proj.weight) for b in trunk.blocks} | {
+            id(b.mlp.layers[1].weight) for b in trunk.blocks
+        }
         if name == "mkl":
             assert not packed
         elif name == "mixed":
@@ -250,7 +259,7 @@ def test_auto_backend_tuned_per_shape(monkeypatch, onednn_faster):
             assert rel_err(got, torch.nn.functional.gelu(layer(x))) <= 1e-6
         key = next(iter(backend.choices))
         assert backend.choices[key] is onednn_faster
-        tuning, after = used[: 2 * n], used[2 * n:]
+        tuning, after = used[: 2 * n], used[2 * n :]
         assert tuning.count("mkl") == tuning.count("onednn") == n
         assert set(after) == {"onednn" if onednn_faster else "mkl"}
         used.clear()  # more rows: the same layer keeps its backend (no switch with the batch size)
@@ -293,8 +302,10 @@ def test_obs_encoder_compiles_without_graph_breaks(train, monkeypatch):
     from dp_sam2 import SAM2ObsEncoder
 
     monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
-    meta = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},
-                    "agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}}
+    meta = {
+        "obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+        "action": {"shape": [2]},
+    }
     with pytest.warns(UserWarning):
         enc = SAM2ObsEncoder(meta, model_cfg="sam2_tiny", checkpoint="missing/sam2_hiera_tiny.pt", image_size=64)
     enc.train(train)

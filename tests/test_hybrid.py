@@ -5,6 +5,7 @@ flattened paper-style root yaml, the UNet and transformer hybrid workspaces; the
 of test_hydra_registration), and DP's classes are small stand-ins (tests/fixtures/fake_dp: DP's
 names and signatures, toy networks). The real classes ran by hand: benchmarks/dp_run/hybrid.md.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,14 +34,27 @@ SHAPES = {
     "paper_flattened": (FIXTURES, "image_pusht_diffusion_policy_cnn.yaml", ["policy.down_dims=[32,64,128]"]),
     "unet_hybrid": (FIXTURES / "config", "train_diffusion_unet_hybrid_workspace", ["policy.down_dims=[32,64,128]"]),
     "unet_ddim_hybrid": (FIXTURES / "config", "train_diffusion_unet_hybrid_workspace", ["policy.crop_shape=null"]),
-    "transformer_hybrid": (FIXTURES / "config", "train_diffusion_transformer_hybrid_workspace",
-                           ["task=pusht_image", "policy.n_layer=2", "policy.n_emb=64"]),
+    "transformer_hybrid": (
+        FIXTURES / "config",
+        "train_diffusion_transformer_hybrid_workspace",
+        ["task=pusht_image", "policy.n_layer=2", "policy.n_emb=64"],
+    ),
     "unet_image": (FIXTURES / "config", "train_diffusion_unet_image_workspace", ["policy.down_dims=[32,64,128]"]),
 }
-ISSUE_OVERRIDES = ["task.dataset.zarr_path=data/x.zarr", "task.env_runner._target_=null_runner.NullImageRunner",
-                   "training.device=cpu", "training.debug=True", "logging.mode=disabled", "dataloader.batch_size=4",
-                   "dataloader.num_workers=0", "val_dataloader.batch_size=4", "val_dataloader.num_workers=0",
-                   "policy.num_inference_steps=4", "policy.obs_encoder.image_size=224", "hydra.run.dir=out"]
+ISSUE_OVERRIDES = [
+    "task.dataset.zarr_path=data/x.zarr",
+    "task.env_runner._target_=null_runner.NullImageRunner",
+    "training.device=cpu",
+    "training.debug=True",
+    "logging.mode=disabled",
+    "dataloader.batch_size=4",
+    "dataloader.num_workers=0",
+    "val_dataloader.batch_size=4",
+    "val_dataloader.num_workers=0",
+    "policy.num_inference_steps=4",
+    "policy.obs_encoder.image_size=224",
+    "hydra.run.dir=out",
+]
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -82,7 +96,7 @@ def compose(shape_or_dir, name=None, overrides=()):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    config_dir, name = (SHAPES[shape_or_dir][:2] if name is None else (shape_or_dir, name))
+    config_dir, name = SHAPES[shape_or_dir][:2] if name is None else (shape_or_dir, name)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=False)
@@ -128,8 +142,10 @@ def encoder(paper_policy):
 def batch(policy, n=2, horizon=None):
     gen = torch.Generator().manual_seed(0)
     to = policy.n_obs_steps
-    obs = {"image": torch.rand(n, to, 3, 96, 96, generator=gen) * 2 - 1,
-           "agent_pos": torch.rand(n, to, 2, generator=gen)}
+    obs = {
+        "image": torch.rand(n, to, 3, 96, 96, generator=gen) * 2 - 1,
+        "agent_pos": torch.rand(n, to, 2, generator=gen),
+    }
     return {"obs": obs, "action": torch.randn(n, horizon or policy.horizon, 2, generator=gen)}
 
 
@@ -143,8 +159,11 @@ def test_one_policy_group_file_per_model_each_selecting_the_encoder_group():
         assert cfg == {"defaults": [{"/obs_encoder@obs_encoder": name}, "_self_"], "_target_": FACTORY}
 
 
-@pytest.mark.parametrize("shape, model", [(s, "sam2_large") for s in sorted(SHAPES)]
-                         + [("paper_flattened", "sam2.1_tiny"), ("transformer_hybrid", "sam2.1_tiny")])
+@pytest.mark.parametrize(
+    "shape, model",
+    [(s, "sam2_large") for s in sorted(SHAPES)]
+    + [("paper_flattened", "sam2.1_tiny"), ("transformer_hybrid", "sam2.1_tiny")],
+)
 def test_selection_composes_in_every_workspace_shape_with_the_issue_overrides(shape, model):
     config_dir, name, extra = SHAPES[shape]
     cfg = compose(config_dir, name, [f"+sam2_policy@policy={model}", *_present(shape, ISSUE_OVERRIDES), *extra])
@@ -169,8 +188,11 @@ def test_encoder_selection_alone_in_a_hybrid_workspace_names_the_one_that_works(
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    cfg = compose(FIXTURES / "config", "train_hybrid_shaped_workspace",
-                  ["+obs_encoder@policy.obs_encoder=sam2_tiny", "policy.obs_encoder.image_size=64"])
+    cfg = compose(
+        FIXTURES / "config",
+        "train_hybrid_shaped_workspace",
+        ["+obs_encoder@policy.obs_encoder=sam2_tiny", "policy.obs_encoder.image_size=64"],
+    )
     with pytest.raises(InstantiationException, match=r"takes no obs_encoder.*\+sam2_policy@policy=<model>"):
         instantiate(cfg.policy)
 
@@ -186,8 +208,13 @@ def test_unet_hybrid_maps_the_kwargs_and_trains(paper_policy):
     enc = policy.obs_encoder
     assert isinstance(enc, SAM2ObsEncoder) and enc.image_size == 64 and enc.crop_shape == {"image": (84, 84)}
     assert enc.random_crop and enc.finetune.freeze
-    assert policy.unet_kwargs == {"diffusion_step_embed_dim": 128, "down_dims": [32, 64, 128], "kernel_size": 5,
-                                  "n_groups": 8, "cond_predict_scale": True}
+    assert policy.unet_kwargs == {
+        "diffusion_step_embed_dim": 128,
+        "down_dims": [32, 64, 128],
+        "kernel_size": 5,
+        "n_groups": 8,
+        "cond_predict_scale": True,
+    }
     assert policy.kwargs == {}  # nothing stray reaches noise_scheduler.step
     assert (policy.horizon, policy.n_action_steps, policy.n_obs_steps, policy.num_inference_steps) == (16, 8, 2, 3)
     assert policy.obs_feature_dim == 256 + 2
@@ -224,13 +251,36 @@ def test_transformer_hybrid_builds_no_robomimic_and_trains():
     cfg, policy = build("transformer_hybrid")
     assert type(policy) is SAM2DiffusionTransformerHybridImagePolicy  # the stand-in's own __init__ would raise
     assert policy.model.init_kwargs == {
-        "input_dim": 2, "output_dim": 2, "horizon": 10, "n_obs_steps": 2, "cond_dim": 258, "n_layer": 2,
-        "n_head": 4, "n_emb": 64, "p_drop_emb": 0.0, "p_drop_attn": 0.3, "causal_attn": True,
-        "time_as_cond": True, "obs_as_cond": True, "n_cond_layers": 0}
-    assert policy.mask_generator.init_kwargs == {"action_dim": 2, "obs_dim": 0, "max_n_obs_steps": 2,
-                                                 "fix_obs_steps": True, "action_visible": False}
-    assert (policy.action_dim, policy.obs_feature_dim, policy.obs_as_cond, policy.pred_action_steps_only,
-            policy.kwargs, policy.num_inference_steps) == (2, 258, True, False, {}, 3)
+        "input_dim": 2,
+        "output_dim": 2,
+        "horizon": 10,
+        "n_obs_steps": 2,
+        "cond_dim": 258,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_emb": 64,
+        "p_drop_emb": 0.0,
+        "p_drop_attn": 0.3,
+        "causal_attn": True,
+        "time_as_cond": True,
+        "obs_as_cond": True,
+        "n_cond_layers": 0,
+    }
+    assert policy.mask_generator.init_kwargs == {
+        "action_dim": 2,
+        "obs_dim": 0,
+        "max_n_obs_steps": 2,
+        "fix_obs_steps": True,
+        "action_visible": False,
+    }
+    assert (
+        policy.action_dim,
+        policy.obs_feature_dim,
+        policy.obs_as_cond,
+        policy.pred_action_steps_only,
+        policy.kwargs,
+        policy.num_inference_steps,
+    ) == (2, 258, True, False, {}, 3)
     assert policy.obs_encoder.crop_shape == {"image": (76, 76)}
     loss = policy.compute_loss(batch(policy))
     loss.backward()
@@ -250,8 +300,12 @@ def test_transformer_hybrid_builds_no_robomimic_and_trains():
 
 
 def test_transformer_optimizer_holds_lora_adapters_and_not_the_frozen_weights():
-    cfg, policy = build("transformer_hybrid", "policy.obs_encoder.freeze=false", "policy.obs_encoder.lora_rank=2",
-                        "policy.obs_encoder.activation_checkpointing=true")
+    cfg, policy = build(
+        "transformer_hybrid",
+        "policy.obs_encoder.freeze=false",
+        "policy.obs_encoder.lora_rank=2",
+        "policy.obs_encoder.activation_checkpointing=true",
+    )
     enc = policy.obs_encoder
     assert (enc.finetune.lora_rank, enc.finetune.activation_checkpointing) == (2, True)
     opt = policy.get_optimizer(**cfg.optimizer)
@@ -287,21 +341,32 @@ def test_cached_features_pass_through_the_hybrid_policy(encoder):
 def test_a_crop_set_twice_differently_fails_naming_both(paper_policy):
     from hydra.errors import InstantiationException
 
-    with pytest.raises(InstantiationException, match=r"policy.crop_shape is \[84, 84\] but "
-                                                     r"policy.obs_encoder.crop_shape is \[80, 80\]"):
+    with pytest.raises(
+        InstantiationException,
+        match=r"policy.crop_shape is \[84, 84\] but "
+        r"policy.obs_encoder.crop_shape is \[80, 80\]",
+    ):
         build("paper_flattened", "policy.obs_encoder.crop_shape=[80,80]")
     encoder = copy.deepcopy(paper_policy.obs_encoder)  # crop [84, 84]: the same crop twice is fine
     assert rebuild("paper_flattened", encoder).obs_encoder.crop_shape == {"image": (84, 84)}
 
 
-@pytest.mark.parametrize("shape, dp_name", [("unet_hybrid", "DiffusionUnetHybridImagePolicy"),
-                                            ("transformer_hybrid", "DiffusionTransformerHybridImagePolicy"),
-                                            ("unet_image", "DiffusionUnetImagePolicy")])
+@pytest.mark.parametrize(
+    "shape, dp_name",
+    [
+        ("unet_hybrid", "DiffusionUnetHybridImagePolicy"),
+        ("transformer_hybrid", "DiffusionTransformerHybridImagePolicy"),
+        ("unet_image", "DiffusionUnetImagePolicy"),
+    ],
+)
 def test_stray_policy_kwargs_fail_at_startup_not_at_sampling(encoder, shape, dp_name):
     from hydra.errors import InstantiationException
 
-    with pytest.raises(InstantiationException, match=rf"\['not_a_kwarg'\] are not arguments of {dp_name} and not of "
-                                        r"DDPMScheduler.step"):
+    with pytest.raises(
+        InstantiationException,
+        match=rf"\['not_a_kwarg'\] are not arguments of {dp_name} and not of "
+        r"DDPMScheduler.step",
+    ):
         rebuild(shape, encoder, "+policy.not_a_kwarg=1")
     rebuild(shape, encoder, "+policy.generator=null")  # a real scheduler.step argument passes
 
@@ -310,8 +375,9 @@ def test_a_policy_without_a_noise_scheduler_is_refused():
     from dp_sam2.policies import sam2_diffusion_policy
 
     with pytest.raises(TypeError, match=r"missing \['noise_scheduler'\].*DP's diffusion image policies only"):
-        sam2_diffusion_policy(shape_meta={}, horizon=16, n_action_steps=8, n_obs_steps=2, crop_shape=[84, 84],
-                              obs_encoder=object())
+        sam2_diffusion_policy(
+            shape_meta={}, horizon=16, n_action_steps=8, n_obs_steps=2, crop_shape=[84, 84], obs_encoder=object()
+        )
 
 
 def test_eval_fixed_crop_false_says_what_it_does(encoder):
@@ -336,7 +402,9 @@ def test_the_policy_survives_deepcopy_and_pickle(paper_policy):
 
 @pytest.mark.slow
 def test_importing_the_policies_imports_no_diffusion_policy():
-    code = ("import sys, dp_sam2.policies, dp_sam2.policies.unet, dp_sam2.policies.transformer; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('diffusion_policy', 'robomimic')))")
+    code = (
+        "import sys, dp_sam2.policies, dp_sam2.policies.unet, dp_sam2.policies.transformer; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('diffusion_policy', 'robomimic')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

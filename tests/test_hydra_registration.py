@@ -5,6 +5,7 @@ Policy's (same defaults-list shape, same inline MultiImageObsEncoder keys). Comp
 in-process, and in subprocesses outside the checkout (DESIGN ruling 6) with the editable install
 of the current environment and with a wheel installed into a fresh virtualenv.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -29,8 +30,16 @@ FIXTURE_CONFIG = ROOT / "tests" / "fixtures" / "dp" / "config"
 GROUP_DIR = ROOT / "dp_sam2" / "configs" / "obs_encoder"
 WORKSPACE = "train_diffusion_unet_sam2_image_workspace"
 # every argument of DP's MultiImageObsEncoder (diffusion_policy/model/vision/multi_image_obs_encoder.py)
-DP_ENCODER_KEYS = ("shape_meta", "rgb_model", "resize_shape", "crop_shape", "random_crop",
-                   "use_group_norm", "share_rgb_model", "imagenet_norm")
+DP_ENCODER_KEYS = (
+    "shape_meta",
+    "rgb_model",
+    "resize_shape",
+    "crop_shape",
+    "random_crop",
+    "use_group_norm",
+    "share_rgb_model",
+    "imagenet_norm",
+)
 SIZE = 64
 
 
@@ -96,8 +105,9 @@ def test_plugin_is_discovered_and_adds_the_package_configs():
     from hydra.core.plugins import Plugins
     from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-    plugins = [p for p in Plugins.instance().discover(SearchPathPlugin)
-               if p.__module__.startswith("hydra_plugins.dp_sam2")]
+    plugins = [
+        p for p in Plugins.instance().discover(SearchPathPlugin) if p.__module__.startswith("hydra_plugins.dp_sam2")
+    ]
     assert len(plugins) == 1
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 
@@ -160,8 +170,10 @@ def test_shipped_workspace_defaults_to_large_and_keeps_dp_keys():
 
 
 def test_overrides_reach_the_encoder():
-    cfg = compose("train_dp_shaped_workspace", ["+obs_encoder=sam2.1_small", "policy.obs_encoder.freeze=false",
-                                                "policy.obs_encoder.image_size=128"])
+    cfg = compose(
+        "train_dp_shaped_workspace",
+        ["+obs_encoder=sam2.1_small", "policy.obs_encoder.freeze=false", "policy.obs_encoder.image_size=128"],
+    )
     node = encoder_node(cfg)
     assert (node["model_cfg"], node["freeze"], node["image_size"]) == ("sam2.1_small", False, 128)
 
@@ -180,8 +192,10 @@ def test_dp_shaped_yaml_instantiates_the_policy_with_sam2(checkpoint_dir, monkey
     from hydra.utils import instantiate
 
     monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(checkpoint_dir))
-    cfg = compose("train_dp_shaped_workspace", ["+obs_encoder=sam2_tiny", f"policy.obs_encoder.image_size={SIZE}",
-                                                "policy.obs_encoder.crop_shape=[76,76]"])
+    cfg = compose(
+        "train_dp_shaped_workspace",
+        ["+obs_encoder=sam2_tiny", f"policy.obs_encoder.image_size={SIZE}", "policy.obs_encoder.crop_shape=[76,76]"],
+    )
     policy = instantiate(cfg.policy)
     enc = policy.obs_encoder
     assert isinstance(enc, SAM2ObsEncoder) and enc.image_size == SIZE
@@ -189,8 +203,9 @@ def test_dp_shaped_yaml_instantiates_the_policy_with_sam2(checkpoint_dir, monkey
     assert enc.crop_shape["image"] == (76, 76) and enc.checkpoint == "checkpoints/sam2_hiera_tiny.pt"
     obs = {"image": torch.rand(3, 3, 96, 96) * 2 - 1, "agent_pos": torch.rand(3, 2)}
     assert enc(obs).shape == (3, 258)
-    opt = instantiate({"_target_": "dp_sam2.encoders.obs.finetune.adamw_param_groups", "lr": 1e-4},
-                      params=policy.parameters())
+    opt = instantiate(
+        {"_target_": "dp_sam2.encoders.obs.finetune.adamw_param_groups", "lr": 1e-4}, params=policy.parameters()
+    )
     assert len(opt.param_groups) == 2
 
 
@@ -198,8 +213,10 @@ def test_multi_camera_task_instantiates(checkpoint_dir, monkeypatch):
     from hydra.utils import instantiate
 
     monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(checkpoint_dir))
-    cfg = compose("train_dp_shaped_workspace", ["task=two_cam_image", "+obs_encoder@policy.obs_encoder=sam2_tiny",
-                                                f"policy.obs_encoder.image_size={SIZE}"])
+    cfg = compose(
+        "train_dp_shaped_workspace",
+        ["task=two_cam_image", "+obs_encoder@policy.obs_encoder=sam2_tiny", f"policy.obs_encoder.image_size={SIZE}"],
+    )
     enc = instantiate(cfg.policy).obs_encoder
     assert enc.keys.rgb == ("agentview_image", "robot0_eye_in_hand_image")
     assert enc.keys.low_dim == ("robot0_eef_pos", "robot0_gripper_qpos")
@@ -219,7 +236,7 @@ def test_hybrid_workspace_selection_fails_clearly(checkpoint_dir, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- outside the checkout
-APP = '''
+APP = """
 import json, sys
 import hydra
 from omegaconf import OmegaConf
@@ -232,20 +249,28 @@ def main(cfg):
                                   "dp_sam2": dp_sam2.__file__, "plugins": list(hydra_plugins.__path__)}))
 
 main()
-'''
+"""
 
 
 def run_app(python, workdir, config_name, *overrides):
     """A Hydra app (DP's train.py shape) run by ``python`` in ``workdir``; returns its RESULT."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    cmd = [str(python), "app.py", str(workdir / "config"), f"--config-name={config_name}", *overrides,
-           "hydra.run.dir=outputs", "hydra.output_subdir=null", "hydra/job_logging=disabled",
-           "hydra/hydra_logging=disabled"]
+    cmd = [
+        str(python),
+        "app.py",
+        str(workdir / "config"),
+        f"--config-name={config_name}",
+        *overrides,
+        "hydra.run.dir=outputs",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+    ]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
     if proc.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def _app_dir(tmp_path):
@@ -300,18 +325,33 @@ def test_compose_outside_checkout_after_a_wheel_install(tmp_path):
         shutil.copytree(ROOT / item, src / item, ignore=ignore)
     dist = tmp_path / "dist"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(dist)],
-                   check=True, capture_output=True, timeout=240, cwd=tmp_path)
+    subprocess.run(
+        [*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(dist)],
+        check=True,
+        capture_output=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     wheels = list(dist.glob("dp_sam2-*.whl"))
     assert len(wheels) == 1, list(dist.iterdir())
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     here = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
     (site / "zz_parent_env.pth").write_text("\n".join(here) + "\n")
-    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheels[0])],
-                   check=True, capture_output=True, timeout=240)
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheels[0])],
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
     assert not (site / "hydra_plugins" / "__init__.py").exists()
     _check_install(python, _app_dir(tmp_path), site)

@@ -17,6 +17,7 @@ only where its CUDA kernel loads. Per DESIGN ruling 2, the official
 ``sam2.utils.misc.get_connected_components`` is replaced by an exact scipy stand-in (8-connected
 ``ndimage.label``) so the official behaves on CPU as it does on a GPU; ours uses ``dp_sam2.ext``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,7 @@ def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.stack([(xx * 1.7) % 256, (yy * 2.3) % 256, ((xx + yy) * 3) % 256], -1)
     img = img + rng.normal(0, 12, img.shape)
-    img[h // 4: h // 2, w // 3: 2 * w // 3] = (220, 40, 40)
+    img[h // 4 : h // 2, w // 3 : 2 * w // 3] = (220, 40, 40)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -62,8 +63,7 @@ def pair(request, tmp_path_factory):
     config, size, seed = request.param
     official = build_official(config, image_size=size, seed=seed)
     path = save_official_checkpoint(official, tmp_path_factory.mktemp("ip") / "ckpt.pt")
-    ours = build_sam2(config, ckpt_path=str(path), device="cpu",
-                      hydra_overrides_extra=[f"++model.image_size={size}"])
+    ours = build_sam2(config, ckpt_path=str(path), device="cpu", hydra_overrides_extra=[f"++model.image_size={size}"])
     image = make_image(90, 130, seed)
     ref, got = official_predictor(official, size), SAM2ImagePredictor(ours)
     ref.set_image(image)
@@ -96,9 +96,11 @@ PROMPTS = {
     "points": dict(point_coords=np.array([[40.0, 30.0], [100.0, 70.0]]), point_labels=np.array([1, 0])),
     "box": dict(box=np.array([20, 15, 110, 80])),
     "box+points": dict(point_coords=np.array([[60, 40]]), point_labels=np.array([1]), box=[20, 15, 110, 80]),
-    "batched": dict(point_coords=np.array([[[30, 20], [70, 50]], [[90, 60], [10, 80]], [[50, 50], [60, 60]]]),
-                    point_labels=np.array([[1, 1], [1, 0], [1, -1]]),
-                    box=np.array([[0, 0, 80, 60], [40, 30, 129, 89], [10, 10, 100, 70]])),
+    "batched": dict(
+        point_coords=np.array([[[30, 20], [70, 50]], [[90, 60], [10, 80]], [[50, 50], [60, 60]]]),
+        point_labels=np.array([[1, 1], [1, 0], [1, -1]]),
+        box=np.array([[0, 0, 80, 60], [40, 30, 129, 89], [10, 10, 100, 70]]),
+    ),
 }
 
 
@@ -120,10 +122,11 @@ def test_predict_mask_input_and_normalized_coords(pair):
     masks, ious, low = got.predict(**PROMPTS["points"])
     assert low.shape == (3, size // 4, size // 4)
     prev = low[np.argmax(ious)][None]
-    for kwargs in (dict(PROMPTS["points"], mask_input=prev, multimask_output=False),
-                   dict(mask_input=prev, multimask_output=True, return_logits=True),
-                   dict(point_coords=np.array([[0.3, 0.4]]), point_labels=[1], normalize_coords=False,
-                        return_logits=True)):
+    for kwargs in (
+        dict(PROMPTS["points"], mask_input=prev, multimask_output=False),
+        dict(mask_input=prev, multimask_output=True, return_logits=True),
+        dict(point_coords=np.array([[0.3, 0.4]]), point_labels=[1], normalize_coords=False, return_logits=True),
+    ):
         assert_same(got.predict(**kwargs), ref.predict(**kwargs), kwargs.get("return_logits", False))
 
 
@@ -134,9 +137,12 @@ def test_batch(pair):
     ref.set_image_batch(images)
     got.set_image_batch(images)
     assert rel_err(got.get_image_embedding(), ref.get_image_embedding()) <= 1e-4
-    kwargs = dict(point_coords_batch=[np.array([[40, 30]]), np.array([[20, 20], [30, 60]])],
-                  point_labels_batch=[np.array([1]), np.array([1, 0])],
-                  box_batch=[None, np.array([5, 5, 45, 65])], multimask_output=True)
+    kwargs = dict(
+        point_coords_batch=[np.array([[40, 30]]), np.array([[20, 20], [30, 60]])],
+        point_labels_batch=[np.array([1]), np.array([1, 0])],
+        box_batch=[None, np.array([5, 5, 45, 65])],
+        multimask_output=True,
+    )
     for logits in (False, True):
         out = got.predict_batch(**kwargs, return_logits=logits)
         expected = ref.predict_batch(**kwargs, return_logits=logits)
@@ -186,9 +192,11 @@ def test_postprocess_masks_matches_official(monkeypatch, threshold):
     logits = torch.nn.functional.avg_pool2d(noise, 5, 1, 2) * 6  # blobs, holes and sprinkles
     for hole, sprinkle in ((30, 0), (0, 30), (12, 50), (500, 7)):
         ref = Official(256, threshold, max_hole_area=hole, max_sprinkle_area=sprinkle).postprocess_masks(
-            logits, (90, 130))
+            logits, (90, 130)
+        )
         got = SAM2Transforms(256, threshold, max_hole_area=hole, max_sprinkle_area=sprinkle).postprocess_masks(
-            logits, (90, 130))
+            logits, (90, 130)
+        )
         assert torch.equal(got, ref), (hole, sprinkle)
         unfilled = SAM2Transforms(256, threshold).postprocess_masks(logits, (90, 130))
         assert not torch.equal(got, unfilled), "postprocessing changed nothing: the test is weak"
@@ -208,8 +216,12 @@ def test_sizes_not_powers_of_two(tmp_path, size):
     """Any multiple of 32 works: feature sizes come from the model (here 10x10 / 14x14 at stride 16)."""
     official = build_official("configs/sam2.1/sam2.1_hiera_t.yaml", image_size=size, seed=11)
     path = save_official_checkpoint(official, tmp_path / "ckpt.pt")
-    ours = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=str(path), device="cpu",
-                      hydra_overrides_extra=[f"++model.image_size={size}"])
+    ours = build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        ckpt_path=str(path),
+        device="cpu",
+        hydra_overrides_extra=[f"++model.image_size={size}"],
+    )
     image = make_image(50, 70, seed=3)
     ref, got = official_predictor(official, size), SAM2ImagePredictor(ours)
     ref.set_image(image)
@@ -226,10 +238,16 @@ def test_pil_and_float_images_match_uint8(small_predictor):
     image = make_image(40, 60)
     expected = small_predictor.get_image_embedding()  # set from this uint8 image
     pred = SAM2ImagePredictor(small_predictor.model)
-    pred.set_image_batch([Image.fromarray(image), image.astype(np.float32) / 255,
-                          image.astype(np.float64) / 255, image[:, ::-1][:, ::-1]])  # PIL, floats, a view
+    pred.set_image_batch(
+        [
+            Image.fromarray(image),
+            image.astype(np.float32) / 255,
+            image.astype(np.float64) / 255,
+            image[:, ::-1][:, ::-1],
+        ]
+    )  # PIL, floats, a view
     for i in range(4):
-        assert torch.equal(pred.get_image_embedding()[i:i + 1], expected), i
+        assert torch.equal(pred.get_image_embedding()[i : i + 1], expected), i
 
 
 def test_reset_and_state(small_predictor):
@@ -257,8 +275,9 @@ def test_from_pretrained(tmp_path, monkeypatch):
     loaded = pred.model.state_dict()
     for key, value in official.state_dict().items():
         assert torch.equal(loaded[key], value), key
-    by_path = SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny", device="cpu", image_size=256,
-                                                 ckpt_path=str(tmp_path / "sam2.1_hiera_tiny.pt"))
+    by_path = SAM2ImagePredictor.from_pretrained(
+        "facebook/sam2.1-hiera-tiny", device="cpu", image_size=256, ckpt_path=str(tmp_path / "sam2.1_hiera_tiny.pt")
+    )
     assert by_path.model.image_size == 256
     with pytest.raises(ValueError, match="unknown SAM 2 model"):
         SAM2ImagePredictor.from_pretrained("sam3_huge", ckpt_path=str(tmp_path / "x.pt"))
@@ -269,8 +288,9 @@ def test_from_pretrained(tmp_path, monkeypatch):
 def small_predictor():
     """Our predictor with random weights (input checks need no reference)."""
     torch.manual_seed(0)
-    model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", device="cpu",
-                       hydra_overrides_extra=["++model.image_size=256"])
+    model = build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml", device="cpu", hydra_overrides_extra=["++model.image_size=256"]
+    )
     pred = SAM2ImagePredictor(model)
     pred.set_image(make_image(40, 60))
     return pred
@@ -324,8 +344,11 @@ BAD_PROMPTS = [
     (dict(point_coords=np.zeros((2, 3)), point_labels=[1, 1]), ValueError, r"got shape \(2, 3\)"),
     (dict(point_coords=np.zeros((0, 2)), point_labels=[]), ValueError, r"N >= 1.*got shape \(0, 2\)"),
     (dict(point_coords=P, point_labels=[1, 0]), ValueError, r"expected shape \(1,\), got shape \(2,\)"),
-    (dict(point_coords=np.zeros((2, 3, 2)), point_labels=np.ones(3)), ValueError,
-     r"expected shape \(2, 3\), got shape \(3,\)"),
+    (
+        dict(point_coords=np.zeros((2, 3, 2)), point_labels=np.ones(3)),
+        ValueError,
+        r"expected shape \(2, 3\), got shape \(3,\)",
+    ),
     (dict(point_coords=P, point_labels=[7]), ValueError, r"integers in \{-1, 0, 1, 2, 3\}.*\[7\]"),
     (dict(point_coords=P, point_labels=[0.5]), ValueError, "integers"),
     (dict(point_coords=[[np.nan, 1.0]], point_labels=[1]), ValueError, "point_coords must be finite"),
@@ -334,10 +357,16 @@ BAD_PROMPTS = [
     (dict(box=[1, 2, 3]), ValueError, r"box must be 4 numbers.*got shape \(3,\)"),
     (dict(box=np.zeros((2, 5))), ValueError, r"got shape \(2, 5\)"),
     (dict(box=[0, 0, np.nan, 5]), ValueError, "box must be finite"),
-    (dict(box=np.zeros((2, 4)), point_coords=P, point_labels=[1]), ValueError,
-     "same batch size.*point_coords: 1, box: 2"),
-    (dict(mask_input=np.zeros((1, 256, 256))), ValueError,
-     r"mask_input must have shape \(1, 64, 64\) or \(B, 1, 64, 64\).*got shape \(1, 256, 256\)"),
+    (
+        dict(box=np.zeros((2, 4)), point_coords=P, point_labels=[1]),
+        ValueError,
+        "same batch size.*point_coords: 1, box: 2",
+    ),
+    (
+        dict(mask_input=np.zeros((1, 256, 256))),
+        ValueError,
+        r"mask_input must have shape \(1, 64, 64\) or \(B, 1, 64, 64\).*got shape \(1, 256, 256\)",
+    ),
     (dict(mask_input=np.zeros((64, 64))), ValueError, r"got shape \(64, 64\)"),
     (dict(mask_input=np.full((1, 64, 64), np.nan)), ValueError, "mask_input must not contain NaN"),
 ]
@@ -352,8 +381,9 @@ def test_bad_prompts(small_predictor, kwargs, error, message):
 def test_bad_predict_batch_lists(small_predictor):
     pred = SAM2ImagePredictor(small_predictor.model)
     pred.set_image_batch([make_image(20, 20), make_image(30, 20)])
-    with pytest.raises(ValueError,
-                       match=r"point_coords_batch must be a list with one entry per image \(2\), got length 1"):
+    with pytest.raises(
+        ValueError, match=r"point_coords_batch must be a list with one entry per image \(2\), got length 1"
+    ):
         pred.predict_batch([P], [np.array([1])])
     with pytest.raises(RuntimeError, match="predict_batch"):
         pred.predict(point_coords=P, point_labels=[1])

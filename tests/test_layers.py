@@ -1,5 +1,6 @@
 """Data flows down the layers (README "Code map"): no module of dp_sam2 imports a layer listed
 after its own, at module level or inside a function."""
+
 from __future__ import annotations
 
 import ast
@@ -54,7 +55,7 @@ def _imports(path: Path, rel: str) -> set[str]:
     from dp_sam2 import _EXPORTS  # `from dp_sam2 import X`: X's own module
 
     found |= {_EXPORTS[n.split(".", 1)[1]] for n in found if n.count(".") == 1 and n.split(".", 1)[1] in _EXPORTS}
-    return {n[len("dp_sam2."):] for n in found if n.startswith("dp_sam2.")}
+    return {n[len("dp_sam2.") :] for n in found if n.startswith("dp_sam2.")}
 
 
 def test_the_check_sees_imports():

@@ -6,6 +6,7 @@ How the references are made: tests/conftest.py `build_official` builds the offic
 own random init and perturbs every tensor by N(0, 0.05^2) with a fixed seed; the state dict is
 saved in the official {"model": ...} format and loaded into ours through `build_sam2`.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -64,14 +65,20 @@ def test_sam_heads(pair, multimask):
     x = torch.randn(2, 3, size, size, generator=gen)
     *_, maps_ref = _features(official, x)
     *_, maps = _features(ours, x)
-    points = {"point_coords": torch.rand(2, 3, 2, generator=gen) * size,
-              "point_labels": torch.tensor([[1, 0, 1], [1, 1, -1]], dtype=torch.int32)}
+    points = {
+        "point_coords": torch.rand(2, 3, 2, generator=gen) * size,
+        "point_labels": torch.tensor([[1, 0, 1], [1, 1, -1]], dtype=torch.int32),
+    }
     masks = (torch.rand(2, 1, size, size, generator=gen) > 0.5).float()
-    for kwargs in ({"point_inputs": points}, {"mask_inputs": masks},
-                   {"point_inputs": points, "mask_inputs": torch.randn(2, 1, size // 4, size // 4, generator=gen)},
-                   {}):
-        ref = official._forward_sam_heads(maps_ref[-1], high_res_features=maps_ref[:-1], multimask_output=multimask,
-                                          **kwargs)
+    for kwargs in (
+        {"point_inputs": points},
+        {"mask_inputs": masks},
+        {"point_inputs": points, "mask_inputs": torch.randn(2, 1, size // 4, size // 4, generator=gen)},
+        {},
+    ):
+        ref = official._forward_sam_heads(
+            maps_ref[-1], high_res_features=maps_ref[:-1], multimask_output=multimask, **kwargs
+        )
         got = ours._forward_sam_heads(maps[-1], high_res_features=maps[:-1], multimask_output=multimask, **kwargs)
         assert len(got) == 7
         for a, b in zip(got, ref):
@@ -103,8 +110,9 @@ def test_memory_attention_and_encoder(pair, num_ptr_tokens):
     curr_pos = torch.randn(hw, 1, 256, generator=g)
     memory = torch.randn(2 * hw + num_ptr_tokens, 1, mem_dim, generator=g)
     memory_pos = torch.randn(2 * hw + num_ptr_tokens, 1, mem_dim, generator=g)
-    args = dict(curr=[curr], curr_pos=[curr_pos], memory=memory, memory_pos=memory_pos,
-                num_obj_ptr_tokens=num_ptr_tokens)
+    args = dict(
+        curr=[curr], curr_pos=[curr_pos], memory=memory, memory_pos=memory_pos, num_obj_ptr_tokens=num_ptr_tokens
+    )
     ref = official.memory_attention(**{k: (v.clone() if torch.is_tensor(v) else v) for k, v in args.items()})
     got = ours.memory_attention(**args)
     assert got.shape == ref.shape == (hw, 1, 256)

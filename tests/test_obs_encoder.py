@@ -3,6 +3,7 @@
 Tiny model at 64 px so the whole file runs in seconds on a CPU. Checkpoints are generated in the
 official format (``{"model": state_dict}``, official key names) from random weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,14 +21,19 @@ from dp_sam2.encoders.obs.backbone import SAM2Backbone
 from dp_sam2.encoders.obs.finetune import LoRALinear, adamw_param_groups
 
 SIZE = 64
-PUSHT = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},
-                 "agent_pos": {"shape": [2], "type": "low_dim"}},
-         "action": {"shape": [2]}}
-TWO_CAM = {"obs": {"robot0_eye_in_hand_image": {"shape": [3, 84, 84], "type": "rgb"},
-                   "agentview_image": {"shape": [3, 72, 80], "type": "rgb"},
-                   "robot0_eef_pos": {"shape": [3]},
-                   "robot0_gripper_qpos": {"shape": [2], "type": "low_dim"}},
-           "action": {"shape": [7]}}
+PUSHT = {
+    "obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+    "action": {"shape": [2]},
+}
+TWO_CAM = {
+    "obs": {
+        "robot0_eye_in_hand_image": {"shape": [3, 84, 84], "type": "rgb"},
+        "agentview_image": {"shape": [3, 72, 80], "type": "rgb"},
+        "robot0_eef_pos": {"shape": [3]},
+        "robot0_gripper_qpos": {"shape": [2], "type": "low_dim"},
+    },
+    "action": {"shape": [7]},
+}
 
 
 def make_checkpoint(path, config="sam2_tiny", seed=0):
@@ -36,8 +42,13 @@ def make_checkpoint(path, config="sam2_tiny", seed=0):
     backbone = perturb_(SAM2Backbone(config, SIZE), seed=seed)
     state = dict(backbone.state_dict())
     if config.startswith("sam2.1"):  # the three 2.1-only keys mark the file as SAM 2.1
-        state.update({"no_obj_embed_spatial": torch.zeros(1, 64), "obj_ptr_tpos_proj.weight": torch.zeros(64, 256),
-                      "obj_ptr_tpos_proj.bias": torch.zeros(64)})
+        state.update(
+            {
+                "no_obj_embed_spatial": torch.zeros(1, 64),
+                "obj_ptr_tpos_proj.weight": torch.zeros(64, 256),
+                "obj_ptr_tpos_proj.bias": torch.zeros(64),
+            }
+        )
     torch.save({"model": state}, path)
     return path
 
@@ -64,7 +75,7 @@ def obs_for(shape_meta, batch=4, seed=0):
 
 
 def backbone_state(encoder, prefix="backbone."):
-    return {k[len(prefix):]: v.clone() for k, v in encoder.state_dict().items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v.clone() for k, v in encoder.state_dict().items() if k.startswith(prefix)}
 
 
 def file_state(path):
@@ -127,7 +138,7 @@ def test_crops_random_in_training_center_in_eval(ckpt, monkeypatch):
     lefts = crops[:, 0, 0, 0] % 1000
     for i in range(8):  # each one a contiguous 76x76 window of its own image
         t, l_ = int(tops[i]), int(lefts[i])
-        assert torch.equal(crops[i], img[i, :, t: t + 76, l_: l_ + 76])
+        assert torch.equal(crops[i], img[i, :, t : t + 76, l_ : l_ + 76])
     assert len({(int(t), int(l_)) for t, l_ in zip(tops, lefts)}) > 1  # independent per image
     fixed = make_encoder(ckpt, crop_shape=[76, 76], random_crop=False).train()
     fixed.preprocess(img[:1])
@@ -177,8 +188,9 @@ class TinyNoisePredictor(nn.Module):
 
     def __init__(self, action_dim, horizon, cond_dim):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(action_dim * horizon + 1 + cond_dim, 64), nn.Mish(),
-                                 nn.Linear(64, action_dim * horizon))
+        self.net = nn.Sequential(
+            nn.Linear(action_dim * horizon + 1 + cond_dim, 64), nn.Mish(), nn.Linear(64, action_dim * horizon)
+        )
 
     def forward(self, noisy, t, cond):
         flat = torch.cat([noisy.flatten(1), t.float()[:, None] / 100, cond], dim=-1)
@@ -212,8 +224,12 @@ def train_steps(enc, steps=2, n_obs_steps=2, batch=2):
 
 @pytest.mark.parametrize("mode", ["frozen", "full", "last_block", "lora"])
 def test_diffusion_training_changes_only_what_trains(ckpt, mode):
-    kwargs = {"frozen": {}, "full": {"freeze": False}, "last_block": {"freeze": False, "trainable_blocks": 1},
-              "lora": {"freeze": False, "lora_rank": 4}}[mode]
+    kwargs = {
+        "frozen": {},
+        "full": {"freeze": False},
+        "last_block": {"freeze": False, "trainable_blocks": 1},
+        "lora": {"freeze": False, "lora_rank": 4},
+    }[mode]
     enc = make_encoder(ckpt, **kwargs)
     heads_before = {k: v.clone() for k, v in enc.heads.state_dict().items()}
     opt = train_steps(enc)
@@ -225,9 +241,13 @@ def test_diffusion_training_changes_only_what_trains(ckpt, mode):
     if mode in ("frozen", "lora"):
         assert changed == set()
     elif mode == "full":
-        assert {"image_encoder.trunk.patch_embed.proj.weight", "image_encoder.trunk.blocks.0.attn.qkv.weight",
-                "image_encoder.neck.convs.0.conv.weight", "image_encoder.neck.convs.1.conv.weight",
-                "no_mem_embed"} <= changed
+        assert {
+            "image_encoder.trunk.patch_embed.proj.weight",
+            "image_encoder.trunk.blocks.0.attn.qkv.weight",
+            "image_encoder.neck.convs.0.conv.weight",
+            "image_encoder.neck.convs.1.conv.weight",
+            "no_mem_embed",
+        } <= changed
         # the stride-4/8 lateral convs never feed the stride-16 map: not trained
         assert not any(k.startswith(("image_encoder.neck.convs.2.", "image_encoder.neck.convs.3.")) for k in changed)
     else:
@@ -341,8 +361,9 @@ def test_features_equal_official_image_predictor_path(tmp_path):
     official = build_official("configs/sam2.1/sam2.1_hiera_t.yaml", image_size=128, seed=2)
     path = save_official_checkpoint(official, tmp_path / "sam2.1_hiera_tiny.pt")
     meta = {"obs": {"image": {"shape": [3, 100, 120], "type": "rgb"}}}
-    enc = SAM2ObsEncoder(meta, model_cfg="configs/sam2.1/sam2.1_hiera_t.yaml", checkpoint=str(path),
-                         image_size=128, input_range=[0, 1]).eval()
+    enc = SAM2ObsEncoder(
+        meta, model_cfg="configs/sam2.1/sam2.1_hiera_t.yaml", checkpoint=str(path), image_size=128, input_range=[0, 1]
+    ).eval()
     img = torch.rand(2, 3, 100, 120, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref_in = torch.stack([SAM2Transforms(128, 0.0).transforms(im) for im in img])
@@ -382,17 +403,20 @@ def test_bad_obs_dicts_give_clear_errors(ckpt):
         enc(obs["image"])
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"image_size": 100}, ValueError, "multiple of 32"),
-    ({"image_size": 0}, ValueError, "multiple of 32"),
-    ({"rgb_model": nn.Identity()}, TypeError, "rgb_model must be null"),
-    ({"input_range": [0, 255]}, ValueError, "input_range"),
-    ({"crop_shape": [100, 100]}, ValueError, "larger than its image"),
-    ({"crop_shape": {"camera": [10, 10]}}, ValueError, "not rgb obs keys"),
-    ({"pooling": "max"}, ValueError, "pooling must be one of"),
-    ({"lora_rank": 4}, ValueError, "freeze=true keeps the whole"),
-    ({"model_cfg": "sam3_tiny"}, ValueError, "unknown SAM 2 model"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"image_size": 100}, ValueError, "multiple of 32"),
+        ({"image_size": 0}, ValueError, "multiple of 32"),
+        ({"rgb_model": nn.Identity()}, TypeError, "rgb_model must be null"),
+        ({"input_range": [0, 255]}, ValueError, "input_range"),
+        ({"crop_shape": [100, 100]}, ValueError, "larger than its image"),
+        ({"crop_shape": {"camera": [10, 10]}}, ValueError, "not rgb obs keys"),
+        ({"pooling": "max"}, ValueError, "pooling must be one of"),
+        ({"lora_rank": 4}, ValueError, "freeze=true keeps the whole"),
+        ({"model_cfg": "sam3_tiny"}, ValueError, "unknown SAM 2 model"),
+    ],
+)
 def test_bad_arguments(ckpt, kwargs, error, match):
     with pytest.raises(error, match=match):
         make_encoder(ckpt, **kwargs)
@@ -402,8 +426,9 @@ def test_bad_shape_meta(ckpt):
     with pytest.raises(ValueError, match=r"must have shape \[3, H, W\]"):
         make_encoder(ckpt, {"obs": {"depth": {"shape": [1, 64, 64], "type": "rgb"}}})
     with pytest.raises(ValueError, match="supports 'rgb' and 'low_dim'"):
-        make_encoder(ckpt, {"obs": {"image": {"shape": [3, 64, 64], "type": "rgb"},
-                                    "pc": {"shape": [3], "type": "pcd"}}})
+        make_encoder(
+            ckpt, {"obs": {"image": {"shape": [3, 64, 64], "type": "rgb"}, "pc": {"shape": [3], "type": "pcd"}}}
+        )
     with pytest.raises(ValueError, match="no rgb obs key"):
         make_encoder(ckpt, {"obs": {"pos": {"shape": [3]}}})
 

@@ -23,6 +23,7 @@ What is not run for real, and where it is checked instead:
 * `sam2_large` commands run with DP_SAM2_ALLOW_MISSING_CHECKPOINT=1 (random weights) on a
   two-frame replay buffer.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,8 +111,9 @@ def sandbox(tmp_path_factory):
 
 
 def _env(box: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", DP_SAM2_CACHE=str(box / "user_cache"),
-               DP_SAM2_ALLOW_MISSING_CHECKPOINT="1")  # for the sam2_large commands (no such file here)
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", DP_SAM2_CACHE=str(box / "user_cache"), DP_SAM2_ALLOW_MISSING_CHECKPOINT="1"
+    )  # for the sam2_large commands (no such file here)
     env.pop("DP_SAM2_CHECKPOINT_DIR", None)
     return env
 
@@ -134,8 +136,14 @@ _build_module._build = _small_input
 
 
 def _run_python(code: str, box: Path, args=(), timeout=400) -> str:
-    proc = subprocess.run([sys.executable, "-c", SMALL_INPUT + code, *args], cwd=box, env=_env(box),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", SMALL_INPUT + code, *args],
+        cwd=box,
+        env=_env(box),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"README code failed: {args or code}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -176,8 +184,13 @@ def h_quick_tests(cmd, box):
     keeps the tiny-config parity and bad-input tests and leaves out the slow ones."""
     args = shlex.split(cmd)
     assert args[:4] == ["python", "-m", "pytest", "tests"] and args[-2:] == ["-m", "not slow"], cmd
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args[4:]], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *args[4:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     collected = proc.stdout
     assert "test_model_parity.py" in collected and "test_image_predictor.py" in collected
@@ -192,8 +205,14 @@ def h_cd(cmd, box):
     repo = box / target
     (repo / "diffusion_policy").mkdir(parents=True, exist_ok=True)  # DP's package has no __init__.py
     code = "from dp_sam2.checkpoints.resolve import dp_repo_root; print(dp_repo_root())"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env=dict(_env(box), PYTHONPATH=str(repo)),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo,
+        env=dict(_env(box), PYTHONPATH=str(repo)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and Path(proc.stdout.strip()) == repo.resolve(), proc.stdout + proc.stderr
 
 
@@ -278,8 +297,9 @@ def h_umi_train(cmd, box):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(UMI_CONFIG), version_base=None):
-            cfg = compose(name, overrides=overrides + ["policy.obs_encoder.pretrained=false",
-                                                       "policy.obs_encoder.image_size=64"])
+            cfg = compose(
+                name, overrides=overrides + ["policy.obs_encoder.pretrained=false", "policy.obs_encoder.image_size=64"]
+            )
         node = cfg.policy.obs_encoder
         assert node._target_ == "dp_sam2.SAM2ObsEncoder" and node.model_name == chosen[-1]
         assert node.input_layout == "umi"
@@ -306,8 +326,11 @@ def h_train_hybrid(cmd, box):
     overrides = [a for a in args if not a.startswith("--")]
     model = next(o.split("=", 1)[1] for o in overrides if o.startswith("+sam2_policy@policy="))
     extra = ["policy.obs_encoder.image_size=64", "policy.num_inference_steps=4"]
-    extra += ["task=pusht_image", "policy.n_layer=2", "policy.n_emb=64"] if "transformer" in name else \
-        ["policy.down_dims=[32,64,128]"]
+    extra += (
+        ["task=pusht_image", "policy.n_layer=2", "policy.n_emb=64"]
+        if "transformer" in name
+        else ["policy.down_dims=[32,64,128]"]
+    )
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(config_dir), version_base=None):
@@ -329,7 +352,7 @@ def h_train_parallel(cmd, box):
     from hydra.core.global_hydra import GlobalHydra
 
     args = shlex.split(cmd)
-    rest = args[args.index("train.py") + 1:]
+    rest = args[args.index("train.py") + 1 :]
     h_train(shlex.join(["python", "train.py", *rest]), box)
     name = next(a.split("=", 1)[1] for a in rest if a.startswith("--config-name="))
     GlobalHydra.instance().clear()
@@ -349,7 +372,7 @@ def h_ray(cmd, box):
 
     args = shlex.split(cmd)
     name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
-    overrides = args[args.index("--") + 1:]
+    overrides = args[args.index("--") + 1 :]
     GlobalHydra.instance().clear()
     try:
         with hydra.initialize(version_base=None, config_path="fixtures/dp/config"):
@@ -394,15 +417,15 @@ def h_lerobot_train(cmd, box):
     opts = dict(a[2:].split("=", 1) for a in args[1:])
     assert opts["policy.type"] == "sam2_diffusion" and opts["policy.sam2_model"] in MODELS, opts
     source = PLUGIN / "src" / "lerobot_policy_sam2" / "configuration_sam2_diffusion.py"
-    cls = next(n for n in ast.parse(source.read_text()).body
-               if isinstance(n, ast.ClassDef) and n.name == "SAM2DiffusionConfig")
+    cls = next(
+        n for n in ast.parse(source.read_text()).body if isinstance(n, ast.ClassDef) and n.name == "SAM2DiffusionConfig"
+    )
     registered = [d.args[0].value for d in cls.decorator_list if isinstance(d, ast.Call) and d.args]
     assert registered == ["sam2_diffusion"]
     fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
     fields |= {"type", "device", "push_to_hub", "repo_id"}  # LeRobot's PreTrainedConfig
     assert {k.split(".", 1)[1] for k in opts if k.startswith("policy.")} <= fields, opts
     assert "def readme_lerobot_train" in (PLUGIN / "tests" / "test_sam2_diffusion.py").read_text()
-
 
 
 HANDLERS = [
@@ -419,8 +442,11 @@ HANDLERS = [
     (r"^python train\.py --config-name=(?!\S*_umi_)(?!.*\+sam2_policy@)\S+", h_train),
     (r"^python train\.py (--config-dir=\S+ )?--config-name=\S+ \+sam2_policy@policy=\S+$", h_train_hybrid),
     (r"^python train\.py --config-name=train_diffusion_\w*_umi_workspace ", h_umi_train),
-    (r"^(torchrun --standalone --nproc_per_node \d+|accelerate launch --num_processes \d+) train\.py --config-name=\S+",
-     h_train_parallel),
+    (
+        r"^(torchrun --standalone --nproc_per_node \d+|accelerate launch --num_processes \d+)"
+        r" train\.py --config-name=\S+",
+        h_train_parallel,
+    ),
     (r"^python ray_train_multirun\.py --config-name=\S+ .* -- ", h_ray),
     (r"^lerobot-train --policy\.type=", h_lerobot_train),
 ]
@@ -518,12 +544,25 @@ def test_cached_dataset_snippet_instantiates(sandbox, tmp_path, monkeypatch):
         (fake / rel).write_text(textwrap.dedent(body))
     monkeypatch.syspath_prepend(str(fake))
     monkeypatch.chdir(sandbox)
-    C.cache_features(sandbox / "data/pusht/pusht_cchi_v7_replay.zarr", "sam2_tiny",
-                     "checkpoints/sam2_hiera_tiny.pt", 224, progress=False)
-    config = {"defaults": ["_self_"], "horizon": 4, "n_obs_steps": 2, "n_action_steps": 2,
-              "shape_meta": {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},
-                                     "agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}},
-              "policy": {"obs_encoder": {}}, **snippet}
+    C.cache_features(
+        sandbox / "data/pusht/pusht_cchi_v7_replay.zarr",
+        "sam2_tiny",
+        "checkpoints/sam2_hiera_tiny.pt",
+        224,
+        progress=False,
+    )
+    config = {
+        "defaults": ["_self_"],
+        "horizon": 4,
+        "n_obs_steps": 2,
+        "n_action_steps": 2,
+        "shape_meta": {
+            "obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+            "action": {"shape": [2]},
+        },
+        "policy": {"obs_encoder": {}},
+        **snippet,
+    }
     cfg_dir = tmp_path / "config"
     cfg_dir.mkdir()
     (cfg_dir / "cached.yaml").write_text(yaml.safe_dump(config))
@@ -549,7 +588,7 @@ def _table(header_start: str) -> list[list[str]]:
     lines = README.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip().strip("`") for c in line.strip("|").split("|")])
@@ -583,10 +622,19 @@ def test_environment_variables_are_exactly_the_three():
 
 def test_sections():
     text = README.read_text()
-    for title in ("## On a fresh machine", "## Install beside Diffusion Policy", "## Selecting the encoder",
-                  "## Checkpoints", "## The feature cache", "## Training on many GPUs", "## The command line",
-                  "## The predictors",
-                  "## Troubleshooting", "## Speed", "## Running the real Diffusion Policy"):
+    for title in (
+        "## On a fresh machine",
+        "## Install beside Diffusion Policy",
+        "## Selecting the encoder",
+        "## Checkpoints",
+        "## The feature cache",
+        "## Training on many GPUs",
+        "## The command line",
+        "## The predictors",
+        "## Troubleshooting",
+        "## Speed",
+        "## Running the real Diffusion Policy",
+    ):
         assert title in text, title
     assert "Hybrid workspaces are not supported" not in text
     assert "### Hybrid workspaces (the paper's configs)" in text

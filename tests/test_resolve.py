@@ -1,6 +1,7 @@
 """Checkpoint resolution: absolute as given; relative in $DP_SAM2_CHECKPOINT_DIR, the DP repo
 root (found through the namespace package ``diffusion_policy``), the current directory, the user
 cache; an error listing every place tried and the download command (DESIGN section 2, ruling 9)."""
+
 from __future__ import annotations
 
 import sys
@@ -82,12 +83,14 @@ def test_error_lists_every_place_tried_and_the_download_command(places):
     with pytest.raises(CheckpointNotFoundError) as err:
         resolve_checkpoint("checkpoints/sam2.1_hiera_base_plus.pt")
     message = str(err.value)
-    expected = [places["envdir"] / "checkpoints/sam2.1_hiera_base_plus.pt",
-                places["envdir"] / "sam2.1_hiera_base_plus.pt",
-                places["dp_repo"].resolve() / "checkpoints/sam2.1_hiera_base_plus.pt",
-                places["cwd"] / "checkpoints/sam2.1_hiera_base_plus.pt",
-                places["cache"] / "checkpoints/sam2.1_hiera_base_plus.pt",
-                places["cache"] / "sam2.1_hiera_base_plus.pt"]
+    expected = [
+        places["envdir"] / "checkpoints/sam2.1_hiera_base_plus.pt",
+        places["envdir"] / "sam2.1_hiera_base_plus.pt",
+        places["dp_repo"].resolve() / "checkpoints/sam2.1_hiera_base_plus.pt",
+        places["cwd"] / "checkpoints/sam2.1_hiera_base_plus.pt",
+        places["cache"] / "checkpoints/sam2.1_hiera_base_plus.pt",
+        places["cache"] / "sam2.1_hiera_base_plus.pt",
+    ]
     assert err.value.tried == expected
     positions = [message.index(str(p)) for p in expected]
     assert positions == sorted(positions)

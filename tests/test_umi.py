@@ -6,6 +6,7 @@ through UMI's ``${eval:...}`` resolver, ignore_by_policy). They are composed wit
 the README's command composes UMI's own yaml: ``+umi_obs_encoder@policy.obs_encoder=sam2_tiny``
 plus ``policy.obs_encoder.checkpoint=... policy.obs_encoder.image_size=64``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -29,8 +30,20 @@ GROUP_DIR = ROOT / "dp_sam2" / "configs" / "umi_obs_encoder"
 UNET = "train_diffusion_unet_timm_umi_workspace"
 TRANSFORMER = "train_diffusion_transformer_umi_workspace"
 # every argument of UMI's TimmObsEncoder (diffusion_policy/model/vision/timm_obs_encoder.py)
-TIMM_KEYS = ("shape_meta", "model_name", "pretrained", "frozen", "global_pool", "transforms", "use_group_norm",
-             "share_rgb_model", "imagenet_norm", "feature_aggregation", "downsample_ratio", "position_encording")
+TIMM_KEYS = (
+    "shape_meta",
+    "model_name",
+    "pretrained",
+    "frozen",
+    "global_pool",
+    "transforms",
+    "use_group_norm",
+    "share_rgb_model",
+    "imagenet_norm",
+    "feature_aggregation",
+    "downsample_ratio",
+    "position_encording",
+)
 SIZE = 64
 # UMI's task/umi.yaml after resolution: camera (T=2) + 4 low_dim keys (T=2) of 3 + 6 + 1 + 6
 UMI_WIDTH = 2 * 256 + 2 * (3 + 6 + 1 + 6)
@@ -141,7 +154,7 @@ def test_instantiate_alone_train_forward_every_parameter_gets_a_gradient(ckpt):
     assert missing == []
     # the low_dim part is the obs itself, step by step (UMI: data.reshape(B, -1)), after the camera
     low = torch.cat([obs[k].reshape(2, -1) for k in sorted(enc.keys.low_dim)], dim=-1)
-    assert torch.equal(out[:, 2 * 256:], low)
+    assert torch.equal(out[:, 2 * 256 :], low)
 
 
 def test_ddp_without_find_unused_parameters(ckpt, tmp_path):
@@ -150,8 +163,7 @@ def test_ddp_without_find_unused_parameters(ckpt, tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    enc = build(compose(ckpt=ckpt, overrides=["policy.obs_encoder.share_rgb_model=true"],
-                        config_name=UNET))
+    enc = build(compose(ckpt=ckpt, overrides=["policy.obs_encoder.share_rgb_model=true"], config_name=UNET))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         model = DistributedDataParallel(enc.train(), find_unused_parameters=False)
@@ -165,11 +177,15 @@ def test_ddp_without_find_unused_parameters(ckpt, tmp_path):
         dist.destroy_process_group()
 
 
-UMI_META_RESOLVED = {"obs": {"camera0_rgb": {"shape": [3, 224, 224], "horizon": 2, "type": "rgb"},
-                             "robot0_eef_pos": {"shape": [3], "horizon": 2},
-                             "robot0_eef_rot_axis_angle": {"shape": [6], "horizon": 2},
-                             "robot0_gripper_width": {"shape": [1], "horizon": 2},
-                             "robot0_eef_rot_axis_angle_wrt_start": {"shape": [6], "horizon": 2}}}
+UMI_META_RESOLVED = {
+    "obs": {
+        "camera0_rgb": {"shape": [3, 224, 224], "horizon": 2, "type": "rgb"},
+        "robot0_eef_pos": {"shape": [3], "horizon": 2},
+        "robot0_eef_rot_axis_angle": {"shape": [6], "horizon": 2},
+        "robot0_gripper_width": {"shape": [1], "horizon": 2},
+        "robot0_eef_rot_axis_angle_wrt_start": {"shape": [6], "horizon": 2},
+    }
+}
 
 
 def test_two_cameras_sorted_keys_ignore_by_policy_and_one_backbone(ckpt):
@@ -222,8 +238,11 @@ def test_freeze_and_frozen_must_agree(ckpt):
 
 def test_pretrained_true_loads_the_file_false_builds_random_weights_without_one(ckpt, tmp_path):
     enc = build(compose(ckpt=ckpt))
-    state = {k[len("key_model_map.camera0_rgb."):]: v for k, v in enc.state_dict().items()
-             if k.startswith("key_model_map.camera0_rgb.")}
+    state = {
+        k[len("key_model_map.camera0_rgb.") :]: v
+        for k, v in enc.state_dict().items()
+        if k.startswith("key_model_map.camera0_rgb.")
+    }
     official = file_state(ckpt)
     assert all(torch.equal(state[k], v) for k, v in official.items()) and enc.pretrained
     missing = tmp_path / "nowhere" / "sam2_hiera_tiny.pt"
@@ -246,14 +265,17 @@ def test_model_name_is_the_short_name():
         SAM2ObsEncoder(meta, model_name="vit_base_patch16_clip_224.openai", **kw)
 
 
-@pytest.mark.parametrize("override, match", [
-    ("policy.obs_encoder.global_pool=avg", "global_pool must be ''"),
-    ("policy.obs_encoder.downsample_ratio=32", "downsample_ratio must be 16"),
-    ("policy.obs_encoder.feature_aggregation=transformer", "feature_aggregation must be null or one of"),
-    ("policy.obs_encoder.input_layout=bt", "input_layout must be 'dp'"),
-    ("policy.obs_encoder.transforms=[{type:RandomCrop,ratio:1.5}]", r"ratio must be in \(0, 1\]"),
-    ("policy.obs_encoder.transforms=[{type:Resize,size:5}]", "only the first entry may be"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("policy.obs_encoder.global_pool=avg", "global_pool must be ''"),
+        ("policy.obs_encoder.downsample_ratio=32", "downsample_ratio must be 16"),
+        ("policy.obs_encoder.feature_aggregation=transformer", "feature_aggregation must be null or one of"),
+        ("policy.obs_encoder.input_layout=bt", "input_layout must be 'dp'"),
+        ("policy.obs_encoder.transforms=[{type:RandomCrop,ratio:1.5}]", r"ratio must be in \(0, 1\]"),
+        ("policy.obs_encoder.transforms=[{type:Resize,size:5}]", "only the first entry may be"),
+    ],
+)
 def test_bad_umi_values(ckpt, override, match):
     with pytest.raises(Exception, match=match):
         build(compose(ckpt=ckpt, overrides=[override]))
@@ -264,8 +286,12 @@ def test_feature_aggregation_maps_to_our_heads(ckpt):
 
     enc = build(compose(ckpt=ckpt, overrides=["policy.obs_encoder.feature_aggregation=avg"]))
     assert isinstance(enc.heads["camera0_rgb"], MeanPool)
-    enc = build(compose(ckpt=ckpt, overrides=["policy.obs_encoder.feature_aggregation=attention_pool_2d",
-                                              "policy.obs_encoder.pooling=mean"]))
+    enc = build(
+        compose(
+            ckpt=ckpt,
+            overrides=["policy.obs_encoder.feature_aggregation=attention_pool_2d", "policy.obs_encoder.pooling=mean"],
+        )
+    )
     assert isinstance(enc.heads["camera0_rgb"], AttentionPool)
 
 
@@ -335,9 +361,16 @@ def test_token_mode_for_the_transformer_policy(ckpt):
 
 
 def test_token_mode_pooled_and_low_dim_tokens(ckpt):
-    cfg = compose(TRANSFORMER, ckpt=ckpt, overrides=["n_emb=32", "task=umi_bimanual",
-                                                     "policy.obs_encoder.feature_aggregation=cls",
-                                                     "policy.obs_encoder.feature_dim=32"])
+    cfg = compose(
+        TRANSFORMER,
+        ckpt=ckpt,
+        overrides=[
+            "n_emb=32",
+            "task=umi_bimanual",
+            "policy.obs_encoder.feature_aggregation=cls",
+            "policy.obs_encoder.feature_dim=32",
+        ],
+    )
     enc = build(cfg).eval()
     assert enc.output_shape() == (2 * 3 + 2 * 2, 32)  # 2 cameras x 3 steps x 1 token + 2 low_dim x 2 steps
     obs = umi_obs(cfg.task.shape_meta, batch=2)
@@ -347,8 +380,13 @@ def test_token_mode_pooled_and_low_dim_tokens(ckpt):
     proj = enc.low_dim_proj["robot0_eef_pos"]
     assert torch.allclose(out[:, 6:8], proj(obs["robot0_eef_pos"]), atol=1e-6)  # steps are tokens, in order
     with pytest.raises(ValueError, match="n_emb .* needs input_layout: umi"):
-        SAM2ObsEncoder({"obs": {"cam": {"shape": [3, 64, 64], "type": "rgb"}}}, model_cfg="sam2_tiny",
-                       checkpoint=str(ckpt), image_size=SIZE, n_emb=32)
+        SAM2ObsEncoder(
+            {"obs": {"cam": {"shape": [3, 64, 64], "type": "rgb"}}},
+            model_cfg="sam2_tiny",
+            checkpoint=str(ckpt),
+            image_size=SIZE,
+            n_emb=32,
+        )
 
 
 # ----------------------------------------------------------------------------- a UMI-shaped policy

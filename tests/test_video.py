@@ -18,6 +18,7 @@ Hole filling (ruling 2): in the sam2 tiny case both sides fill holes (``fill_hol
 builders' default) with the official's ``get_connected_components`` replaced by an exact CPU
 stand-in (scipy.ndimage.label, 3x3 structure); elsewhere it is off on both sides.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,8 +49,8 @@ def synthetic_frames(n: int, seed: int = 0) -> list[np.ndarray]:
     for t in range(n):
         img = base.copy()
         y, x = 30 + (3 * t) % 40, 40 + (5 * t) % 60
-        img[y:y + 40, x:x + 50] = [200, 60, 60]
-        img[70:100, 100 - (2 * t) % 60:130 - (2 * t) % 60] = [40, 200, 90]
+        img[y : y + 40, x : x + 50] = [200, 60, 60]
+        img[70:100, 100 - (2 * t) % 60 : 130 - (2 * t) % 60] = [40, 200, 90]
         frames.append(img)
     return frames
 
@@ -71,8 +72,13 @@ def cast_official_memory_at_use(official) -> None:
 
     def patched(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
         dtype = curr[0].dtype if isinstance(curr, (list, tuple)) else curr.dtype
-        return forward(curr=curr, memory=memory.to(dtype), curr_pos=curr_pos, memory_pos=memory_pos,
-                       num_obj_ptr_tokens=num_obj_ptr_tokens)
+        return forward(
+            curr=curr,
+            memory=memory.to(dtype),
+            curr_pos=curr_pos,
+            memory_pos=memory_pos,
+            num_obj_ptr_tokens=num_obj_ptr_tokens,
+        )
 
     official.memory_attention.forward = patched
 
@@ -84,8 +90,9 @@ def build_pair(tmp_path, config, image_size, overrides=(), fill_hole_area=0):
     official = build_official(config, image_size=image_size, video=True, overrides=overrides)
     official.fill_hole_area = fill_hole_area  # the official appends fill_hole_area=8 after user overrides
     ckpt = save_official_checkpoint(official, tmp_path / "ckpt.pt")
-    ours = build_sam2_video_predictor(config, str(ckpt), device="cpu",
-                                      hydra_overrides_extra=[f"++model.image_size={image_size}", *overrides])
+    ours = build_sam2_video_predictor(
+        config, str(ckpt), device="cpu", hydra_overrides_extra=[f"++model.image_size={image_size}", *overrides]
+    )
     assert ours.fill_hole_area == 8  # postprocessing overrides come last, as in the official
     ours.fill_hole_area = fill_hole_area
     ours.show_progress = False
@@ -117,12 +124,19 @@ def scenario(predictor, folder) -> list[tuple[str, object, torch.Tensor]]:
     rec = []
     state = predictor.init_state(video_path=folder)
     assert (state["video_height"], state["video_width"], state["num_frames"]) == (H, W, 5)
-    rec.append(("points", predictor.add_new_points_or_box(inference_state=state, frame_idx=0, obj_id=1,
-                                                          points=[[60, 50], [90, 55]], labels=[1, 0])))
+    rec.append(
+        (
+            "points",
+            predictor.add_new_points_or_box(
+                inference_state=state, frame_idx=0, obj_id=1, points=[[60, 50], [90, 55]], labels=[1, 0]
+            ),
+        )
+    )
     rec.append(("box", predictor.add_new_points_or_box(state, 0, 2, box=[95, 65, 130, 100])))
     rec += [("forward", r) for r in predictor.propagate_in_video(state)]
-    rec.append(("click", predictor.add_new_points_or_box(state, 3, 1, points=[[85, 62]], labels=[1],
-                                                         clear_old_points=False)))
+    rec.append(
+        ("click", predictor.add_new_points_or_box(state, 3, 1, points=[[85, 62]], labels=[1], clear_old_points=False))
+    )
     mask = np.zeros((H, W), bool)
     mask[40:70, 60:90] = True
     rec.append(("mask", predictor.add_new_mask(state, 2, "c", mask)))
@@ -135,10 +149,14 @@ def scenario(predictor, folder) -> list[tuple[str, object, torch.Tensor]]:
 
 
 @requires_official
-@pytest.mark.parametrize("config,image_size,fill,overrides", [
-    (CFG_20, 128, 8, ["++model.add_all_frames_to_correct_as_cond=true"]),  # the later click becomes a cond frame
-    (CFG_21, 256, 0, []),
-], ids=["sam2_tiny_fill_holes_correct_as_cond", "sam2.1_tiny"])
+@pytest.mark.parametrize(
+    "config,image_size,fill,overrides",
+    [
+        (CFG_20, 128, 8, ["++model.add_all_frames_to_correct_as_cond=true"]),  # the later click becomes a cond frame
+        (CFG_21, 256, 0, []),
+    ],
+    ids=["sam2_tiny_fill_holes_correct_as_cond", "sam2.1_tiny"],
+)
 def test_parity_with_official(tmp_path, monkeypatch, config, image_size, fill, overrides):
     import sam2.utils.misc
 
@@ -228,8 +246,12 @@ def test_stream_memory_is_bounded(tmp_path):
     from dp_sam2 import build_sam2_video_predictor
 
     torch.manual_seed(0)
-    ours = build_sam2_video_predictor(CFG_21, None, device="cpu", hydra_overrides_extra=[
-        "++model.image_size=64", "++model.num_maskmem=2", "++model.max_obj_ptrs_in_encoder=3"])
+    ours = build_sam2_video_predictor(
+        CFG_21,
+        None,
+        device="cpu",
+        hydra_overrides_extra=["++model.image_size=64", "++model.num_maskmem=2", "++model.max_obj_ptrs_in_encoder=3"],
+    )
     frames = synthetic_frames(30)
     state = ours.init_state(video_path=None)
     ours.add_frame(state, frames[0])
@@ -240,8 +262,15 @@ def test_stream_memory_is_bounded(tmp_path):
     for frame in frames[1:]:
         ours.track_frame(state, frame)
         obj = state.objects[0]
-        held.append((state.images.held(), len(state.cached_features), len(obj.outputs.non_cond_frame_outputs),
-                     len(obj.frames_tracked), len(obj.outputs.cond_frame_outputs)))
+        held.append(
+            (
+                state.images.held(),
+                len(state.cached_features),
+                len(obj.outputs.non_cond_frame_outputs),
+                len(obj.frames_tracked),
+                len(obj.outputs.cond_frame_outputs),
+            )
+        )
     assert state["num_frames"] == 30
     assert all(h[0] == 1 and h[1] == 1 and h[4] == 1 for h in held)
     assert max(h[2] for h in held) <= window + 1 and max(h[3] for h in held) <= window + 1
@@ -289,17 +318,26 @@ def test_autocast_bf16_and_offload(small):
 def test_official_state_keys_and_methods(small):
     ours, folder = small
     state = ours.init_state(video_path=folder)
-    for key in ("video_height", "video_width", "num_frames", "obj_ids", "images", "device",
-                "output_dict_per_obj", "point_inputs_per_obj", "frames_tracked_per_obj"):
+    for key in (
+        "video_height",
+        "video_width",
+        "num_frames",
+        "obj_ids",
+        "images",
+        "device",
+        "output_dict_per_obj",
+        "point_inputs_per_obj",
+        "frames_tracked_per_obj",
+    ):
         assert key in state
     assert state["images"].shape == (17, 3, 128, 128)
-    frame_idx, obj_ids, masks = ours.add_new_points_or_box(state, 5, 7, points=np.array([[60, 50]]),
-                                                           labels=np.array([1]))
+    frame_idx, obj_ids, masks = ours.add_new_points_or_box(
+        state, 5, 7, points=np.array([[60, 50]]), labels=np.array([1])
+    )
     assert (frame_idx, obj_ids, masks.shape) == (5, [7], (1, 1, H, W))
     assert state["obj_id_to_idx"] == {7: 0}
     # normalize_coords=False: points already in [0, 1]
-    _, ids, m2 = ours.add_new_points_or_box(state, 5, 8, points=[[60 / W, 50 / H]], labels=[1],
-                                            normalize_coords=False)
+    _, ids, m2 = ours.add_new_points_or_box(state, 5, 8, points=[[60 / W, 50 / H]], labels=[1], normalize_coords=False)
     assert ids == [7, 8] and rel_err(m2[1:], masks) <= 1e-5
     ours.reset_state(state)
     assert state["obj_ids"] == [] and state["num_frames"] == 17

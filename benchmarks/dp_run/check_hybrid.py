@@ -5,6 +5,7 @@ obs-encoder keys (fp32, official SAM 2 names under ``obs_encoder.backbone.``) an
 
 Exit 1 when a robomimic/ResNet key or a non-fp32 encoder tensor is found, or the encoder is absent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ def main() -> int:
         robomimic = [k for k in state if any(h.lower() in k.lower() for h in ROBOMIMIC_HINTS)]
         dtypes = sorted({str(v.dtype) for v in enc.values()})
         parts = sorted({".".join(k.split(".")[:3]) for k in enc})
-        print(f"{which}: {len(state)} tensors, {len(enc)} under obs_encoder. ({len(trunk)} trunk), dtypes {dtypes}, "
-              f"robomimic/ResNet keys: {len(robomimic)}; encoder parts {parts}")
+        print(
+            f"{which}: {len(state)} tensors, {len(enc)} under obs_encoder. ({len(trunk)} trunk), dtypes {dtypes}, "
+            f"robomimic/ResNet keys: {len(robomimic)}; encoder parts {parts}"
+        )
         ok &= bool(trunk) and not robomimic and dtypes == ["torch.float32"]
     print("OK" if ok else "FAILED")
     return 0 if ok else 1

@@ -5,6 +5,7 @@
 ``frozen``: every image-encoder weight and ``no_mem_embed`` in both the model and the EMA model
 equals the file. ``finetuned``: the model's trained weights differ from it. Exit 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ def main() -> int:
         state = payload["state_dicts"].get(which)
         if state is None:
             continue
-        ours = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+        ours = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
         keys = sorted(k for k in ours if k in official)
         same = [k for k in keys if torch.equal(ours[k].cpu(), official[k])]
         print(f"{which}: {len(keys)} SAM 2 tensors, {len(same)} equal to the file, {len(keys) - len(same)} differ")

@@ -4,6 +4,7 @@ checkpoint file in the official format with random weights, for a CPU smoke run 
     python make_pusht_zarr.py --zarr data/pusht_synth.zarr [--episodes 6 --steps 40]
     python make_pusht_zarr.py --checkpoint checkpoints/sam2_hiera_tiny.pt --model sam2_tiny
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,13 @@ def make_zarr(path: str, episodes: int, steps: int, seed: int = 0) -> None:
     buffer = ReplayBuffer.create_empty_numpy()
     for _ in range(episodes):
         pos = np.cumsum(rng.normal(0, 5, (steps, 2)), axis=0) + 256
-        buffer.add_episode({
-            "img": rng.uniform(0, 255, (steps, 96, 96, 3)).astype(np.float32),  # 0..255 like pusht
-            "state": np.concatenate([pos, rng.uniform(0, 512, (steps, 3))], axis=1).astype(np.float32),
-            "action": (pos + rng.normal(0, 2, (steps, 2))).astype(np.float32),
-        })
+        buffer.add_episode(
+            {
+                "img": rng.uniform(0, 255, (steps, 96, 96, 3)).astype(np.float32),  # 0..255 like pusht
+                "state": np.concatenate([pos, rng.uniform(0, 512, (steps, 3))], axis=1).astype(np.float32),
+                "action": (pos + rng.normal(0, 2, (steps, 2))).astype(np.float32),
+            }
+        )
     buffer.save_to_path(path, chunk_length=-1)
     print(f"wrote {path}: {episodes} episodes x {steps} steps")
 

@@ -7,6 +7,7 @@ whole state dict the way LeRobot's base class would, then prints both sizes.
 
     python benchmarks/lerobot_run/checkpoint_size.py --model sam2_large --repo-id ID --root DIR --work DIR
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def main() -> None:
     sizes = {name: (args.work / name / "model.safetensors").stat().st_size for name in ("with_trunk", "without_trunk")}
     trunk = sum(p.numel() for p in policy.diffusion.rgb_encoder.backbone.parameters())
     frozen = len(policy.omitted_keys())
-    print(f"{spec.name} frozen, image_size {cfg.sam2_image_size}, {len(cfg.image_features)} cameras, "
-          f"LeRobot diffusion defaults: backbone {trunk / 1e6:.1f} M weights ({frozen} tensors left out)")
+    print(
+        f"{spec.name} frozen, image_size {cfg.sam2_image_size}, {len(cfg.image_features)} cameras, "
+        f"LeRobot diffusion defaults: backbone {trunk / 1e6:.1f} M weights ({frozen} tensors left out)"
+    )
     for name, size in sizes.items():
         print(f"model.safetensors {name:>13}: {size:,} bytes ({size / 2**20:.0f} MiB)")
     print(f"saved: {sizes['with_trunk'] - sizes['without_trunk']:,} bytes less")

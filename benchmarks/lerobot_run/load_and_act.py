@@ -6,6 +6,7 @@ and which keys model.safetensors holds.
 
     python benchmarks/lerobot_run/load_and_act.py CHECKPOINT/pretrained_model --repo-id ID --root DIR
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,12 @@ def main() -> None:
     parser.add_argument("--repo-id", required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--num-inference-steps", type=int, default=None,
-                        help="as lerobot-eval's --policy.num_inference_steps (default: the saved config's)")
+    parser.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=None,
+        help="as lerobot-eval's --policy.num_inference_steps (default: the saved config's)",
+    )
     args = parser.parse_args()
 
     from lerobot.configs.policies import PreTrainedConfig
@@ -41,10 +46,13 @@ def main() -> None:
         cfg.num_inference_steps = args.num_inference_steps
     dataset = LeRobotDataset(args.repo_id, root=args.root)
     policy = make_policy(cfg, ds_meta=dataset.meta)
-    pre, post = make_pre_post_processors(cfg, pretrained_path=args.pretrained,
-                                         preprocessor_overrides={"device_processor": {"device": "cpu"}})
-    print(f"loaded {type(policy).__name__} ({cfg.type}, {cfg.sam2_model}, image_size {cfg.sam2_image_size}) "
-          f"in {time.time() - t0:.1f} s; training mode: {policy.training}")
+    pre, post = make_pre_post_processors(
+        cfg, pretrained_path=args.pretrained, preprocessor_overrides={"device_processor": {"device": "cpu"}}
+    )
+    print(
+        f"loaded {type(policy).__name__} ({cfg.type}, {cfg.sam2_model}, image_size {cfg.sam2_image_size}) "
+        f"in {time.time() - t0:.1f} s; training mode: {policy.training}"
+    )
 
     with safe_open(f"{args.pretrained}/model.safetensors", framework="pt") as f:
         keys = list(f.keys())
@@ -70,9 +78,11 @@ def main() -> None:
             action = post(policy.select_action(pre(obs)))
         actions.append(action)
     actions = torch.cat(actions)
-    print(f"select_action x {len(actions)} frames ({policy.diffusion.num_inference_steps} denoising steps per chunk): "
-          f"actions {tuple(actions.shape)}, finite: "
-          f"{bool(torch.isfinite(actions).all())}, {time.time() - t0:.1f} s")
+    print(
+        f"select_action x {len(actions)} frames ({policy.diffusion.num_inference_steps} denoising steps per chunk): "
+        f"actions {tuple(actions.shape)}, finite: "
+        f"{bool(torch.isfinite(actions).all())}, {time.time() - t0:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ One wrist camera ``camera0_rgb`` (uint8, H x W x 3), ``robot0_eef_pos``,
 (SAM 2 file with random weights in the official format: ``benchmarks/dp_run/make_pusht_zarr.py
 --checkpoint checkpoints/sam2_hiera_tiny.pt --model sam2_tiny``.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ def make_umi_zarr(path: str, episodes: int, steps: int, size: int = 224, seed: i
         images = data.zeros("camera0_rgb", shape=(n, size, size, 3), chunks=(1, size, size, 3), dtype=np.uint8)
         for i in range(n):
             images[i] = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        for key, value in {"robot0_eef_pos": pos, "robot0_eef_rot_axis_angle": rot, "robot0_gripper_width": width,
-                           "robot0_demo_start_pose": start, "robot0_demo_end_pose": end}.items():
+        for key, value in {
+            "robot0_eef_pos": pos,
+            "robot0_eef_rot_axis_angle": rot,
+            "robot0_gripper_width": width,
+            "robot0_demo_start_pose": start,
+            "robot0_demo_end_pose": end,
+        }.items():
             data.array(key, value.astype(np.float32), chunks=value.shape)
         root.create_group("meta").array("episode_ends", ends)
     print(f"wrote {path}: {episodes} episodes x {steps} steps, camera0_rgb {size}x{size}")

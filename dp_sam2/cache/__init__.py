@@ -4,13 +4,28 @@ key that says what they depend on (``key``), zarr access (``store``), ranks unde
 
 ``dp_sam2.cache.CachedFeatureDataset`` is the ``_target_`` saved in DP configs: it stays here.
 """
+
 from .dataset import CachedFeatureDataset, identity_normalizer
 from .key import RANDOM_INIT, CacheKey, file_sha256, make_key, resolve_weights
 from .store import Source, describe_source, to_model_input, write_array
 from .writer import CacheHandle, CacheResult, build_encoder, cache_features, cache_features_cli, open_cache
 
 __all__ = [
-    "CacheHandle", "CacheKey", "CacheResult", "CachedFeatureDataset", "RANDOM_INIT", "Source", "build_encoder",
-    "cache_features", "cache_features_cli", "describe_source", "file_sha256", "identity_normalizer", "make_key",
-    "open_cache", "resolve_weights", "to_model_input", "write_array",
+    "CacheHandle",
+    "CacheKey",
+    "CacheResult",
+    "CachedFeatureDataset",
+    "RANDOM_INIT",
+    "Source",
+    "build_encoder",
+    "cache_features",
+    "cache_features_cli",
+    "describe_source",
+    "file_sha256",
+    "identity_normalizer",
+    "make_key",
+    "open_cache",
+    "resolve_weights",
+    "to_model_input",
+    "write_array",
 ]

@@ -1,4 +1,5 @@
 """``CachedFeatureDataset``: a Diffusion Policy dataset whose rgb obs are cached SAM 2 features."""
+
 from __future__ import annotations
 
 import warnings
@@ -42,8 +43,9 @@ def identity_normalizer():
     try:
         from diffusion_policy.common.normalize_util import get_identity_normalizer_from_stat
     except ImportError as err:
-        raise ImportError("CachedFeatureDataset.get_normalizer needs Diffusion Policy (diffusion_policy) "
-                          f"importable: {err}") from err
+        raise ImportError(
+            f"CachedFeatureDataset.get_normalizer needs Diffusion Policy (diffusion_policy) importable: {err}"
+        ) from err
     one = np.ones(1, dtype=np.float32)
     stat = {"min": -one, "max": one, "mean": 0 * one, "std": one}
     return get_identity_normalizer_from_stat(stat)
@@ -78,8 +80,10 @@ class _CachedFeatures:
         sampler = getattr(self.inner, "sampler", None)
         indices = getattr(sampler, "indices", None)
         if indices is None:
-            raise TypeError(f"CachedFeatureDataset needs a DP dataset with a SequenceSampler "
-                            f"(.sampler.indices); {type(self.inner).__name__} has none")
+            raise TypeError(
+                f"CachedFeatureDataset needs a DP dataset with a SequenceSampler "
+                f"(.sampler.indices); {type(self.inner).__name__} has none"
+            )
         b0, b1, s0, s1 = (int(v) for v in indices[idx])
         steps = np.arange(int(getattr(sampler, "sequence_length", s1)))
         return b0 + np.clip(steps - s0, 0, (b1 - b0) - 1)
@@ -138,17 +142,31 @@ def _key_map(obs_keys: list[str], cache_keys: tuple[str, ...], rgb_keys) -> dict
     elif len(obs_keys) == 1 and len(cache_keys) == 1:
         mapping = {obs_keys[0]: cache_keys[0]}  # e.g. Push-T: obs "image" <- data/img
     else:
-        raise ValueError(f"cannot tell which cached array serves which rgb obs key: obs keys {obs_keys}, "
-                         f"cached arrays {list(cache_keys)}; pass rgb_keys={{obs_key: data_key}}")
+        raise ValueError(
+            f"cannot tell which cached array serves which rgb obs key: obs keys {obs_keys}, "
+            f"cached arrays {list(cache_keys)}; pass rgb_keys={{obs_key: data_key}}"
+        )
     missing = [v for v in mapping.values() if v not in cache_keys]
     if missing:
         raise ValueError(f"rgb_keys names arrays {missing} that the cache does not hold (it has {list(cache_keys)})")
     return mapping
 
 
-def CachedFeatureDataset(dataset, cache_path, model_cfg: str = "sam2_large", checkpoint=None,
-                         image_size=None, crop_shape=None, resize_shape=None, input_range=None,
-                         shape_meta=None, rgb_keys=None, n_obs_steps=None, precision=None, **ignored):
+def CachedFeatureDataset(
+    dataset,
+    cache_path,
+    model_cfg: str = "sam2_large",
+    checkpoint=None,
+    image_size=None,
+    crop_shape=None,
+    resize_shape=None,
+    input_range=None,
+    shape_meta=None,
+    rgb_keys=None,
+    n_obs_steps=None,
+    precision=None,
+    **ignored,
+):
     """A Diffusion Policy dataset whose rgb obs are cached SAM 2 features (``_target_`` for DP's
     ``task.dataset``; DP's ``train.py`` stays unchanged).
 
@@ -163,13 +181,18 @@ def CachedFeatureDataset(dataset, cache_path, model_cfg: str = "sam2_large", che
     from dp_sam2.encoders.obs.inputs import parse_input_range
 
     if input_range is None:
-        warnings.warn("CachedFeatureDataset: set policy.obs_encoder.input_range to [0, 1] (the feature keys get "
-                      "an identity normaliser, so images at eval arrive in [0, 1]) and pass "
-                      "input_range: ${policy.obs_encoder.input_range} here so it is checked", stacklevel=2)
+        warnings.warn(
+            "CachedFeatureDataset: set policy.obs_encoder.input_range to [0, 1] (the feature keys get "
+            "an identity normaliser, so images at eval arrive in [0, 1]) and pass "
+            "input_range: ${policy.obs_encoder.input_range} here so it is checked",
+            stacklevel=2,
+        )
     elif parse_input_range(input_range) != (0.0, 1.0):
-        raise ValueError(f"CachedFeatureDataset gives the image keys an identity normaliser, so the policy's obs "
-                         f"encoder must take [0, 1] images at eval: set policy.obs_encoder.input_range: [0, 1] "
-                         f"(got {input_range!r}); the cached features do not depend on it")
+        raise ValueError(
+            f"CachedFeatureDataset gives the image keys an identity normaliser, so the policy's obs "
+            f"encoder must take [0, 1] images at eval: set policy.obs_encoder.input_range: [0, 1] "
+            f"(got {input_range!r}); the cached features do not depend on it"
+        )
     key, _ = make_key(model_cfg, checkpoint, image_size, crop_shape, resize_shape, precision=precision)
     replay = getattr(dataset, "replay_buffer", None)
     n_frames = getattr(replay, "n_steps", None)

@@ -1,4 +1,5 @@
 """torch.distributed facts for the cache writer: this process's rank and a torchrun process group."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,4 +37,3 @@ def torchrun_process_group():
         yield
     finally:
         torch.distributed.destroy_process_group()
-

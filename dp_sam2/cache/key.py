@@ -1,5 +1,6 @@
 """The cache key: what cached SAM 2 features depend on (model, checkpoint digest, image size,
 crop, resize, precision), and the comparison that refuses a stale cache."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,11 +39,15 @@ class CacheKey:
         return name
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "checkpoint_sha256": self.checkpoint_sha256,
-                "image_size": self.image_size, "format_version": FORMAT_VERSION,
-                "crop_shape": list(self.crop_shape) if self.crop_shape else None,
-                "resize_shape": list(self.resize_shape) if self.resize_shape else None,
-                "precision": self.precision}
+        return {
+            "model": self.model,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "image_size": self.image_size,
+            "format_version": FORMAT_VERSION,
+            "crop_shape": list(self.crop_shape) if self.crop_shape else None,
+            "resize_shape": list(self.resize_shape) if self.resize_shape else None,
+            "precision": self.precision,
+        }
 
 
 _DIGESTS: dict[tuple, str] = {}
@@ -81,8 +86,15 @@ def resolve_weights(model: str, checkpoint=None, random_weights: bool = False) -
     return (RANDOM_INIT, None) if path is None else (file_sha256(path), path)
 
 
-def make_key(model: str, checkpoint=None, image_size=None, crop_shape=None, resize_shape=None,
-             random_weights: bool = False, precision: str | None = None) -> tuple[CacheKey, Path | None]:
+def make_key(
+    model: str,
+    checkpoint=None,
+    image_size=None,
+    crop_shape=None,
+    resize_shape=None,
+    random_weights: bool = False,
+    precision: str | None = None,
+) -> tuple[CacheKey, Path | None]:
     from dp_sam2.checkpoints.registry import get_spec
 
     spec = get_spec(model)
@@ -94,14 +106,25 @@ def make_key(model: str, checkpoint=None, image_size=None, crop_shape=None, resi
     return CacheKey(spec.name, digest, size, _hw(crop_shape), _hw(resize_shape), precision), path
 
 
-
-_COMPARED = ("model", "checkpoint_sha256", "image_size", "crop_shape", "resize_shape", "precision", "format_version",
-             "n_frames", "episode_ends_sha256", "feature_shape")
+_COMPARED = (
+    "model",
+    "checkpoint_sha256",
+    "image_size",
+    "crop_shape",
+    "resize_shape",
+    "precision",
+    "format_version",
+    "n_frames",
+    "episode_ends_sha256",
+    "feature_shape",
+)
 
 
 def _check_attrs(found: dict, wanted: dict, where: str, hint: str) -> None:
-    diffs = [f"{name}: cache has {found.get(name)!r}, wanted {wanted.get(name)!r}"
-             for name in _COMPARED if name in wanted and found.get(name) != wanted.get(name)]
+    diffs = [
+        f"{name}: cache has {found.get(name)!r}, wanted {wanted.get(name)!r}"
+        for name in _COMPARED
+        if name in wanted and found.get(name) != wanted.get(name)
+    ]
     if diffs:
         raise ValueError(f"stale SAM 2 feature cache {where}: " + "; ".join(diffs) + f" ({hint})")
-

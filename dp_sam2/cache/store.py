@@ -1,4 +1,5 @@
 """Zarr 2 / 3 access and the replay buffer's rgb arrays (the source of the cache)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,10 @@ def rgb_keys_of(data_group) -> list[str]:
 
 def describe_source(root, keys=None) -> Source:
     if not _has(root, "data") or not _has(root, "meta"):
-        raise ValueError("expected a Diffusion Policy replay buffer zarr with data/<key> arrays and "
-                         f"meta/episode_ends; found members {_member_names(root)}")
+        raise ValueError(
+            "expected a Diffusion Policy replay buffer zarr with data/<key> arrays and "
+            f"meta/episode_ends; found members {_member_names(root)}"
+        )
     data = root["data"]
     available = rgb_keys_of(data)
     keys = list(keys) if keys else available
@@ -93,8 +96,12 @@ def describe_source(root, keys=None) -> Source:
     if len(n) != 1:
         raise ValueError(f"rgb arrays {keys} have different frame counts {sorted(n)}")
     ends = np.asarray(root["meta"]["episode_ends"][:], dtype=np.int64)
-    return Source(tuple(keys), n.pop(), hashlib.sha256(ends.tobytes()).hexdigest(),
-                  {k: tuple(int(s) for s in data[k].shape[1:]) for k in keys})
+    return Source(
+        tuple(keys),
+        n.pop(),
+        hashlib.sha256(ends.tobytes()).hexdigest(),
+        {k: tuple(int(s) for s in data[k].shape[1:]) for k in keys},
+    )
 
 
 def to_model_input(frames: np.ndarray) -> torch.Tensor:
@@ -102,5 +109,3 @@ def to_model_input(frames: np.ndarray) -> torch.Tensor:
     way DP's dataset (``/255``) and range normaliser (``*2-1``) hand them to the obs encoder."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).float().permute(0, 3, 1, 2)
     return x / 255.0 * 2.0 - 1.0
-
-

@@ -10,6 +10,7 @@ model, checkpoint sha256, image size, crop, resize, precision; the source; a com
 ``torchrun`` (gloo is enough) each rank writes whole done-mask blocks, with the same result as one process.
 :class:`~dp_sam2.cache.CachedFeatureDataset` serves them; README.md's "## The feature cache" has the crop trade-off.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,10 @@ class CacheResult:
 
     def __str__(self) -> str:
         state = "complete" if self.complete else "INCOMPLETE"
-        return (f"feature cache {self.store}/{self.group}: {self.n_frames} frames, {self.key.model} "
-                f"at {self.key.image_size}px, {state} ({self.computed} frames encoded now)")
+        return (
+            f"feature cache {self.store}/{self.group}: {self.n_frames} frames, {self.key.model} "
+            f"at {self.key.image_size}px, {state} ({self.computed} frames encoded now)"
+        )
 
 
 def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, device, low_dim=None, **options):
@@ -60,12 +63,19 @@ def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, d
     from dp_sam2 import SAM2ObsEncoder
     from dp_sam2.encoders.sam2.build import resolve_device
 
-    shape_meta = {"obs": {k: {"shape": [3, source.shapes[k][0], source.shapes[k][1]], "type": "rgb"}
-                          for k in source.keys}}
+    shape_meta = {
+        "obs": {k: {"shape": [3, source.shapes[k][0], source.shapes[k][1]], "type": "rgb"} for k in source.keys}
+    }
     shape_meta["obs"].update({k: {"shape": list(v), "type": "low_dim"} for k, v in (low_dim or {}).items()})
-    kwargs = dict(model_cfg=key.model, image_size=key.image_size, pooling="mean", freeze=True, precision=key.precision,
-                  crop_shape=list(key.crop_shape) if key.crop_shape else None,
-                  resize_shape=list(key.resize_shape) if key.resize_shape else None)
+    kwargs = dict(
+        model_cfg=key.model,
+        image_size=key.image_size,
+        pooling="mean",
+        freeze=True,
+        precision=key.precision,
+        crop_shape=list(key.crop_shape) if key.crop_shape else None,
+        resize_shape=list(key.resize_shape) if key.resize_shape else None,
+    )
     kwargs.update(options)
     if checkpoint_path is not None:
         encoder = SAM2ObsEncoder(shape_meta, checkpoint=str(checkpoint_path), **kwargs)
@@ -83,8 +93,13 @@ def _prepare_group(store, key: CacheKey, source: Source, feature_shape, overwrit
     if overwrite and _has(top, key.name):
         _delete(top, key.name)
     group = _require_group(top, key.name)
-    wanted = {**key.as_dict(), "n_frames": source.n_frames, "episode_ends_sha256": source.episode_ends_sha256,
-              "feature_shape": list(feature_shape), "dtype": "float16"}
+    wanted = {
+        **key.as_dict(),
+        "n_frames": source.n_frames,
+        "episode_ends_sha256": source.episode_ends_sha256,
+        "feature_shape": list(feature_shape),
+        "dtype": "float16",
+    }
     attrs = dict(group.attrs)
     if attrs:
         _check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint="pass --overwrite to recompute it")
@@ -100,12 +115,23 @@ def _prepare_group(store, key: CacheKey, source: Source, feature_shape, overwrit
     return group
 
 
-
-
-def cache_features(zarr_path, obs_encoder: str = "sam2_large", checkpoint=None, image_size=None, *,
-                   keys=None, out=None, crop_shape=None, resize_shape=None, batch_size: int = 16,
-                   device=None, overwrite: bool = False, progress: bool = True,
-                   random_weights: bool = False, precision: str = "fp32") -> CacheResult:
+def cache_features(
+    zarr_path,
+    obs_encoder: str = "sam2_large",
+    checkpoint=None,
+    image_size=None,
+    *,
+    keys=None,
+    out=None,
+    crop_shape=None,
+    resize_shape=None,
+    batch_size: int = 16,
+    device=None,
+    overwrite: bool = False,
+    progress: bool = True,
+    random_weights: bool = False,
+    precision: str = "fp32",
+) -> CacheResult:
     """Encode every frame of the replay buffer's rgb arrays into the cache (see the module doc).
     Frames already marked done are skipped (resume); under torch.distributed each rank takes its
     share of the frames."""
@@ -121,8 +147,10 @@ def cache_features(zarr_path, obs_encoder: str = "sam2_large", checkpoint=None, 
     source = describe_source(_open_group(zarr_path, "r"), keys)
     key, ckpt = make_key(obs_encoder, checkpoint, image_size, crop_shape, resize_shape, random_weights, precision)
     if ckpt is None and dist.rank == 0:
-        warnings.warn(f"no {key.model} checkpoint found: caching features of RANDOM weights (seed 0); "
-                      f"they are only good for tests. Get the real ones with `dp-sam2 download {key.model}`.")
+        warnings.warn(
+            f"no {key.model} checkpoint found: caching features of RANDOM weights (seed 0); "
+            f"they are only good for tests. Get the real ones with `dp-sam2 download {key.model}`."
+        )
     encoder = build_encoder(key, source, ckpt, device)
     if dist.rank == 0:
         _prepare_group(store, key, source, encoder.feature_shape, overwrite)
@@ -134,10 +162,11 @@ def cache_features(zarr_path, obs_encoder: str = "sam2_large", checkpoint=None, 
     computed = 0
     for k in source.keys:
         todo = _pending_frames(group["done"][k], dist)
-        bar = progress_bar(total=len(todo), desc=f"{key.name}/{k}", unit="frame",
-                           disable=not progress or dist.rank != 0)
+        bar = progress_bar(
+            total=len(todo), desc=f"{key.name}/{k}", unit="frame", disable=not progress or dist.rank != 0
+        )
         for start in range(0, len(todo), batch_size):
-            idx = todo[start: start + batch_size]
+            idx = todo[start : start + batch_size]
             _encode_and_write(encoder, data[k], group["features"][k], group["done"][k], k, idx)
             computed += len(idx)
             bar.update(len(idx))
@@ -172,7 +201,7 @@ def _encode_and_write(encoder, src, feats_arr, done_arr, key: str, idx: np.ndarr
     x = to_model_input(frames).to(encoder.device)
     out = encoder.encode_images(x, key).float().cpu().numpy().astype(np.float16)
     for a, b, off in _runs(idx):
-        feats_arr[a:b] = out[off: off + (b - a)]
+        feats_arr[a:b] = out[off : off + (b - a)]
     for a, b, _ in _runs(idx):  # after the features: a crash in between only recomputes
         done_arr[a:b] = True
 
@@ -198,37 +227,54 @@ def open_cache(store, key: CacheKey, n_frames: int | None = None, checkpoint=Non
     """Open the cache of ``key`` in ``store``; a missing, stale or incomplete cache is refused
     with an error that says what was found and the command that makes the right one."""
     store = Path(store)
-    cmd = (f"dp-sam2 cache-features --zarr <replay.zarr> --obs-encoder {key.model} --image-size {key.image_size}"
-           + (f" --checkpoint {checkpoint}" if checkpoint else "")
-           + (" --random-weights" if key.checkpoint_sha256 == RANDOM_INIT else "")
-           + (f" --crop-shape {key.crop_shape[0]},{key.crop_shape[1]}" if key.crop_shape else "")
-           + (f" --resize-shape {key.resize_shape[0]},{key.resize_shape[1]}" if key.resize_shape else "")
-           + (f" --precision {key.precision}" if key.precision != "fp32" else "")
-           + ("" if store.suffix == ".zarr" else f" --out {store}"))
+    cmd = (
+        f"dp-sam2 cache-features --zarr <replay.zarr> --obs-encoder {key.model} --image-size {key.image_size}"
+        + (f" --checkpoint {checkpoint}" if checkpoint else "")
+        + (" --random-weights" if key.checkpoint_sha256 == RANDOM_INIT else "")
+        + (f" --crop-shape {key.crop_shape[0]},{key.crop_shape[1]}" if key.crop_shape else "")
+        + (f" --resize-shape {key.resize_shape[0]},{key.resize_shape[1]}" if key.resize_shape else "")
+        + (f" --precision {key.precision}" if key.precision != "fp32" else "")
+        + ("" if store.suffix == ".zarr" else f" --out {store}")
+    )
     root = _open_group(store, "r")
     if not _has(root, GROUP) or not _has(root[GROUP], key.name):
         others = _member_names(root[GROUP]) if _has(root, GROUP) else []
         stale = ""
         if others:
-            stale = (" It holds caches for other settings (stale for this config): "
-                     + "; ".join(f"{o}: {_summary(dict(root[GROUP][o].attrs))}" for o in others) + ".")
-        raise ValueError(f"no SAM 2 feature cache for {key.name} ({_summary(key.as_dict())}) in {store}."
-                         f"{stale} Make it with `{cmd}`.")
+            stale = (
+                " It holds caches for other settings (stale for this config): "
+                + "; ".join(f"{o}: {_summary(dict(root[GROUP][o].attrs))}" for o in others)
+                + "."
+            )
+        raise ValueError(
+            f"no SAM 2 feature cache for {key.name} ({_summary(key.as_dict())}) in {store}."
+            f"{stale} Make it with `{cmd}`."
+        )
     group = root[GROUP][key.name]
     attrs = dict(group.attrs)
     wanted = key.as_dict() | ({"n_frames": n_frames} if n_frames is not None else {})
     _check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint=f"recompute it with `{cmd} --overwrite`")
     if not attrs.get("complete"):
-        raise ValueError(f"the SAM 2 feature cache {store}/{GROUP}/{key.name} is incomplete (interrupted?); "
-                         f"run `{cmd}` again to finish it")
-    return CacheHandle(str(store), f"{GROUP}/{key.name}", key, tuple(attrs.get("keys", [])),
-                       int(attrs["n_frames"]), tuple(attrs["feature_shape"]))
+        raise ValueError(
+            f"the SAM 2 feature cache {store}/{GROUP}/{key.name} is incomplete (interrupted?); "
+            f"run `{cmd}` again to finish it"
+        )
+    return CacheHandle(
+        str(store),
+        f"{GROUP}/{key.name}",
+        key,
+        tuple(attrs.get("keys", [])),
+        int(attrs["n_frames"]),
+        tuple(attrs["feature_shape"]),
+    )
 
 
 def _summary(attrs: dict) -> str:
     digest = str(attrs.get("checkpoint_sha256", "?"))
-    return (f"model {attrs.get('model')}, checkpoint {digest[:12]}, image_size {attrs.get('image_size')}, "
-            f"crop {attrs.get('crop_shape')}, resize {attrs.get('resize_shape')}, precision {attrs.get('precision')}")
+    return (
+        f"model {attrs.get('model')}, checkpoint {digest[:12]}, image_size {attrs.get('image_size')}, "
+        f"crop {attrs.get('crop_shape')}, resize {attrs.get('resize_shape')}, precision {attrs.get('precision')}"
+    )
 
 
 # --------------------------------------------------------------------------- CLI entry
@@ -239,11 +285,21 @@ def cache_features_cli(args) -> str | None:
         if device is None and dist.world > 1 and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', dist.rank))}"
         result = cache_features(
-            args.zarr, args.obs_encoder, args.checkpoint, args.image_size, keys=args.keys, out=args.out,
-            crop_shape=args.crop_shape, resize_shape=args.resize_shape, batch_size=args.batch_size,
-            device=device, overwrite=args.overwrite, progress=not args.no_progress,
-            random_weights=args.random_weights, precision=args.precision)
+            args.zarr,
+            args.obs_encoder,
+            args.checkpoint,
+            args.image_size,
+            keys=args.keys,
+            out=args.out,
+            crop_shape=args.crop_shape,
+            resize_shape=args.resize_shape,
+            batch_size=args.batch_size,
+            device=device,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            random_weights=args.random_weights,
+            precision=args.precision,
+        )
     if dist.rank != 0:
         return f"rank {dist.rank}: encoded {result.computed} frames"
     return str(result) + (f" [rank 0 of {dist.world}]" if dist.world > 1 else "")
-

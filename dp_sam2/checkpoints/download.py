@@ -9,6 +9,7 @@ bar; an interruption resumes with an HTTP ``Range`` request, also automatically 
 atomically when complete, so a file with the final name is always whole. Default ``dest``: ``checkpoints/``
 under the DP repo root inside a DP checkout, else ``$DP_SAM2_CACHE`` (default ``~/.cache/dp_sam2``).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -98,9 +99,18 @@ def check_source(source: str) -> str:
     return source
 
 
-def download_one(spec: ModelSpec, dest: Path, *, source: str = "official", base_url: str | None = None,
-                 retries: int = 3, verify: bool = True, force: bool = False, progress: bool = True,
-                 timeout: float = 60.0) -> DownloadResult:
+def download_one(
+    spec: ModelSpec,
+    dest: Path,
+    *,
+    source: str = "official",
+    base_url: str | None = None,
+    retries: int = 3,
+    verify: bool = True,
+    force: bool = False,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> DownloadResult:
     """Fetch one model's file into ``dest`` from ``source`` (see the module docstring)."""
     check_source(source)
     if source == "huggingface" and base_url:
@@ -149,8 +159,7 @@ def _verify_and_place(part: Path, final: Path, spec: ModelSpec, where: str, veri
     os.replace(part, final)  # atomic: a file with the final name is always complete
 
 
-def _from_hub(spec: ModelSpec, final: Path, part: Path, *, verify: bool, force: bool,
-              progress: bool) -> DownloadResult:
+def _from_hub(spec: ModelSpec, final: Path, part: Path, *, verify: bool, force: bool, progress: bool) -> DownloadResult:
     """``hf_hub_download`` into the hub's cache, then a byte copy to ``final`` (verified first)."""
     import inspect
     import shutil
@@ -184,9 +193,11 @@ def _from_hub(spec: ModelSpec, final: Path, part: Path, *, verify: bool, force: 
 def _final_message(err: DownloadError, url: str, part: Path, dest: Path, spec: ModelSpec) -> str:
     text = str(err).replace(" (retryable)", "")
     kept = f" The partial file {part} is kept; run the same command again to resume." if part.exists() else ""
-    return (f"could not download {spec.name} from {url}: {text}.{kept} Without internet access, "
-            f"fetch {spec.url} elsewhere and copy it to {dest / spec.filename} (or into the folder "
-            f"named by $DP_SAM2_CHECKPOINT_DIR).")
+    return (
+        f"could not download {spec.name} from {url}: {text}.{kept} Without internet access, "
+        f"fetch {spec.url} elsewhere and copy it to {dest / spec.filename} (or into the folder "
+        f"named by $DP_SAM2_CHECKPOINT_DIR)."
+    )
 
 
 def check_reachable(url: str, timeout: float = 5.0) -> None:
@@ -255,8 +266,18 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float, label: str) 
         total = offset + int(length) if length is not None else None
         mode = "ab" if offset else "wb"
         got = offset
-        with open(part, mode) as out, progress_bar(total=total, initial=offset, unit="B", unit_scale=True,
-                                                   unit_divisor=1024, desc=label, disable=not progress) as bar:
+        with (
+            open(part, mode) as out,
+            progress_bar(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                disable=not progress,
+            ) as bar,
+        ):
             try:
                 while True:
                     block = response.read(CHUNK)
@@ -279,8 +300,9 @@ def download(names, dest: str | os.PathLike | None = None, **kwargs) -> list[Dow
     return [download_one(spec, folder, **kwargs) for spec in specs]
 
 
-def fetch_pretrained(model: str, *, source: str = "official", dest: str | os.PathLike | None = None,
-                     progress: bool = True) -> Path:
+def fetch_pretrained(
+    model: str, *, source: str = "official", dest: str | os.PathLike | None = None, progress: bool = True
+) -> Path:
     """The checkpoint of ``model`` for ``from_pretrained``: the local lookup first (the places of
     :func:`dp_sam2.checkpoints.resolve.find_weights`), then a download from ``source`` into
     ``dest`` (default :func:`default_dest`, a place the lookup searches)."""

@@ -2,6 +2,7 @@
 one strictly against the official keys and shapes of its model (``state_dict_shapes.json``, the
 state dict of each of the 8 official configs: what ``load_state_dict(strict=True)`` would demand)
 without building the model."""
+
 from __future__ import annotations
 
 import functools
@@ -46,8 +47,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(
-            f"checkpoint {path} is not a SAM 2 checkpoint: expected a dict with a 'model' state dict, "
-            f"found {found}"
+            f"checkpoint {path} is not a SAM 2 checkpoint: expected a dict with a 'model' state dict, found {found}"
         )
     return state
 
@@ -157,5 +157,6 @@ def _mismatch_text(ours: dict[str, tuple], state: dict[str, tuple]) -> str:
 
 
 def _summarise_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    return _mismatch_text({k: tuple(v.shape) for k, v in model.state_dict().items()},
-                          {k: tuple(v.shape) for k, v in state.items()})
+    return _mismatch_text(
+        {k: tuple(v.shape) for k, v in model.state_dict().items()}, {k: tuple(v.shape) for k, v in state.items()}
+    )

@@ -3,6 +3,7 @@
 Every other part of dp_sam2 (the builder, the checkpoint resolver, the downloader, the CLI and
 the Hydra ``obs_encoder`` group files) reads a model's facts from here, so they are written once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,7 +89,5 @@ def get_spec(name: str) -> ModelSpec:
     if key in _ALIASES:
         return _ALIASES[key]
     if key.startswith("pkg://") or key.startswith("sam2/"):
-        return get_spec(key.split("/", 1)[1] if key.startswith("sam2/") else key[len("pkg://"):])
-    raise ValueError(
-        f"unknown SAM 2 model or config name {name!r}; known names: {', '.join(known_names())}"
-    )
+        return get_spec(key.split("/", 1)[1] if key.startswith("sam2/") else key[len("pkg://") :])
+    raise ValueError(f"unknown SAM 2 model or config name {name!r}; known names: {', '.join(known_names())}")

@@ -10,6 +10,7 @@ all of dp_sam2 uses: ``checkpoint`` or ``checkpoints/<official file name>``, or 
 warning) for a missing file when ``random_weights=True`` or ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1`` (for
 ``eval.py`` with a DP checkpoint that already holds the encoder weights).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -143,8 +144,9 @@ def default_checkpoint(model: str) -> str:
     return f"checkpoints/{get_spec(model).filename}"
 
 
-def find_weights(model: str | None, checkpoint: str | os.PathLike | None = None, *, random_weights: bool = False,
-                 warn: bool = True) -> Path | None:
+def find_weights(
+    model: str | None, checkpoint: str | os.PathLike | None = None, *, random_weights: bool = False, warn: bool = True
+) -> Path | None:
     """The checkpoint file for ``model``: ``checkpoint`` (default ``checkpoints/<official file
     name>``) found by :func:`resolve_checkpoint`.
 
@@ -174,6 +176,7 @@ def find_weights(model: str | None, checkpoint: str | os.PathLike | None = None,
                 f"{why}: building {spec.name if spec else model} WITHOUT SAM 2 weights (random init; "
                 f"{os.fspath(checkpoint)!r} not found). Only do this for tests, or when restoring a Diffusion "
                 f"Policy checkpoint that holds the encoder weights. {str(err).splitlines()[0]}",
-                MissingCheckpointWarning, stacklevel=3,
+                MissingCheckpointWarning,
+                stacklevel=3,
             )
         return None

@@ -1,5 +1,6 @@
 """``python -m dp_sam2.ext build|status``: build the connected-components libraries ahead of time,
 or tell which implementation is in use."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def cmd_status(args) -> int:
     from dp_sam2.ext import implementation
 
     gpu = torch.cuda.is_available()
-    print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), GPU visible: "
-          f"{torch.cuda.get_device_name(0) if gpu else 'no'}")
+    print(
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}), GPU visible: "
+        f"{torch.cuda.get_device_name(0) if gpu else 'no'}"
+    )
     print(f"cache: {_build.cache_root()}")
     print(f"CPU op:      {_library_line('cpu')}")
     print(f"CUDA kernel: {_library_line('cuda')}")
@@ -67,11 +70,11 @@ def cmd_status(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dp_sam2.ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_build = sub.add_parser("build", help="compile the CPU op and (where nvcc and a CUDA torch "
-                                           "are present) the CUDA kernel into the cache")
+    p_build = sub.add_parser(
+        "build", help="compile the CPU op and (where nvcc and a CUDA torch are present) the CUDA kernel into the cache"
+    )
     p_build.add_argument("--cpu-only", action="store_true", help="build only the CPU op")
-    p_build.add_argument("--require-cuda", action="store_true",
-                         help="exit 1 if the CUDA kernel cannot be built here")
+    p_build.add_argument("--require-cuda", action="store_true", help="exit 1 if the CUDA kernel cannot be built here")
     p_build.add_argument("--force", action="store_true", help="rebuild even if cached")
     p_build.add_argument("-v", "--verbose", action="store_true", help="show the compiler output")
     p_build.set_defaults(func=cmd_build)

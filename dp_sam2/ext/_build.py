@@ -11,6 +11,7 @@ CUDA and Python version, so a prebuilt library is loaded straight away, without 
 Where no GPU is visible and ``TORCH_CUDA_ARCH_LIST`` is unset, the kernel is built for
 :data:`DEFAULT_CUDA_ARCH_LIST` (DESIGN ruling 12) instead of letting torch probe for a GPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,10 @@ def build_dir(kind: str) -> Path:
     """The cache folder of one library ('cpu' or 'cuda') for this torch / Python / source."""
     sources = CPU_SOURCES if kind == "cpu" else CUDA_SOURCES
     cuda = f"cu{torch.version.cuda}" if (kind == "cuda" and torch.version.cuda) else "cpu"
-    tag = (f"{kind}-torch{torch.__version__.split('+')[0]}-{cuda}-"
-           f"py{sys.version_info.major}{sys.version_info.minor}-{_source_hash(sources)}")
+    tag = (
+        f"{kind}-torch{torch.__version__.split('+')[0]}-{cuda}-"
+        f"py{sys.version_info.major}{sys.version_info.minor}-{_source_hash(sources)}"
+    )
     return cache_root() / tag
 
 
@@ -101,8 +104,7 @@ def _cpp_extension():
 
 
 def _is_toolkit(home: str) -> bool:
-    return (Path(home) / "include" / "cuda_runtime.h").is_file() and (
-        Path(home) / "bin" / "nvcc").is_file()
+    return (Path(home) / "include" / "cuda_runtime.h").is_file() and (Path(home) / "bin" / "nvcc").is_file()
 
 
 def _toolkit_candidates() -> list[str]:
@@ -201,17 +203,28 @@ def _compile(kind: str, verbose: bool) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp: dict = {"torch": torch.__version__, "python": sys.version.split()[0]}
     if kind == "cpu":
-        cpp_extension.load(name=CPU_NAME, sources=[str(SOURCE_DIR / s) for s in CPU_SOURCES],
-                           build_directory=str(directory), is_python_module=False,
-                           extra_cflags=["-O3", "-pthread"], extra_ldflags=["-pthread"],
-                           verbose=verbose)
+        cpp_extension.load(
+            name=CPU_NAME,
+            sources=[str(SOURCE_DIR / s) for s in CPU_SOURCES],
+            build_directory=str(directory),
+            is_python_module=False,
+            extra_cflags=["-O3", "-pthread"],
+            extra_ldflags=["-pthread"],
+            verbose=verbose,
+        )
     else:
         arch_list = effective_arch_list()
         stamp.update(cuda=torch.version.cuda, arch_list=arch_list)
         with _env("TORCH_CUDA_ARCH_LIST", arch_list):
-            cpp_extension.load(name=CUDA_NAME, sources=[str(SOURCE_DIR / s) for s in CUDA_SOURCES],
-                               build_directory=str(directory), is_python_module=False,
-                               extra_cflags=["-O3"], extra_cuda_cflags=["-O3"], verbose=verbose)
+            cpp_extension.load(
+                name=CUDA_NAME,
+                sources=[str(SOURCE_DIR / s) for s in CUDA_SOURCES],
+                build_directory=str(directory),
+                is_python_module=False,
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3"],
+                verbose=verbose,
+            )
         _state.cuda_loaded = str(library_path(kind))
     (directory / _STAMP).write_text(json.dumps(stamp, indent=1))
     return library_path(kind)
@@ -228,8 +241,10 @@ def build(kind: str, *, force: bool = False, verbose: bool = False) -> Path:
     with _state.lock:
         if force and build_dir(kind).exists():
             if kind == "cuda" and _state.cuda_loaded:
-                raise RuntimeError("the CUDA kernel is loaded in this process: rebuild it from a "
-                                   "fresh one (python -m dp_sam2.ext build --force)")
+                raise RuntimeError(
+                    "the CUDA kernel is loaded in this process: rebuild it from a "
+                    "fresh one (python -m dp_sam2.ext build --force)"
+                )
             shutil.rmtree(build_dir(kind))
         if is_built(kind) and not _needs_arch_rebuild(kind):
             return library_path(kind)
@@ -295,9 +310,12 @@ def cuda_kernel(device: torch.device, *, build_if_missing: bool = True) -> bool:
                 return False
             try:
                 if not is_built("cuda") or _needs_arch_rebuild("cuda"):
-                    log.warning("dp_sam2.ext: compiling the connected-components CUDA kernel "
-                                "(once, cached in %s); `python -m dp_sam2.ext build` does this "
-                                "ahead of time", build_dir("cuda"))
+                    log.warning(
+                        "dp_sam2.ext: compiling the connected-components CUDA kernel "
+                        "(once, cached in %s); `python -m dp_sam2.ext build` does this "
+                        "ahead of time",
+                        build_dir("cuda"),
+                    )
                 path = build("cuda")
                 if not _state.cuda_loaded:
                     torch.ops.load_library(str(path))
@@ -328,6 +346,9 @@ def _fail(kind: str, exc: Exception, consequence: str) -> None:
     text = str(exc).strip().splitlines()
     detail = "\n".join(text[-15:]) if text else type(exc).__name__
     _state.failures[kind] = detail
-    warnings.warn(f"dp_sam2.ext: could not build or load the {what} ({type(exc).__name__}): "
-                  f"{detail}\n{consequence}. Run `python -m dp_sam2.ext build -v` for the full log.",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"dp_sam2.ext: could not build or load the {what} ({type(exc).__name__}): "
+        f"{detail}\n{consequence}. Run `python -m dp_sam2.ext build -v` for the full log.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

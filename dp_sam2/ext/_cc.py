@@ -10,6 +10,7 @@ other case uses the exact CPU op (C++, compiled on first use in about a second),
 tensors to the CPU and back; where no compiler is available, an exact vectorised torch
 implementation runs on the tensor's own device.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -30,8 +31,7 @@ def _check_mask(mask) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return mask.contiguous().view(torch.uint8)
     if mask.dtype.is_floating_point or mask.dtype.is_complex:
-        raise TypeError(f"expected a bool or integer mask, got {mask.dtype}; threshold scores "
-                        "first (e.g. scores > 0)")
+        raise TypeError(f"expected a bool or integer mask, got {mask.dtype}; threshold scores first (e.g. scores > 0)")
     return (mask != 0).contiguous().view(torch.uint8)
 
 
@@ -68,8 +68,7 @@ def implementation(device: str | torch.device = "cpu", *, build: bool = False) -
     if device.type == "cuda" and torch.cuda.is_available():
         if _build.cuda_kernel(device, build_if_missing=build):
             return "cuda kernel"
-        if ("cuda" not in _build._state.failures and not _build.is_built("cuda")
-                and _build.cuda_build_blocker() is None):
+        if "cuda" not in _build._state.failures and not _build.is_built("cuda") and _build.cuda_build_blocker() is None:
             return "cuda kernel (compiled on first use)"
     if _build.cpu_library(build_if_missing=build) is not None:
         return "cpu op"
@@ -88,8 +87,7 @@ def cc_cpu_op(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.empty(img.shape, dtype=torch.int32)
     counts = torch.empty(img.shape, dtype=torch.int32)
     n, _, h, w = img.shape
-    err = lib.dp_sam2_cc_cpu(img.data_ptr(), labels.data_ptr(), counts.data_ptr(), n, h, w,
-                             torch.get_num_threads())
+    err = lib.dp_sam2_cc_cpu(img.data_ptr(), labels.data_ptr(), counts.data_ptr(), n, h, w, torch.get_num_threads())
     if err:
         raise RuntimeError(f"dp_sam2_cc_cpu failed (code {err}) on a mask of shape {tuple(img.shape)}")
     return labels, counts
@@ -149,8 +147,7 @@ def _run_edges(start_px: torch.Tensor, end_px: torch.Tensor, h: int, w: int):
     runs = torch.arange(start_px.numel(), device=start_px.device)
     src = runs.repeat_interleave(many)
     offset = torch.cumsum(many, 0) - many
-    dst = first.index_select(0, src) + (torch.arange(src.numel(), device=src.device)
-                                        - offset.index_select(0, src))
+    dst = first.index_select(0, src) + (torch.arange(src.numel(), device=src.device) - offset.index_select(0, src))
     return src, dst
 
 
@@ -193,9 +190,9 @@ def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: float) -> torch.Tens
     return torch.where(is_hole, 0.1, mask)
 
 
-def fill_holes_and_remove_sprinkles(masks: torch.Tensor, max_hole_area: float = 0.0,
-                                    max_sprinkle_area: float = 0.0,
-                                    mask_threshold: float = 0.0) -> torch.Tensor:
+def fill_holes_and_remove_sprinkles(
+    masks: torch.Tensor, max_hole_area: float = 0.0, max_sprinkle_area: float = 0.0, mask_threshold: float = 0.0
+) -> torch.Tensor:
     """The image predictor's post-processing (``max_hole_area`` / ``max_sprinkle_area``) before
     the resize to the original image size, as SAM 2's ``SAM2Transforms.postprocess_masks``.
 

@@ -10,6 +10,7 @@ and what the hybrid kwargs became (also in the policy's ``image_args``). No ``no
 robomimic), a stray kwarg DP would forward to ``noise_scheduler.step``, or a crop set twice differently fails
 at startup. Nothing here imports Diffusion Policy (or robomimic) until a policy is built.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,12 @@ from .kwargs import (
     policy_kind,
 )
 
-__all__ = ["sam2_diffusion_policy", "policy_class", "SAM2DiffusionUnetHybridImagePolicy",
-           "SAM2DiffusionTransformerHybridImagePolicy"]
+__all__ = [
+    "sam2_diffusion_policy",
+    "policy_class",
+    "SAM2DiffusionUnetHybridImagePolicy",
+    "SAM2DiffusionTransformerHybridImagePolicy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,9 @@ def sam2_diffusion_policy(obs_encoder=None, **kwargs):
     if kind == UNET_IMAGE:
         check_step_kwargs(kind, {k: v for k, v in kwargs.items() if k not in UNET_ARGS}, kwargs["noise_scheduler"])
         policy = cls(**kwargs)
-        log.info("dp_sam2: built DP's DiffusionUnetImagePolicy with obs encoder %s",
-                 type(kwargs["obs_encoder"]).__name__)
+        log.info(
+            "dp_sam2: built DP's DiffusionUnetImagePolicy with obs encoder %s", type(kwargs["obs_encoder"]).__name__
+        )
         return policy
     return cls(**kwargs)
 

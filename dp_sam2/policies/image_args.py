@@ -7,6 +7,7 @@
   SAM2ObsEncoder always crops at the centre in eval.
 * ``obs_encoder_group_norm`` (robomimic: GroupNorm for BatchNorm): either value, no effect (SAM 2 has no BatchNorm).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -43,7 +44,9 @@ def apply_hybrid_image_args(encoder, crop_shape=None, obs_encoder_group_norm=Fal
     if not eval_fixed_crop and crop is not None:
         warnings.warn(
             "eval_fixed_crop is false: DP's robomimic encoder would crop at random in eval too; "
-            "SAM2ObsEncoder crops at the centre in eval (what eval_fixed_crop: true does)", stacklevel=3)
+            "SAM2ObsEncoder crops at the centre in eval (what eval_fixed_crop: true does)",
+            stacklevel=3,
+        )
         text += " (eval_fixed_crop false: still centre in eval)"
     return text + f"; obs_encoder_group_norm {bool(obs_encoder_group_norm)}: no effect (SAM 2 has no BatchNorm)"
 

@@ -9,6 +9,7 @@
   ``obs_encoder_group_norm`` and ``eval_fixed_crop`` (:data:`HYBRID_IMAGE_ARGS`) and no transformer key;
 * DP's ``DiffusionUnetImagePolicy`` has none of them.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -21,14 +22,39 @@ TRANSFORMER_HYBRID = "transformer_hybrid"
 #: the image-side kwargs of DP's hybrid policies (both UNet and transformer)
 HYBRID_IMAGE_ARGS = ("crop_shape", "obs_encoder_group_norm", "eval_fixed_crop")
 #: the architecture kwargs only DiffusionTransformerHybridImagePolicy has
-TRANSFORMER_ARGS = ("n_layer", "n_cond_layers", "n_head", "n_emb", "p_drop_emb", "p_drop_attn", "causal_attn",
-                    "time_as_cond", "obs_as_cond", "pred_action_steps_only")
+TRANSFORMER_ARGS = (
+    "n_layer",
+    "n_cond_layers",
+    "n_head",
+    "n_emb",
+    "p_drop_emb",
+    "p_drop_attn",
+    "causal_attn",
+    "time_as_cond",
+    "obs_as_cond",
+    "pred_action_steps_only",
+)
 #: DiffusionUnetImagePolicy's own kwargs (everything else it forwards to ``noise_scheduler.step``)
-UNET_ARGS = ("shape_meta", "noise_scheduler", "obs_encoder", "horizon", "n_action_steps", "n_obs_steps",
-             "num_inference_steps", "obs_as_global_cond", "diffusion_step_embed_dim", "down_dims", "kernel_size",
-             "n_groups", "cond_predict_scale")
-TRANSFORMER_POLICY_ARGS = ("shape_meta", "noise_scheduler", "obs_encoder", "horizon", "n_action_steps",
-                           "n_obs_steps", "num_inference_steps") + HYBRID_IMAGE_ARGS + TRANSFORMER_ARGS
+UNET_ARGS = (
+    "shape_meta",
+    "noise_scheduler",
+    "obs_encoder",
+    "horizon",
+    "n_action_steps",
+    "n_obs_steps",
+    "num_inference_steps",
+    "obs_as_global_cond",
+    "diffusion_step_embed_dim",
+    "down_dims",
+    "kernel_size",
+    "n_groups",
+    "cond_predict_scale",
+)
+TRANSFORMER_POLICY_ARGS = (
+    ("shape_meta", "noise_scheduler", "obs_encoder", "horizon", "n_action_steps", "n_obs_steps", "num_inference_steps")
+    + HYBRID_IMAGE_ARGS
+    + TRANSFORMER_ARGS
+)
 
 DP_NAMES = {
     UNET_IMAGE: "DiffusionUnetImagePolicy",
@@ -49,8 +75,9 @@ def policy_kind(kwargs: Mapping) -> str:
 def check_required(kind: str, kwargs: Mapping) -> None:
     """The kwargs every DP diffusion image policy takes; their absence means the replaced config was
     not one (e.g. an IBC or robomimic policy), which sam2_policy cannot serve."""
-    missing = [k for k in ("shape_meta", "noise_scheduler", "horizon", "n_action_steps", "n_obs_steps")
-               if k not in kwargs]
+    missing = [
+        k for k in ("shape_meta", "noise_scheduler", "horizon", "n_action_steps", "n_obs_steps") if k not in kwargs
+    ]
     if missing:
         raise TypeError(
             f"dp_sam2.policies.sam2_diffusion_policy is missing {missing}: the sam2_policy group replaces the "
@@ -59,8 +86,10 @@ def check_required(kind: str, kwargs: Mapping) -> None:
             f"{sorted(kwargs)}"
         )
     if kwargs.get("obs_encoder") is None:
-        raise TypeError("dp_sam2.policies.sam2_diffusion_policy needs policy.obs_encoder (select it with "
-                        "+sam2_policy@policy=<model>, which sets it to SAM2ObsEncoder)")
+        raise TypeError(
+            "dp_sam2.policies.sam2_diffusion_policy needs policy.obs_encoder (select it with "
+            "+sam2_policy@policy=<model>, which sets it to SAM2ObsEncoder)"
+        )
 
 
 def check_step_kwargs(kind: str, extra: Mapping, noise_scheduler) -> None:

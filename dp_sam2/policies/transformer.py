@@ -10,6 +10,7 @@ the obs-encoder group (``obs_encoder_weight_decay``) holds only the encoder's *t
 SAM 2 weights are in no group (DP puts all there). DP's module imports robomimic, so the class is created on
 first use; ``dp_sam2.policies.SAM2DiffusionTransformerHybridImagePolicy`` resolves it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,11 +30,30 @@ class _TransformerHybridInit:
 
     _dp_class: type  # DP's DiffusionTransformerHybridImagePolicy, set when the class is made
 
-    def __init__(self, shape_meta: dict, noise_scheduler, obs_encoder, horizon, n_action_steps, n_obs_steps,
-                 num_inference_steps=None, crop_shape=(76, 76), obs_encoder_group_norm=False,
-                 eval_fixed_crop=False, n_layer=8, n_cond_layers=0, n_head=4, n_emb=256, p_drop_emb=0.0,
-                 p_drop_attn=0.3, causal_attn=True, time_as_cond=True, obs_as_cond=True,
-                 pred_action_steps_only=False, **kwargs):
+    def __init__(
+        self,
+        shape_meta: dict,
+        noise_scheduler,
+        obs_encoder,
+        horizon,
+        n_action_steps,
+        n_obs_steps,
+        num_inference_steps=None,
+        crop_shape=(76, 76),
+        obs_encoder_group_norm=False,
+        eval_fixed_crop=False,
+        n_layer=8,
+        n_cond_layers=0,
+        n_head=4,
+        n_emb=256,
+        p_drop_emb=0.0,
+        p_drop_attn=0.3,
+        causal_attn=True,
+        time_as_cond=True,
+        obs_as_cond=True,
+        pred_action_steps_only=False,
+        **kwargs,
+    ):
         # the defaults above are DiffusionTransformerHybridImagePolicy's
         from diffusion_policy.model.common.normalizer import LinearNormalizer
         from diffusion_policy.model.diffusion.mask_generator import LowdimMaskGenerator
@@ -53,14 +73,29 @@ class _TransformerHybridInit:
         super(self._dp_class, self).__init__()  # BaseImagePolicy's, skipping DP's robomimic __init__
         self.obs_encoder = obs_encoder
         self.model = TransformerForDiffusion(
-            input_dim=input_dim, output_dim=input_dim, horizon=horizon, n_obs_steps=n_obs_steps,
-            cond_dim=obs_feature_dim if obs_as_cond else 0, n_layer=n_layer, n_head=n_head, n_emb=n_emb,
-            p_drop_emb=p_drop_emb, p_drop_attn=p_drop_attn, causal_attn=causal_attn, time_as_cond=time_as_cond,
-            obs_as_cond=obs_as_cond, n_cond_layers=n_cond_layers)
+            input_dim=input_dim,
+            output_dim=input_dim,
+            horizon=horizon,
+            n_obs_steps=n_obs_steps,
+            cond_dim=obs_feature_dim if obs_as_cond else 0,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_emb=n_emb,
+            p_drop_emb=p_drop_emb,
+            p_drop_attn=p_drop_attn,
+            causal_attn=causal_attn,
+            time_as_cond=time_as_cond,
+            obs_as_cond=obs_as_cond,
+            n_cond_layers=n_cond_layers,
+        )
         self.noise_scheduler = noise_scheduler
         self.mask_generator = LowdimMaskGenerator(
-            action_dim=action_dim, obs_dim=0 if obs_as_cond else obs_feature_dim, max_n_obs_steps=n_obs_steps,
-            fix_obs_steps=True, action_visible=False)
+            action_dim=action_dim,
+            obs_dim=0 if obs_as_cond else obs_feature_dim,
+            max_n_obs_steps=n_obs_steps,
+            fix_obs_steps=True,
+            action_visible=False,
+        )
         self.normalizer = LinearNormalizer()
         self.horizon = horizon
         self.obs_feature_dim = obs_feature_dim
@@ -70,14 +105,21 @@ class _TransformerHybridInit:
         self.obs_as_cond = obs_as_cond
         self.pred_action_steps_only = pred_action_steps_only
         self.kwargs = kwargs
-        self.num_inference_steps = (noise_scheduler.config.num_train_timesteps if num_inference_steps is None
-                                    else num_inference_steps)
+        self.num_inference_steps = (
+            noise_scheduler.config.num_train_timesteps if num_inference_steps is None else num_inference_steps
+        )
         self.image_args = image_args  # what the hybrid kwargs became, in words
-        log.info("dp_sam2: built %s (DP's transformer policy methods, no robomimic model), obs encoder "
-                 "SAM2ObsEncoder(%s); %s", NAME, obs_encoder.extra_repr(), image_args)
+        log.info(
+            "dp_sam2: built %s (DP's transformer policy methods, no robomimic model), obs encoder "
+            "SAM2ObsEncoder(%s); %s",
+            NAME,
+            obs_encoder.extra_repr(),
+            image_args,
+        )
 
-    def get_optimizer(self, transformer_weight_decay: float, obs_encoder_weight_decay: float, learning_rate: float,
-                      betas) -> torch.optim.Optimizer:
+    def get_optimizer(
+        self, transformer_weight_decay: float, obs_encoder_weight_decay: float, learning_rate: float, betas
+    ) -> torch.optim.Optimizer:
         """DP's AdamW groups: the transformer's (decay / no decay, from ``get_optim_groups``) and one
         obs-encoder group with ``obs_encoder_weight_decay`` holding the encoder's trainable
         parameters only (frozen SAM 2 weights get no optimizer state)."""
@@ -96,6 +138,9 @@ def transformer_hybrid_class():
     )
 
     if dp_class not in _CLASSES:
-        _CLASSES[dp_class] = type(NAME, (_TransformerHybridInit, dp_class), {
-            "__module__": "dp_sam2.policies", "__qualname__": NAME, "__doc__": __doc__, "_dp_class": dp_class})
+        _CLASSES[dp_class] = type(
+            NAME,
+            (_TransformerHybridInit, dp_class),
+            {"__module__": "dp_sam2.policies", "__qualname__": NAME, "__doc__": __doc__, "_dp_class": dp_class},
+        )
     return _CLASSES[dp_class]

@@ -4,6 +4,7 @@ stability score, boxes of masks, run-length encoding and small-region cleanup.
 Names and results follow the official ``sam2.utils.amg`` (itself from SAM 1), so code written
 against it keeps working; the implementations are our own.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,9 @@ class MaskData:
 
 def _check_storable(key: str, value) -> None:
     if not isinstance(value, _STORABLE):
-        raise TypeError(f"MaskData column {key!r} must be a list, numpy array or torch tensor, "
-                        f"got {type(value).__name__}")
+        raise TypeError(
+            f"MaskData column {key!r} must be a list, numpy array or torch tensor, got {type(value).__name__}"
+        )
 
 
 def _select(key: str, value, keep: torch.Tensor):
@@ -97,7 +99,7 @@ def batch_iterator(batch_size: int, *args) -> Iterator[list]:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     for start in range(0, len(args[0]), batch_size):
-        yield [a[start:start + batch_size] for a in args]
+        yield [a[start : start + batch_size] for a in args]
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
@@ -110,7 +112,7 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
 
 def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
     """One grid per crop layer; layer ``i`` has ``n_per_side / scale_per_layer**i`` points a side."""
-    return [build_point_grid(int(n_per_side / (scale_per_layer ** i))) for i in range(n_layers + 1)]
+    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
 
 
 def generate_crop_boxes(im_size: tuple[int, ...], n_layers: int, overlap_ratio: float):
@@ -119,7 +121,7 @@ def generate_crop_boxes(im_size: tuple[int, ...], n_layers: int, overlap_ratio: 
     im_h, im_w = im_size
     boxes, layers = [[0, 0, im_w, im_h]], [0]
     for layer in range(1, n_layers + 1):
-        n = 2 ** layer
+        n = 2**layer
         overlap = int(overlap_ratio * min(im_h, im_w) * (2 / n))
         crop_w = int(math.ceil((overlap * (n - 1) + im_w) / n))
         crop_h = int(math.ceil((overlap * (n - 1) + im_h) / n))
@@ -217,7 +219,7 @@ def mask_to_rle_pytorch(tensor: torch.Tensor) -> list[dict[str, Any]]:
     first = flat[:, 0].cpu().tolist()
     out, offset = [], 0
     for i in range(b):
-        cuts = starts[offset:offset + per_mask[i]]
+        cuts = starts[offset : offset + per_mask[i]]
         offset += per_mask[i]
         bounds = torch.cat([torch.zeros(1, dtype=cuts.dtype), cuts, torch.tensor([h * w], dtype=cuts.dtype)])
         counts = [0] if first[i] else []
@@ -254,8 +256,10 @@ def require_pycocotools():
     try:
         from pycocotools import mask as mask_utils
     except ImportError as err:
-        raise ImportError("output_mode='coco_rle' needs pycocotools: `pip install pycocotools` "
-                          "(or use output_mode='uncompressed_rle' / 'binary_mask')") from err
+        raise ImportError(
+            "output_mode='coco_rle' needs pycocotools: `pip install pycocotools` "
+            "(or use output_mode='uncompressed_rle' / 'binary_mask')"
+        ) from err
     return mask_utils
 
 

@@ -7,6 +7,7 @@ NMS (torchvision ``batched_nms``), and crops are merged preferring smaller crops
 ``min_mask_region_area`` fills holes and removes sprinkles of the low-resolution masks through
 the image predictor (8-connected components of ``dp_sam2.ext``, on every device).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,27 +78,53 @@ class GeneratorConfig:
 
 
 class SAM2AutomaticMaskGenerator:
-    def __init__(self, model, points_per_side: int | None = 32, points_per_batch: int = 64,
-                 pred_iou_thresh: float = 0.8, stability_score_thresh: float = 0.95,
-                 stability_score_offset: float = 1.0, mask_threshold: float = 0.0,
-                 box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
-                 crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
-                 point_grids: list[np.ndarray] | None = None, min_mask_region_area: int = 0,
-                 output_mode: str = "binary_mask", use_m2m: bool = False, multimask_output: bool = True,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        model,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.8,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        mask_threshold: float = 0.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        use_m2m: bool = False,
+        multimask_output: bool = True,
+        **kwargs,
+    ) -> None:
         """Arguments as the official generator: ``points_per_side`` (or explicit ``point_grids``,
         one ``(N, 2)`` array in [0, 1] per crop layer) sets the prompts; IoU / stability
         thresholds and NMS thresholds filter masks; ``output_mode`` is ``"binary_mask"``,
         ``"uncompressed_rle"`` or ``"coco_rle"`` (needs pycocotools)."""
-        cfg = GeneratorConfig(points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset,
-                              mask_threshold, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
-                              crop_n_points_downscale_factor, min_mask_region_area, output_mode, use_m2m,
-                              multimask_output)
+        cfg = GeneratorConfig(
+            points_per_batch,
+            pred_iou_thresh,
+            stability_score_thresh,
+            stability_score_offset,
+            mask_threshold,
+            box_nms_thresh,
+            crop_n_layers,
+            crop_nms_thresh,
+            crop_overlap_ratio,
+            crop_n_points_downscale_factor,
+            min_mask_region_area,
+            output_mode,
+            use_m2m,
+            multimask_output,
+        )
         cfg.validate()
         self.config = cfg
         self.point_grids = _point_grids(points_per_side, point_grids, cfg)
-        self.predictor = SAM2ImagePredictor(model, max_hole_area=min_mask_region_area,
-                                            max_sprinkle_area=min_mask_region_area)
+        self.predictor = SAM2ImagePredictor(
+            model, max_hole_area=min_mask_region_area, max_sprinkle_area=min_mask_region_area
+        )
 
     # the official attribute names (self.pred_iou_thresh, ...) read and write the config
     def __getattr__(self, name: str):
@@ -154,15 +181,20 @@ class SAM2AutomaticMaskGenerator:
     # ------------------------------------------------------------------ crops
     def _generate_masks(self, image: np.ndarray) -> MaskData:
         orig_size = image.shape[:2]
-        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.config.crop_n_layers,
-                                                     self.config.crop_overlap_ratio)
+        crop_boxes, layer_idxs = generate_crop_boxes(
+            orig_size, self.config.crop_n_layers, self.config.crop_overlap_ratio
+        )
         data = MaskData()
         for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
             data.cat(self._process_crop(image, crop_box, layer_idx, orig_size))
         if len(crop_boxes) > 1:  # duplicates across crops: prefer masks of smaller crops
             scores = (1 / box_area(data["crop_boxes"])).to(data["boxes"].device)
-            keep = batched_nms(data["boxes"].float(), scores, torch.zeros_like(data["boxes"][:, 0]),
-                               iou_threshold=self.config.crop_nms_thresh)
+            keep = batched_nms(
+                data["boxes"].float(),
+                scores,
+                torch.zeros_like(data["boxes"][:, 0]),
+                iou_threshold=self.config.crop_nms_thresh,
+            )
             data.filter(keep)
         data.to_numpy()
         return data
@@ -179,8 +211,12 @@ class SAM2AutomaticMaskGenerator:
             data.cat(self._process_batch(points, crop_size, crop_box, orig_size, normalize=True))
         self.predictor.reset_predictor()
 
-        keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros_like(data["boxes"][:, 0]),
-                           iou_threshold=self.config.box_nms_thresh)
+        keep = batched_nms(
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros_like(data["boxes"][:, 0]),
+            iou_threshold=self.config.box_nms_thresh,
+        )
         data.filter(keep)
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
@@ -195,12 +231,15 @@ class SAM2AutomaticMaskGenerator:
         points = torch.as_tensor(points, dtype=torch.float32, device=predictor.device)
         in_points = predictor._transforms.transform_coords(points, normalize=normalize, orig_hw=im_size)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        masks, iou_preds, low_res_masks = predictor._predict(in_points[:, None, :], in_labels[:, None],
-                                                             multimask_output=cfg.multimask_output,
-                                                             return_logits=True)
-        data = MaskData(masks=masks.flatten(0, 1), iou_preds=iou_preds.flatten(0, 1),
-                        points=points.repeat_interleave(masks.shape[1], dim=0),
-                        low_res_masks=low_res_masks.flatten(0, 1))
+        masks, iou_preds, low_res_masks = predictor._predict(
+            in_points[:, None, :], in_labels[:, None], multimask_output=cfg.multimask_output, return_logits=True
+        )
+        data = MaskData(
+            masks=masks.flatten(0, 1),
+            iou_preds=iou_preds.flatten(0, 1),
+            points=points.repeat_interleave(masks.shape[1], dim=0),
+            low_res_masks=low_res_masks.flatten(0, 1),
+        )
         del masks
         if cfg.use_m2m:  # one refinement step: each mask is fed back with its own point
             in_points = predictor._transforms.transform_coords(data["points"], normalize=normalize, orig_hw=im_size)
@@ -222,8 +261,9 @@ class SAM2AutomaticMaskGenerator:
         cfg = self.config
         if cfg.pred_iou_thresh > 0.0:
             data.filter(data["iou_preds"] > cfg.pred_iou_thresh)
-        data["stability_score"] = calculate_stability_score(data["masks"], cfg.mask_threshold,
-                                                            cfg.stability_score_offset)
+        data["stability_score"] = calculate_stability_score(
+            data["masks"], cfg.mask_threshold, cfg.stability_score_offset
+        )
         if cfg.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= cfg.stability_score_thresh)
 
@@ -231,9 +271,13 @@ class SAM2AutomaticMaskGenerator:
         """Decode each point again with its own low-resolution mask as mask prompt (single output)."""
         masks, ious = [], []
         for pts, labels, low_res in batch_iterator(points_per_batch, points, point_labels, low_res_masks):
-            best_masks, best_ious, _ = self.predictor._predict(pts[:, None, :], labels[:, None],
-                                                               mask_input=low_res[:, None, :],
-                                                               multimask_output=False, return_logits=True)
+            best_masks, best_ious, _ = self.predictor._predict(
+                pts[:, None, :],
+                labels[:, None],
+                mask_input=low_res[:, None, :],
+                multimask_output=False,
+                return_logits=True,
+            )
             masks.append(best_masks)
             ious.append(best_ious)
         return torch.cat(masks, dim=0), torch.cat(ious, dim=0)
@@ -252,8 +296,9 @@ class SAM2AutomaticMaskGenerator:
             scores.append(float(not (holes_changed or islands_changed)))
         masks = torch.cat(new_masks, dim=0)
         boxes = batched_mask_to_box(masks)
-        keep = batched_nms(boxes.float(), torch.as_tensor(scores), torch.zeros_like(boxes[:, 0]),
-                           iou_threshold=nms_thresh)
+        keep = batched_nms(
+            boxes.float(), torch.as_tensor(scores), torch.zeros_like(boxes[:, 0]), iou_threshold=nms_thresh
+        )
         for i in keep.tolist():
             if scores[i] == 0.0:
                 mask_data["rles"][i] = mask_to_rle_pytorch(masks[i].unsqueeze(0))[0]
@@ -264,9 +309,11 @@ class SAM2AutomaticMaskGenerator:
 
 def _point_grids(points_per_side, point_grids, cfg: GeneratorConfig) -> list[np.ndarray]:
     if (points_per_side is None) == (point_grids is None):
-        raise ValueError("give exactly one of points_per_side or point_grids; got "
-                         f"points_per_side={points_per_side!r} and point_grids="
-                         f"{'None' if point_grids is None else f'a list of {len(point_grids)}'}")
+        raise ValueError(
+            "give exactly one of points_per_side or point_grids; got "
+            f"points_per_side={points_per_side!r} and point_grids="
+            f"{'None' if point_grids is None else f'a list of {len(point_grids)}'}"
+        )
     if points_per_side is not None:
         if not isinstance(points_per_side, (int, np.integer)) or points_per_side < 1:
             raise ValueError(f"points_per_side must be an integer >= 1, got {points_per_side!r}")

@@ -6,6 +6,7 @@ sizes come from the model, not 1024's hard-coded ones), bad inputs raise ``TypeE
 ``ValueError`` saying what was expected and what came, and ``max_hole_area`` /
 ``max_sprinkle_area`` postprocessing runs on every device (``dp_sam2.ext``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,15 @@ class Prompts:
 
 
 class SAM2ImagePredictor:
-    def __init__(self, sam_model, mask_threshold: float = 0.0, max_hole_area: float = 0.0,
-                 max_sprinkle_area: float = 0.0, precision: str = "fp32", **kwargs) -> None:
+    def __init__(
+        self,
+        sam_model,
+        mask_threshold: float = 0.0,
+        max_hole_area: float = 0.0,
+        max_sprinkle_area: float = 0.0,
+        precision: str = "fp32",
+        **kwargs,
+    ) -> None:
         """``sam_model``: a SAM2Base (from ``build_sam2``). Masks are logits thresholded at
         ``mask_threshold``; holes up to ``max_hole_area`` and sprinkles up to
         ``max_sprinkle_area`` pixels of the low-resolution masks are removed when > 0."""
@@ -60,8 +68,12 @@ class SAM2ImagePredictor:
         # (AVX512-BF16 / AMX), slower than fp32 on CPUs without them
         self.precision = check_precision(precision)
         self.mask_threshold = mask_threshold
-        self._transforms = SAM2Transforms(resolution=sam_model.image_size, mask_threshold=mask_threshold,
-                                          max_hole_area=max_hole_area, max_sprinkle_area=max_sprinkle_area)
+        self._transforms = SAM2Transforms(
+            resolution=sam_model.image_size,
+            mask_threshold=mask_threshold,
+            max_hole_area=max_hole_area,
+            max_sprinkle_area=max_sprinkle_area,
+        )
         self._state: ImageFeatures | None = None
 
     # ------------------------------------------------------------------ construction
@@ -149,18 +161,29 @@ class SAM2ImagePredictor:
     def _require_image(self, what: str, batch: bool | None) -> None:
         if self._state is None:
             setter = "set_image_batch" if batch else "set_image"
-            raise RuntimeError(f"An image must be set with .{setter}(...) before {what}() "
-                               "(no image is set)")
+            raise RuntimeError(f"An image must be set with .{setter}(...) before {what}() (no image is set)")
         if batch is True and not self._state.is_batch:
-            raise RuntimeError("predict_batch() needs images set with .set_image_batch(...); "
-                               "an image was set with .set_image(...): use predict()")
+            raise RuntimeError(
+                "predict_batch() needs images set with .set_image_batch(...); "
+                "an image was set with .set_image(...): use predict()"
+            )
         if batch is False and self._state.is_batch and len(self._state.orig_hw) != 1:
-            raise RuntimeError(f"predict() works on one image, but {len(self._state.orig_hw)} were set "
-                               "with .set_image_batch(...): use predict_batch()")
+            raise RuntimeError(
+                f"predict() works on one image, but {len(self._state.orig_hw)} were set "
+                "with .set_image_batch(...): use predict_batch()"
+            )
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                multimask_output: bool = True, return_logits: bool = False, normalize_coords: bool = True):
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+    ):
         """Masks for prompts on the image set.
 
         ``point_coords`` ``(N, 2)`` or ``(B, N, 2)`` (x, y) pixels with ``point_labels`` ``(N,)`` /
@@ -170,19 +193,37 @@ class SAM2ImagePredictor:
         ``iou_predictions`` ``(C,)`` and low-resolution logits ``(C, h, w)``."""
         self._require_image("predict", batch=False)
         prompts = self._prep_prompts(point_coords, point_labels, box, mask_input, normalize_coords, img_idx=0)
-        out = self._predict(prompts.coords, prompts.labels, prompts.boxes, prompts.mask_input,
-                            multimask_output, return_logits=return_logits, img_idx=0)
+        out = self._predict(
+            prompts.coords,
+            prompts.labels,
+            prompts.boxes,
+            prompts.mask_input,
+            multimask_output,
+            return_logits=return_logits,
+            img_idx=0,
+        )
         return tuple(_to_numpy(t) for t in out)
 
-    def predict_batch(self, point_coords_batch=None, point_labels_batch=None, box_batch=None,
-                      mask_input_batch=None, multimask_output: bool = True, return_logits: bool = False,
-                      normalize_coords: bool = True):
+    def predict_batch(
+        self,
+        point_coords_batch=None,
+        point_labels_batch=None,
+        box_batch=None,
+        mask_input_batch=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+    ):
         """:meth:`predict` for each image set with :meth:`set_image_batch`; each argument is a
         list with one entry per image. Returns lists of masks, IoU predictions, low-res logits."""
         self._require_image("predict_batch", batch=True)
         n = len(self._state.orig_hw)
-        lists = {"point_coords_batch": point_coords_batch, "point_labels_batch": point_labels_batch,
-                 "box_batch": box_batch, "mask_input_batch": mask_input_batch}
+        lists = {
+            "point_coords_batch": point_coords_batch,
+            "point_labels_batch": point_labels_batch,
+            "box_batch": box_batch,
+            "mask_input_batch": mask_input_batch,
+        }
         for name, value in lists.items():
             if value is not None and (not isinstance(value, (list, tuple)) or len(value) != n):
                 got = f"length {len(value)}" if isinstance(value, (list, tuple)) else type(value).__name__
@@ -191,8 +232,15 @@ class SAM2ImagePredictor:
         for i in range(n):
             pick = [None if v is None else v[i] for v in lists.values()]
             prompts = self._prep_prompts(*pick, normalize_coords, img_idx=i)
-            out = self._predict(prompts.coords, prompts.labels, prompts.boxes, prompts.mask_input,
-                                multimask_output, return_logits=return_logits, img_idx=i)
+            out = self._predict(
+                prompts.coords,
+                prompts.labels,
+                prompts.boxes,
+                prompts.mask_input,
+                multimask_output,
+                return_logits=return_logits,
+                img_idx=i,
+            )
             for acc, t in zip(results, out):
                 acc.append(_to_numpy(t))
         return results
@@ -226,8 +274,16 @@ class SAM2ImagePredictor:
         return prompts
 
     @torch.no_grad()
-    def _predict(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output: bool = True,
-                 return_logits: bool = False, img_idx: int = -1):
+    def _predict(
+        self,
+        point_coords,
+        point_labels,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        img_idx: int = -1,
+    ):
         """Masks for prompts already in the input frame (torch): ``point_coords`` ``[B, N, 2]``,
         ``point_labels`` ``[B, N]``, ``boxes`` ``[B, 2, 2]`` or ``[B, 4]``, ``mask_input``
         ``[B, 1, h, w]``. Returns torch ``masks [B, C, H, W]``, ``iou [B, C]``, low-res logits."""
@@ -284,20 +340,27 @@ def check_points(point_coords, point_labels) -> tuple[np.ndarray, np.ndarray]:
     ``(B, N, 2)`` and ``(B, N)``."""
     coords = _numeric_array(point_coords, "point_coords", "an array of shape (N, 2) or (B, N, 2)")
     if coords.ndim not in (2, 3) or coords.shape[-1] != 2 or coords.shape[-2] == 0:
-        raise ValueError(f"point_coords must have shape (N, 2) or (B, N, 2) with N >= 1 (x, y pixel "
-                         f"coordinates); got shape {coords.shape}")
+        raise ValueError(
+            f"point_coords must have shape (N, 2) or (B, N, 2) with N >= 1 (x, y pixel "
+            f"coordinates); got shape {coords.shape}"
+        )
     _check_finite(coords, "point_coords")
     if point_labels is None:
-        raise ValueError(f"point_labels must be given with point_coords: expected shape "
-                         f"{coords.shape[:-1]} (1 = foreground, 0 = background), got None")
+        raise ValueError(
+            f"point_labels must be given with point_coords: expected shape "
+            f"{coords.shape[:-1]} (1 = foreground, 0 = background), got None"
+        )
     labels = _numeric_array(point_labels, "point_labels", f"an array of shape {coords.shape[:-1]}")
     if labels.shape != coords.shape[:-1]:
-        raise ValueError(f"point_labels must have one label per point: expected shape {coords.shape[:-1]}, "
-                         f"got shape {labels.shape}")
+        raise ValueError(
+            f"point_labels must have one label per point: expected shape {coords.shape[:-1]}, got shape {labels.shape}"
+        )
     _check_finite(labels, "point_labels")
     if labels.size and (np.any(labels != np.round(labels)) or labels.min() < -1 or labels.max() > 3):
-        raise ValueError(f"point_labels must be integers in {{-1, 0, 1, 2, 3}} (1 foreground, 0 background); "
-                         f"got values {np.unique(labels).tolist()[:8]}")
+        raise ValueError(
+            f"point_labels must be integers in {{-1, 0, 1, 2, 3}} (1 foreground, 0 background); "
+            f"got values {np.unique(labels).tolist()[:8]}"
+        )
     if coords.ndim == 2:
         coords, labels = coords[None], labels[None]
     return coords, labels
@@ -306,8 +369,11 @@ def check_points(point_coords, point_labels) -> tuple[np.ndarray, np.ndarray]:
 def check_boxes(box) -> np.ndarray:
     """A box ``(4,)`` or boxes ``(B, 4)`` (also ``(B, 1, 4)``) -> ``(B, 4)``."""
     boxes = _numeric_array(box, "box", "4 numbers (x0, y0, x1, y1) or an array of shape (B, 4)")
-    ok = (boxes.ndim == 1 and boxes.shape == (4,)) or (boxes.ndim == 2 and boxes.shape[1] == 4 and boxes.shape[0] > 0) \
+    ok = (
+        (boxes.ndim == 1 and boxes.shape == (4,))
+        or (boxes.ndim == 2 and boxes.shape[1] == 4 and boxes.shape[0] > 0)
         or (boxes.ndim == 3 and boxes.shape[1:] == (1, 4) and boxes.shape[0] > 0)
+    )
     if not ok:
         raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1): shape (4,) or (B, 4); got shape {boxes.shape}")
     _check_finite(boxes, "box")

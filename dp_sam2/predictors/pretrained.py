@@ -3,6 +3,7 @@
 its official checkpoint: found locally first (:func:`dp_sam2.checkpoints.resolve.find_weights`),
 else downloaded from ``source`` (``"official"`` or ``"huggingface"``) into the default folder of
 ``dp-sam2 download``."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ with the ImageNet mean/std. Points and boxes are scaled from the image's pixel f
 input frame; output logits are postprocessed (optional hole filling and sprinkle removal) and
 resized back to the image size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,15 +27,19 @@ def image_to_array(image, what: str = "image") -> np.ndarray:
     expected = "an RGB image as a HxWx3 uint8 numpy array (or float in [0, 1]) or a PIL RGB image"
     if _is_pil(image):
         if image.mode != "RGB":
-            raise ValueError(f"{what}: expected {expected}; got a PIL image of mode {image.mode!r} "
-                             f"(convert it with image.convert('RGB'))")
+            raise ValueError(
+                f"{what}: expected {expected}; got a PIL image of mode {image.mode!r} "
+                f"(convert it with image.convert('RGB'))"
+            )
         w, h = image.size
         if h == 0 or w == 0:
             raise ValueError(f"{what}: expected {expected}; got an empty PIL image of size {w}x{h}")
         return np.asarray(image)
     if isinstance(image, torch.Tensor):
-        raise TypeError(f"{what}: expected {expected}; got a torch.Tensor of shape {tuple(image.shape)} "
-                        "(convert it with .cpu().numpy() as HxWx3)")
+        raise TypeError(
+            f"{what}: expected {expected}; got a torch.Tensor of shape {tuple(image.shape)} "
+            "(convert it with .cpu().numpy() as HxWx3)"
+        )
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{what}: expected {expected}; got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -48,14 +53,17 @@ def image_to_array(image, what: str = "image") -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype.kind != "f":
-        raise TypeError(f"{what}: expected {expected}; got dtype {image.dtype} "
-                        "(use .astype(np.uint8) for 0..255 values)")
+        raise TypeError(
+            f"{what}: expected {expected}; got dtype {image.dtype} (use .astype(np.uint8) for 0..255 values)"
+        )
     if not np.isfinite(image).all():
         raise ValueError(f"{what}: expected {expected}; got a float image with NaN or inf values")
     lo, hi = float(image.min()), float(image.max())
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{what}: expected {expected}; got a float image with values in [{lo:g}, {hi:g}] "
-                         "(for 0..255 values use .astype(np.uint8), or divide by 255)")
+        raise ValueError(
+            f"{what}: expected {expected}; got a float image with values in [{lo:g}, {hi:g}] "
+            "(for 0..255 values use .astype(np.uint8), or divide by 255)"
+        )
     return image
 
 
@@ -97,8 +105,7 @@ class SAM2Transforms:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
 
-        x = TF.resize(x, [self.resolution, self.resolution], interpolation=InterpolationMode.BILINEAR,
-                      antialias=True)
+        x = TF.resize(x, [self.resolution, self.resolution], interpolation=InterpolationMode.BILINEAR, antialias=True)
         return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
 
     def forward_batch(self, images, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -123,13 +130,13 @@ class SAM2Transforms:
     def postprocess_masks(self, masks: torch.Tensor, orig_hw) -> torch.Tensor:
         """Low-resolution logits ``[B, C, h, w]`` -> logits ``[B, C, H, W]`` at the image size,
         after filling small background holes and removing small foreground sprinkles."""
-        masks = fill_holes_and_sprinkles(masks.float(), self.mask_threshold, self.max_hole_area,
-                                         self.max_sprinkle_area)
+        masks = fill_holes_and_sprinkles(masks.float(), self.mask_threshold, self.max_hole_area, self.max_sprinkle_area)
         return F.interpolate(masks, tuple(orig_hw), mode="bilinear", align_corners=False)
 
 
-def fill_holes_and_sprinkles(masks: torch.Tensor, threshold: float, max_hole_area: float,
-                             max_sprinkle_area: float) -> torch.Tensor:
+def fill_holes_and_sprinkles(
+    masks: torch.Tensor, threshold: float, max_hole_area: float, max_sprinkle_area: float
+) -> torch.Tensor:
     """The official predictor's postprocessing on logits ``[B, C, h, w]``: background components
     (scores <= threshold) of area <= ``max_hole_area`` get ``threshold + 10``; foreground
     components (scores > threshold, of the *input* scores) of area <= ``max_sprinkle_area`` get

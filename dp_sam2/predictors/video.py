@@ -10,6 +10,7 @@ The official API (``init_state``, ``add_new_points_or_box``, ``add_new_mask``, `
 
 ``release_old_frames=True`` (streaming default) drops frames, features and outputs older than the memory window.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,9 +29,15 @@ class VideoPromptError(ValueError, RuntimeError):
 
 
 class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
-    def __init__(self, fill_hole_area: int = 0, non_overlap_masks: bool = False,
-                 clear_non_cond_mem_around_input: bool = False, add_all_frames_to_correct_as_cond: bool = False,
-                 precision: str = "fp32", **kwargs) -> None:
+    def __init__(
+        self,
+        fill_hole_area: int = 0,
+        non_overlap_masks: bool = False,
+        clear_non_cond_mem_around_input: bool = False,
+        add_all_frames_to_correct_as_cond: bool = False,
+        precision: str = "fp32",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         # "bf16": each frame's image encoder (about half of the time per frame) under bfloat16
         # autocast, its features kept in fp32; fast on GPUs and CPUs with bf16 matmuls only
@@ -45,6 +52,7 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
     def from_pretrained(cls, model_id: str, **kwargs) -> "SAM2VideoPredictor":
         """Hub id, short name or config name; checkpoint found or downloaded (see :mod:`.pretrained`)."""
         from .pretrained import build_pretrained
+
         return build_pretrained(model_id, video=True, **kwargs)
 
     def _progress(self, progress: bool | None) -> bool:
@@ -52,9 +60,16 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
 
     # ================================================================== sessions
     @torch.inference_mode()
-    def init_state(self, video_path=None, offload_video_to_cpu: bool = False, offload_state_to_cpu: bool = False,
-                   async_loading_frames: bool = False, *, progress: bool | None = None,
-                   release_old_frames: bool | None = None) -> InferenceState:
+    def init_state(
+        self,
+        video_path=None,
+        offload_video_to_cpu: bool = False,
+        offload_state_to_cpu: bool = False,
+        async_loading_frames: bool = False,
+        *,
+        progress: bool | None = None,
+        release_old_frames: bool | None = None,
+    ) -> InferenceState:
         """Start a session on ``video_path`` (a folder of JPEG frames, a video file, a list of
         ``HxWx3`` uint8 arrays or a ``Tx3xHxW`` tensor), or a stream when it is ``None``.
 
@@ -63,17 +78,34 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
         device = self.device
         storage = torch.device("cpu") if offload_state_to_cpu else device
         if video_path is None:
-            state = InferenceState(StreamFrames(), None, None, device, storage, offload_video_to_cpu,
-                                   offload_state_to_cpu, streaming=True,
-                                   release_old_frames=True if release_old_frames is None else release_old_frames)
+            state = InferenceState(
+                StreamFrames(),
+                None,
+                None,
+                device,
+                storage,
+                offload_video_to_cpu,
+                offload_state_to_cpu,
+                streaming=True,
+                release_old_frames=True if release_old_frames is None else release_old_frames,
+            )
             return state
         if release_old_frames:
-            raise ValueError("release_old_frames is for streams (init_state(video_path=None)); "
-                             "a whole video keeps its frames")
-        video = load_video_frames(video_path, self.image_size, offload_video_to_cpu, device,
-                                  progress=self._progress(progress))
-        state = InferenceState(video.images, video.video_height, video.video_width, device, storage,
-                               offload_video_to_cpu, offload_state_to_cpu)
+            raise ValueError(
+                "release_old_frames is for streams (init_state(video_path=None)); a whole video keeps its frames"
+            )
+        video = load_video_frames(
+            video_path, self.image_size, offload_video_to_cpu, device, progress=self._progress(progress)
+        )
+        state = InferenceState(
+            video.images,
+            video.video_height,
+            video.video_width,
+            device,
+            storage,
+            offload_video_to_cpu,
+            offload_state_to_cpu,
+        )
         self._get_image_feature(state, frame_idx=0, batch_size=1)  # warm up and cache frame 0
         return state
 
@@ -87,8 +119,10 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
         if state.video_height is None:
             state.video_height, state.video_width = h, w
         elif (h, w) != (state.video_height, state.video_width):
-            raise ValueError(f"all frames must have the same size: the stream is {state.video_height}x"
-                             f"{state.video_width} (HxW), frame {len(state.images)} is {h}x{w}")
+            raise ValueError(
+                f"all frames must have the same size: the stream is {state.video_height}x"
+                f"{state.video_width} (HxW), frame {len(state.images)} is {h}x{w}"
+            )
         if not state.offload_video_to_cpu:
             image = image.to(state.device)
         return state.images.append(image)
@@ -104,8 +138,9 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
         if state.num_frames == 0:
             raise ValueError("the stream has no frames yet: pass a frame or call add_frame first")
         newest = state.num_frames - 1
-        result = next(iter(self.propagate_in_video(state, start_frame_idx=newest, max_frame_num_to_track=0,
-                                                   progress=progress)))
+        result = next(
+            iter(self.propagate_in_video(state, start_frame_idx=newest, max_frame_num_to_track=0, progress=progress))
+        )
         if state.release_old_frames:
             self._release_old_frames(state, newest)
         return result
@@ -132,8 +167,9 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
 
     # ================================================================== objects and frames
     def _check_frame_idx(self, state: InferenceState, frame_idx) -> int:
-        integral_tensor = (isinstance(frame_idx, torch.Tensor) and frame_idx.numel() == 1
-                           and not frame_idx.is_floating_point())
+        integral_tensor = (
+            isinstance(frame_idx, torch.Tensor) and frame_idx.numel() == 1 and not frame_idx.is_floating_point()
+        )
         if integral_tensor or (hasattr(frame_idx, "__index__") and not isinstance(frame_idx, bool)):
             frame_idx = int(frame_idx)  # ints, numpy ints, one-element integer tensors
         else:
@@ -169,8 +205,17 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
 
     # ================================================================== prompts
     @torch.inference_mode()
-    def add_new_points_or_box(self, inference_state, frame_idx, obj_id, points=None, labels=None,
-                              clear_old_points=True, normalize_coords=True, box=None):
+    def add_new_points_or_box(
+        self,
+        inference_state,
+        frame_idx,
+        obj_id,
+        points=None,
+        labels=None,
+        clear_old_points=True,
+        normalize_coords=True,
+        box=None,
+    ):
         """Add clicks (``points [N, 2]`` x,y with ``labels [N]``: 1 positive, 0 negative) and/or a
         ``box`` (x0, y0, x1, y1) for ``obj_id`` on a frame. Returns ``(frame_idx, obj_ids, masks)``
         with masks ``[num_objects, 1, video_height, video_width]`` logits."""
@@ -195,9 +240,11 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
     def _prompt_points(self, state, points, labels, box, clear_old_points, normalize_coords):
         """Points (and box corners, labels 2 and 3, first) in the model's input pixel frame, ``[1, N, 2]``."""
         if (points is None) != (labels is None):
-            raise ValueError("points and labels must be given together "
-                             f"(got points={'None' if points is None else 'given'}, "
-                             f"labels={'None' if labels is None else 'given'})")
+            raise ValueError(
+                "points and labels must be given together "
+                f"(got points={'None' if points is None else 'given'}, "
+                f"labels={'None' if labels is None else 'given'})"
+            )
         if points is None and box is None:
             raise ValueError("give points with labels, a box, or both")
         points = torch.zeros(0, 2) if points is None else torch.as_tensor(points, dtype=torch.float32)
@@ -207,8 +254,9 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
         if points.dim() != 3 or points.shape[0] != 1 or points.shape[-1] != 2:
             raise ValueError(f"points must be [N, 2] (x, y), got shape {tuple(points.shape)}")
         if labels.shape != points.shape[:2]:
-            raise ValueError(f"labels must be [N] matching points [{points.shape[1]}, 2], "
-                             f"got labels of shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must be [N] matching points [{points.shape[1]}, 2], got labels of shape {tuple(labels.shape)}"
+            )
         if box is not None:
             if not clear_old_points:
                 raise ValueError("a box must come before any clicks: add it with clear_old_points=True")
@@ -232,8 +280,13 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
             raise ValueError(f"mask must be a 2-D HxW array, got shape {tuple(mask.shape)}")
         mask_inputs = mask[None, None].float().to(state.device)
         if tuple(mask.shape) != (self.image_size, self.image_size):
-            mask_inputs = F.interpolate(mask_inputs, size=(self.image_size, self.image_size), mode="bilinear",
-                                        align_corners=False, antialias=True)
+            mask_inputs = F.interpolate(
+                mask_inputs,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
             mask_inputs = (mask_inputs >= 0.5).float()
         obj_idx = self._obj_id_to_idx(state, obj_id)
         obj = state.objects[obj_idx]
@@ -252,9 +305,18 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
             prev = obj.temp_outputs.bucket(is_cond).get(frame_idx) or obj.outputs.find(frame_idx)
             if prev is not None and prev.pred_masks is not None:
                 prev_logits = torch.clamp(prev.pred_masks.to(state.device, non_blocking=True), -32.0, 32.0)
-        out, _ = self._run_single_frame_inference(state, obj.outputs, frame_idx, 1, is_init, point_inputs,
-                                                  mask_inputs, reverse, run_mem_encoder=False,
-                                                  prev_sam_mask_logits=prev_logits)
+        out, _ = self._run_single_frame_inference(
+            state,
+            obj.outputs,
+            frame_idx,
+            1,
+            is_init,
+            point_inputs,
+            mask_inputs,
+            reverse,
+            run_mem_encoder=False,
+            prev_sam_mask_logits=prev_logits,
+        )
         obj.temp_outputs.bucket(is_cond)[frame_idx] = out
         masks = self._consolidate_temp_output_across_obj(state, frame_idx, is_cond, consolidate_at_video_res=True)
         _, video_res = self._get_orig_video_res_output(state, masks["pred_masks_video_res"])
@@ -266,8 +328,10 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
         """Encode the prompted frames into memory and check every object has a prompt."""
         state = inference_state
         if not state.objects:
-            raise VideoPromptError("no prompts yet: add points, a box or a mask (add_new_points_or_box / "
-                                   "add_new_mask) for at least one object before propagating")
+            raise VideoPromptError(
+                "no prompts yet: add points, a box or a mask (add_new_points_or_box / "
+                "add_new_mask) for at least one object before propagating"
+            )
         for obj_idx, obj in enumerate(state.objects):
             for is_cond in (False, True):
                 temp = obj.temp_outputs.bucket(is_cond)
@@ -279,16 +343,23 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
                         self._clear_obj_non_cond_mem_around_input(state, frame_idx, obj_idx)
                 temp.clear()
             if not obj.outputs.cond_frame_outputs:
-                raise VideoPromptError(f"object id {obj.obj_id!r} has no prompt on any frame; add points, a box "
-                                       "or a mask for it (or remove_object it) before propagating")
+                raise VideoPromptError(
+                    f"object id {obj.obj_id!r} has no prompt on any frame; add points, a box "
+                    "or a mask for it (or remove_object it) before propagating"
+                )
             for frame_idx in obj.outputs.cond_frame_outputs:
                 obj.outputs.non_cond_frame_outputs.pop(frame_idx, None)
 
     def _encode_prompted_frame(self, state, frame_idx: int, out: FrameOutput) -> None:
-        high_res = F.interpolate(out.pred_masks.to(state.device), size=(self.image_size, self.image_size),
-                                 mode="bilinear", align_corners=False)
+        high_res = F.interpolate(
+            out.pred_masks.to(state.device),
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            align_corners=False,
+        )
         out.maskmem_features, out.maskmem_pos_enc = self._run_memory_encoder(
-            state, frame_idx, 1, high_res, out.object_score_logits, is_mask_from_pts=True)
+            state, frame_idx, 1, high_res, out.object_score_logits, is_mask_from_pts=True
+        )
 
     def _processing_order(self, state, start_frame_idx, max_frame_num_to_track, reverse) -> range:
         n = state.num_frames
@@ -306,8 +377,14 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
         return range(start_frame_idx, end + 1)
 
     @torch.inference_mode()
-    def propagate_in_video(self, inference_state, start_frame_idx=None, max_frame_num_to_track=None,
-                           reverse=False, progress: bool | None = None):
+    def propagate_in_video(
+        self,
+        inference_state,
+        start_frame_idx=None,
+        max_frame_num_to_track=None,
+        reverse=False,
+        progress: bool | None = None,
+    ):
         """Track every object through the video; yields ``(frame_idx, obj_ids, video_res_masks)``."""
         state = inference_state
         self.propagate_in_video_preflight(state)
@@ -315,8 +392,9 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
         from dp_sam2._progress import progress as progress_bar
 
         for frame_idx in progress_bar(order, desc="propagate in video", disable=not self._progress(progress)):
-            masks = torch.cat([self._track_object(state, i, frame_idx, reverse)
-                               for i in range(len(state.objects))], dim=0)
+            masks = torch.cat(
+                [self._track_object(state, i, frame_idx, reverse) for i in range(len(state.objects))], dim=0
+            )
             _, video_res = self._get_orig_video_res_output(state, masks)
             yield frame_idx, state.obj_ids, video_res
 
@@ -329,8 +407,9 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
             if self.clear_non_cond_mem_around_input:
                 self._clear_obj_non_cond_mem_around_input(state, frame_idx, obj_idx)
         else:
-            out, masks = self._run_single_frame_inference(state, obj.outputs, frame_idx, 1, False, None, None,
-                                                          reverse, run_mem_encoder=True)
+            out, masks = self._run_single_frame_inference(
+                state, obj.outputs, frame_idx, 1, False, None, None, reverse, run_mem_encoder=True
+            )
             obj.outputs.non_cond_frame_outputs[frame_idx] = out
         obj.frames_tracked[frame_idx] = reverse
         return masks

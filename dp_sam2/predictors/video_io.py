@@ -6,6 +6,7 @@ or float in [0, 1]). Every frame is resized to ``image_size x image_size`` as th
 does (PIL's default resampling on the uint8 RGB image), scaled to [0, 1] and normalised with the
 ImageNet mean and std.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,13 +84,13 @@ def _prepare_chw_tensor(frame: torch.Tensor, image_size: int, index: int) -> tup
         return prepare_frame(frame.permute(1, 2, 0).cpu().numpy(), image_size, index)
     if not frame.is_floating_point():
         raise TypeError(f"frame {index}: a 3xHxW tensor must be uint8 or float in [0, 1], got {frame.dtype}")
-    img = F.interpolate(frame[None].float().cpu(), size=(image_size, image_size), mode="bicubic",
-                        align_corners=False, antialias=True)[0].clamp_(0, 1)
+    img = F.interpolate(
+        frame[None].float().cpu(), size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True
+    )[0].clamp_(0, 1)
     return _normalise_(img), h, w
 
 
-def _stack_frames(frames: Iterable, count: int | None, image_size: int, progress: bool,
-                  desc: str) -> LoadedVideo:
+def _stack_frames(frames: Iterable, count: int | None, image_size: int, progress: bool, desc: str) -> LoadedVideo:
     images, size = [], None
     for i, frame in enumerate(_progress(frames, progress, desc, total=count)):
         img, h, w = prepare_frame(frame, image_size, i)
@@ -97,8 +98,7 @@ def _stack_frames(frames: Iterable, count: int | None, image_size: int, progress
             size = (h, w)
         elif (h, w) != size:
             raise ValueError(
-                f"all frames must have the same size: frame 0 is {size[0]}x{size[1]} (HxW), "
-                f"frame {i} is {h}x{w}"
+                f"all frames must have the same size: frame 0 is {size[0]}x{size[1]} (HxW), frame {i} is {h}x{w}"
             )
         images.append(img)
     if not images:
@@ -127,8 +127,10 @@ def _load_jpeg_folder(folder: Path, image_size: int, progress: bool) -> LoadedVi
         with Image.open(path) as pil:
             rgb = np.asarray(pil.convert("RGB"))
         if height is not None and rgb.shape[:2] != (height, width):
-            raise ValueError(f"all frames must have the same size: {paths[0].name} is {height}x{width}, "
-                             f"{path.name} is {rgb.shape[0]}x{rgb.shape[1]}")
+            raise ValueError(
+                f"all frames must have the same size: {paths[0].name} is {height}x{width}, "
+                f"{path.name} is {rgb.shape[0]}x{rgb.shape[1]}"
+            )
         height, width = rgb.shape[:2]
         images[i] = resize_rgb_uint8(rgb, image_size)
     return LoadedVideo(_normalise_(images), height, width)
@@ -157,8 +159,13 @@ def _count_video_frames(path: Path) -> int | None:
         return None
 
 
-def load_video_frames(video, image_size: int, offload_video_to_cpu: bool = False,
-                      compute_device: torch.device | str = "cpu", progress: bool = True) -> LoadedVideo:
+def load_video_frames(
+    video,
+    image_size: int,
+    offload_video_to_cpu: bool = False,
+    compute_device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> LoadedVideo:
     """Frames of ``video`` resized and normalised, on ``compute_device`` unless offloaded to CPU."""
     loaded = _load(video, image_size, progress)
     if not offload_video_to_cpu:
@@ -176,10 +183,13 @@ def _load(video, image_size: int, progress: bool) -> LoadedVideo:
         if path.is_dir():
             return _load_jpeg_folder(path, image_size, progress)
         if path.suffix in VIDEO_SUFFIXES:
-            return _stack_frames(decode_video_file(path), _count_video_frames(path), image_size, progress,
-                                 "frame loading (video)")
-        raise ValueError(f"unsupported video file {str(path)!r}: expected a folder of JPEG frames or one of "
-                         f"{', '.join(VIDEO_SUFFIXES)}")
+            return _stack_frames(
+                decode_video_file(path), _count_video_frames(path), image_size, progress, "frame loading (video)"
+            )
+        raise ValueError(
+            f"unsupported video file {str(path)!r}: expected a folder of JPEG frames or one of "
+            f"{', '.join(VIDEO_SUFFIXES)}"
+        )
     if isinstance(video, torch.Tensor):
         if video.ndim != 4 or video.shape[1] != 3:
             raise ValueError(f"a video tensor must be T x 3 x H x W, got shape {tuple(video.shape)}")

@@ -5,6 +5,7 @@ the official keys that user code reads (``"video_height"``, ``"video_width"``, `
 ``"obj_ids"``, ``"images"``, ``"device"``, ``"output_dict_per_obj"`` ...), backed by small
 dataclasses instead of nested string-keyed dicts.
 """
+
 from __future__ import annotations
 
 from collections.abc import MutableMapping
@@ -108,8 +109,10 @@ class StreamFrames:
         if frame_idx in self._frames:
             return self._frames[frame_idx]
         if 0 <= frame_idx < self._count:
-            raise ValueError(f"frame {frame_idx} was released from the stream (frames held: "
-                             f"{sorted(self._frames)}); init_state(release_old_frames=False) keeps all")
+            raise ValueError(
+                f"frame {frame_idx} was released from the stream (frames held: "
+                f"{sorted(self._frames)}); init_state(release_old_frames=False) keeps all"
+            )
         raise IndexError(f"frame {frame_idx} is not in the stream ({self._count} frames)")
 
 
@@ -160,7 +163,8 @@ class InferenceState(MutableMapping):
         "output_dict_per_obj": lambda s: s._per_obj("outputs"),
         "temp_output_dict_per_obj": lambda s: s._per_obj("temp_outputs"),
         "frames_tracked_per_obj": lambda s: {
-            i: {t: {"reverse": r} for t, r in o.frames_tracked.items()} for i, o in enumerate(s.objects)},
+            i: {t: {"reverse": r} for t, r in o.frames_tracked.items()} for i, o in enumerate(s.objects)
+        },
     }
 
     def _field_names(self) -> list[str]:
@@ -186,4 +190,3 @@ class InferenceState(MutableMapping):
 
     def __len__(self) -> int:
         return len(self._field_names()) + len(self._DERIVED)
-

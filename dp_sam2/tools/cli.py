@@ -5,6 +5,7 @@ Every subcommand imports what it needs when it runs, so ``dp-sam2 --help`` is in
 User errors (bad arguments, missing files, failed downloads) print one clear message on stderr
 and exit 1; ``--debug`` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def hw_pair(text: str) -> tuple[int, int]:
 def cmd_demo(args) -> int:
     from dp_sam2.tools.demo import run_demo
 
-    written = run_demo(args.out, steps=args.steps, quick=args.quick, device=args.device, seed=args.seed,
-                       offline=args.offline)
+    written = run_demo(
+        args.out, steps=args.steps, quick=args.quick, device=args.device, seed=args.seed, offline=args.offline
+    )
     print(f"dp-sam2 demo wrote {len(written)} files to {Path(args.out).resolve()}:")
     for path, what in written:
         print(f"  {Path(path).resolve()}  - {what}")
@@ -61,8 +63,16 @@ def cmd_demo(args) -> int:
 def cmd_download(args) -> int:
     from dp_sam2.checkpoints.download import download
 
-    results = download(args.names, dest=args.dest, source=args.source, base_url=args.base_url, retries=args.retries,
-                       verify=not args.no_verify, force=args.force, progress=not args.no_progress)
+    results = download(
+        args.names,
+        dest=args.dest,
+        source=args.source,
+        base_url=args.base_url,
+        retries=args.retries,
+        verify=not args.no_verify,
+        force=args.force,
+        progress=not args.no_progress,
+    )
     for res in results:
         print(f"{res.spec.name}: {res.status} {res.path} ({res.nbytes / 2**20:.1f} MiB)")
     return 0
@@ -71,9 +81,17 @@ def cmd_download(args) -> int:
 def cmd_segment(args) -> int:
     from dp_sam2.tools.commands import segment_image
 
-    out = segment_image(args.image, point=args.point, box=args.box, model=args.model,
-                        checkpoint=args.checkpoint, out=args.out, device=args.device,
-                        image_size=args.image_size, random_weights=args.random_weights)
+    out = segment_image(
+        args.image,
+        point=args.point,
+        box=args.box,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        device=args.device,
+        image_size=args.image_size,
+        random_weights=args.random_weights,
+    )
     print(f"wrote {out.path} (score {out.score:.3f}, {out.area} pixels)")
     return 0
 
@@ -81,9 +99,17 @@ def cmd_segment(args) -> int:
 def cmd_track(args) -> int:
     from dp_sam2.tools.commands import track_video
 
-    paths = track_video(args.video, point=args.point, model=args.model, checkpoint=args.checkpoint,
-                        out_dir=args.out, device=args.device, image_size=args.image_size,
-                        max_frames=args.max_frames, random_weights=args.random_weights)
+    paths = track_video(
+        args.video,
+        point=args.point,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        out_dir=args.out,
+        device=args.device,
+        image_size=args.image_size,
+        max_frames=args.max_frames,
+        random_weights=args.random_weights,
+    )
     print(f"wrote {len(paths)} files to {Path(args.out).resolve()}")
     for p in paths:
         print(f"  {p}")
@@ -93,9 +119,15 @@ def cmd_track(args) -> int:
 def cmd_viz(args) -> int:
     from dp_sam2.tools.commands import visualize_features
 
-    out = visualize_features(args.image, obs_encoder=args.obs_encoder, checkpoint=args.checkpoint,
-                             out=args.out, image_size=args.image_size, device=args.device,
-                             random_weights=args.random_weights)
+    out = visualize_features(
+        args.image,
+        obs_encoder=args.obs_encoder,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        image_size=args.image_size,
+        device=args.device,
+        random_weights=args.random_weights,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -118,14 +150,22 @@ def cmd_info(args) -> int:
 
 # --------------------------------------------------------------------------- parser
 def _add_model_args(p, default_model: str, what: str = "--model") -> None:
-    p.add_argument(what, default=default_model,
-                   help=f"registry short name (sam2_tiny ... sam2.1_large) or official config name "
-                        f"(default {default_model})")
-    p.add_argument("--checkpoint", default=None,
-                   help="official .pt file (default: checkpoints/<official file name>, looked up in "
-                        "$DP_SAM2_CHECKPOINT_DIR, the DP repo root, the current directory and the user cache)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="use random weights when no checkpoint is found (pictures are then meaningless; for testing)")
+    p.add_argument(
+        what,
+        default=default_model,
+        help=f"registry short name (sam2_tiny ... sam2.1_large) or official config name (default {default_model})",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="official .pt file (default: checkpoints/<official file name>, looked up in "
+        "$DP_SAM2_CHECKPOINT_DIR, the DP repo root, the current directory and the user cache)",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="use random weights when no checkpoint is found (pictures are then meaningless; for testing)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available, else CPU)")
 
 
@@ -133,111 +173,158 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dp-sam2",
         description="SAM 2 as a vision encoder for Diffusion Policy: demo, checkpoints, debugging pictures, "
-                    "feature cache.",
+        "feature cache.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="end-to-end demo: encoder, replay buffer, feature cache, "
-                                    "diffusion head training, pictures",
-                       description="Builds the sam2_tiny obs encoder (official weights if found; else downloads "
-                                   "them, as `dp-sam2 download sam2_tiny`; without network, or with --offline, "
-                                   "random weights with a warning), writes a synthetic Push-T-style zarr replay "
-                                   "buffer, caches its features, trains a small diffusion action head on them and "
-                                   "writes "
-                                   "pictures (loss curve, mask overlay, video track, PCA of the features) to --out.")
+    p = sub.add_parser(
+        "demo",
+        help="end-to-end demo: encoder, replay buffer, feature cache, diffusion head training, pictures",
+        description="Builds the sam2_tiny obs encoder (official weights if found; else downloads "
+        "them, as `dp-sam2 download sam2_tiny`; without network, or with --offline, "
+        "random weights with a warning), writes a synthetic Push-T-style zarr replay "
+        "buffer, caches its features, trains a small diffusion action head on them and "
+        "writes "
+        "pictures (loss curve, mask overlay, video track, PCA of the features) to --out.",
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=None,
-                   help="training steps of the action head (default 200; 20 with --quick)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps of the action head (default 200; 20 with --quick)"
+    )
     p.add_argument("--quick", action="store_true", help="a smaller replay buffer and fewer steps (seconds, for tests)")
     p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--offline", action="store_true",
-                   help="never download: without a local sam2_tiny checkpoint, use random weights")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download: without a local sam2_tiny checkpoint, use random weights",
+    )
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("download", help="download official checkpoints by name (resumable, verified)",
-                       description="Downloads official SAM 2 checkpoints by short name (sam2_tiny, sam2_small, "
-                                   "sam2_base_plus, sam2_large, sam2.1_tiny ... sam2.1_large), config name or "
-                                   "official file name (sam2_hiera_large.pt). Resumes a partial download, checks "
-                                   "that the file loads into its config, then renames it into place.")
+    p = sub.add_parser(
+        "download",
+        help="download official checkpoints by name (resumable, verified)",
+        description="Downloads official SAM 2 checkpoints by short name (sam2_tiny, sam2_small, "
+        "sam2_base_plus, sam2_large, sam2.1_tiny ... sam2.1_large), config name or "
+        "official file name (sam2_hiera_large.pt). Resumes a partial download, checks "
+        "that the file loads into its config, then renames it into place.",
+    )
     p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--dest", default=None,
-                   help="folder (default: checkpoints/ under the Diffusion Policy repo root when run inside one, "
-                        "else the user cache $DP_SAM2_CACHE or ~/.cache/dp_sam2)")
-    p.add_argument("--source", choices=("official", "huggingface"), default="official",
-                   help="official: Meta's file host (or --base-url); huggingface: the hub repos facebook/sam2-hiera-* "
-                        "and facebook/sam2.1-hiera-* via huggingface_hub (honours HF_ENDPOINT, HF_HUB_OFFLINE and "
-                        'its cache; pip install "dp-sam2[huggingface]")')
-    p.add_argument("--base-url", default=None,
-                   help="a mirror of the official host serving the official file names "
-                        "(default: dl.fbaipublicfiles.com)")
+    p.add_argument(
+        "--dest",
+        default=None,
+        help="folder (default: checkpoints/ under the Diffusion Policy repo root when run inside one, "
+        "else the user cache $DP_SAM2_CACHE or ~/.cache/dp_sam2)",
+    )
+    p.add_argument(
+        "--source",
+        choices=("official", "huggingface"),
+        default="official",
+        help="official: Meta's file host (or --base-url); huggingface: the hub repos facebook/sam2-hiera-* "
+        "and facebook/sam2.1-hiera-* via huggingface_hub (honours HF_ENDPOINT, HF_HUB_OFFLINE and "
+        'its cache; pip install "dp-sam2[huggingface]")',
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="a mirror of the official host serving the official file names (default: dl.fbaipublicfiles.com)",
+    )
     p.add_argument("--retries", type=int, default=3, help="automatic resumes after a broken connection (default 3)")
     p.add_argument("--force", action="store_true", help="download again even if the file exists")
     p.add_argument("--no-verify", action="store_true", help="skip checking the file against its config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("segment", help="mask overlay of one image from a point (and/or box) prompt",
-                       description="Runs the SAM 2 image predictor on IMAGE with a positive point (and an "
-                                   "optional box) and writes the best mask as an overlay PNG.")
+    p = sub.add_parser(
+        "segment",
+        help="mask overlay of one image from a point (and/or box) prompt",
+        description="Runs the SAM 2 image predictor on IMAGE with a positive point (and an "
+        "optional box) and writes the best mask as an overlay PNG.",
+    )
     p.add_argument("image")
     p.add_argument("--point", type=point_xy, default=None, help="X,Y in pixels (positive click)")
     p.add_argument("--box", type=box_xyxy, default=None, help="x0,y0,x1,y1 in pixels")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="model input size, multiple of 32 (default: the config's 1024)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="model input size, multiple of 32 (default: the config's 1024)"
+    )
     _add_model_args(p, "sam2.1_tiny")
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("track", help="track an object through a video from one click",
-                       description="Runs the SAM 2 video predictor on a video file (needs PyAV) or a folder of "
-                                   "JPEG/PNG frames, prompted with one positive click, and writes an overlay "
-                                   "per frame plus a contact sheet to --out.")
+    p = sub.add_parser(
+        "track",
+        help="track an object through a video from one click",
+        description="Runs the SAM 2 video predictor on a video file (needs PyAV) or a folder of "
+        "JPEG/PNG frames, prompted with one positive click, and writes an overlay "
+        "per frame plus a contact sheet to --out.",
+    )
     p.add_argument("video", metavar="VIDEO_OR_FOLDER")
     p.add_argument("--point", type=point_fxy, required=True, help="FRAME,X,Y: frame index and pixel position")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="model input size, multiple of 32 (default: the config's 1024)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="model input size, multiple of 32 (default: the config's 1024)"
+    )
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
     _add_model_args(p, "sam2.1_tiny")
     p.set_defaults(func=cmd_track)
 
-    p = sub.add_parser("viz", help="PCA picture of what the obs encoder sees (stride-16 features)",
-                       description="Encodes IMAGE with the obs encoder's backbone (the stride-16 SAM 2 feature "
-                                   "map, no_mem_embed included) and writes the image beside a PCA colouring of "
-                                   "the features.")
+    p = sub.add_parser(
+        "viz",
+        help="PCA picture of what the obs encoder sees (stride-16 features)",
+        description="Encodes IMAGE with the obs encoder's backbone (the stride-16 SAM 2 feature "
+        "map, no_mem_embed included) and writes the image beside a PCA colouring of "
+        "the features.",
+    )
     p.add_argument("image")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: the registry's obs size)")
     _add_model_args(p, "sam2_large", what="--obs-encoder")
     p.set_defaults(func=cmd_viz)
 
-    p = sub.add_parser("cache-features", help="precompute frozen SAM 2 features of a zarr replay buffer",
-                       description="Encodes every frame of the rgb keys of a Diffusion Policy zarr replay buffer "
-                                   "with a frozen SAM 2 backbone and stores the float16 features (one chunk per "
-                                   "frame) in a zarr group keyed by model, checkpoint digest and image size. "
-                                   "Resumable; batched; runs sharded under torchrun.")
+    p = sub.add_parser(
+        "cache-features",
+        help="precompute frozen SAM 2 features of a zarr replay buffer",
+        description="Encodes every frame of the rgb keys of a Diffusion Policy zarr replay buffer "
+        "with a frozen SAM 2 backbone and stores the float16 features (one chunk per "
+        "frame) in a zarr group keyed by model, checkpoint digest and image size. "
+        "Resumable; batched; runs sharded under torchrun.",
+    )
     p.add_argument("--zarr", required=True, help="the replay buffer (data/<key>, meta/episode_ends)")
     p.add_argument("--keys", nargs="+", default=None, help="rgb arrays under data/ (default: every (N,H,W,3) array)")
     p.add_argument("--out", default=None, help="zarr store for the cache (default: inside --zarr)")
     p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: the registry's obs size)")
-    p.add_argument("--crop-shape", type=hw_pair, default=None,
-                   help="H,W centre crop before the resize (as policy.obs_encoder.crop_shape)")
-    p.add_argument("--resize-shape", type=hw_pair, default=None,
-                   help="H,W resize before the crop (as policy.obs_encoder.resize_shape)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="backbone precision, as policy.obs_encoder.precision (default fp32)")
+    p.add_argument(
+        "--crop-shape",
+        type=hw_pair,
+        default=None,
+        help="H,W centre crop before the resize (as policy.obs_encoder.crop_shape)",
+    )
+    p.add_argument(
+        "--resize-shape",
+        type=hw_pair,
+        default=None,
+        help="H,W resize before the crop (as policy.obs_encoder.resize_shape)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="backbone precision, as policy.obs_encoder.precision (default fp32)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="recompute everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(p, "sam2_large", what="--obs-encoder")
     p.set_defaults(func=cmd_cache_features)
 
-    p = sub.add_parser("info", help="versions, device, connected-components implementation, checkpoints, Hydra plugin",
-                       description="Prints versions, the default device, which connected-components implementation "
-                                   "is active, which checkpoints are found and where, and whether Hydra sees the "
-                                   "obs_encoder group through dp_sam2's search-path plugin.")
+    p = sub.add_parser(
+        "info",
+        help="versions, device, connected-components implementation, checkpoints, Hydra plugin",
+        description="Prints versions, the default device, which connected-components implementation "
+        "is active, which checkpoints are found and where, and whether Hydra sees the "
+        "obs_encoder group through dp_sam2's search-path plugin.",
+    )
     p.set_defaults(func=cmd_info)
     return parser
 

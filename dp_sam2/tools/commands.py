@@ -1,5 +1,6 @@
 """The commands behind ``dp-sam2 segment``, ``track`` and ``viz``: build a model, run it on the
 user's image or video, write the pictures."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,11 +29,15 @@ def find_checkpoint(model: str, checkpoint=None, random_weights: bool = False):
 
 
 def random_weights_warning(spec, tried) -> None:
-    loud_warning([f"WARNING: no {spec.name} checkpoint found: using RANDOM weights.",
-                  "Masks, tracks and features are then meaningless (the pipeline still runs).",
-                  f"Get the official weights with:  dp-sam2 download {spec.name}",
-                  f"(or put {spec.filename} in $DP_SAM2_CHECKPOINT_DIR). Looked in:",
-                  *[f"  {p}" for p in tried]])
+    loud_warning(
+        [
+            f"WARNING: no {spec.name} checkpoint found: using RANDOM weights.",
+            "Masks, tracks and features are then meaningless (the pipeline still runs).",
+            f"Get the official weights with:  dp-sam2 download {spec.name}",
+            f"(or put {spec.filename} in $DP_SAM2_CHECKPOINT_DIR). Looked in:",
+            *[f"  {p}" for p in tried],
+        ]
+    )
 
 
 def build_model(model: str, checkpoint=None, image_size=None, device=None, random_weights=False, video=False):
@@ -49,8 +54,9 @@ def build_model(model: str, checkpoint=None, image_size=None, device=None, rando
     builder = build_sam2_video_predictor if video else build_sam2
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return builder(spec.config, ckpt_path=str(path) if path else None, device=device,
-                       hydra_overrides_extra=overrides)
+        return builder(
+            spec.config, ckpt_path=str(path) if path else None, device=device, hydra_overrides_extra=overrides
+        )
 
 
 @dataclass(frozen=True)
@@ -68,15 +74,27 @@ def segment_array(predictor, image: np.ndarray, point=None, box=None):
     predictor.set_image(image)
     coords = np.array([point], dtype=np.float32) if point is not None else None
     labels = np.array([1], dtype=np.int32) if point is not None else None
-    masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels,
-                                         box=np.array(box, dtype=np.float32) if box is not None else None,
-                                         multimask_output=box is None)
+    masks, scores, _ = predictor.predict(
+        point_coords=coords,
+        point_labels=labels,
+        box=np.array(box, dtype=np.float32) if box is not None else None,
+        multimask_output=box is None,
+    )
     best = int(np.argmax(scores))
     return np.asarray(masks[best]) > 0, float(scores[best])
 
 
-def segment_image(image, point=None, box=None, model="sam2.1_tiny", checkpoint=None, out="mask.png",
-                  device=None, image_size=None, random_weights=False) -> SegmentResult:
+def segment_image(
+    image,
+    point=None,
+    box=None,
+    model="sam2.1_tiny",
+    checkpoint=None,
+    out="mask.png",
+    device=None,
+    image_size=None,
+    random_weights=False,
+) -> SegmentResult:
     from dp_sam2.predictors.image import SAM2ImagePredictor
 
     rgb = load_image(image)
@@ -139,8 +157,13 @@ def track_frames(predictor, frames: list[np.ndarray], point) -> list[np.ndarray]
         raise ValueError(f"the click is on frame {frame_idx} but the video has {len(frames)} frames")
     with torch.inference_mode():
         state = predictor.init_state(video_path=frames)
-        predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=1,
-                                        points=np.array([[x, y]], dtype=np.float32), labels=np.array([1], np.int32))
+        predictor.add_new_points_or_box(
+            state,
+            frame_idx=frame_idx,
+            obj_id=1,
+            points=np.array([[x, y]], dtype=np.float32),
+            labels=np.array([1], np.int32),
+        )
         masks = [None] * len(frames)
         for reverse in (False, True):
             if reverse and frame_idx == 0:
@@ -150,8 +173,17 @@ def track_frames(predictor, frames: list[np.ndarray], point) -> list[np.ndarray]
     return masks
 
 
-def track_video(video, point, model="sam2.1_tiny", checkpoint=None, out_dir="track", device=None,
-                image_size=None, max_frames=None, random_weights=False) -> list[Path]:
+def track_video(
+    video,
+    point,
+    model="sam2.1_tiny",
+    checkpoint=None,
+    out_dir="track",
+    device=None,
+    image_size=None,
+    max_frames=None,
+    random_weights=False,
+) -> list[Path]:
     frames = read_frames(video, max_frames)
     frame_idx, x, y = point
     if frame_idx < len(frames):
@@ -172,8 +204,15 @@ def track_video(video, point, model="sam2.1_tiny", checkpoint=None, out_dir="tra
     return paths + [sheet]
 
 
-def visualize_features(image, obs_encoder="sam2_large", checkpoint=None, out="features.png", image_size=None,
-                       device=None, random_weights=False) -> Path:
+def visualize_features(
+    image,
+    obs_encoder="sam2_large",
+    checkpoint=None,
+    out="features.png",
+    image_size=None,
+    device=None,
+    random_weights=False,
+) -> Path:
     """The image beside the PCA colouring of the obs encoder's stride-16 features."""
     import torch
 
@@ -192,6 +231,8 @@ def visualize_features(image, obs_encoder="sam2_large", checkpoint=None, out="fe
         feats = encoder.encode_images(x.to(encoder.device), "image")[0].float().cpu().numpy()
     out = _out_file(out)
     h, w = feats.shape[1:]
-    side_by_side([rgb, pca_rgb(feats)], [f"input ({rgb.shape[1]}x{rgb.shape[0]})",
-                                         f"PCA of {spec.name} stride-16 features ({feats.shape[0]}x{h}x{w})"]).save(out)
+    side_by_side(
+        [rgb, pca_rgb(feats)],
+        [f"input ({rgb.shape[1]}x{rgb.shape[0]})", f"PCA of {spec.name} stride-16 features ({feats.shape[0]}x{h}x{w})"],
+    ).save(out)
     return out

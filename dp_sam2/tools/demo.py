@@ -11,6 +11,7 @@
 5. pictures: the loss curve, predicted vs demonstrated actions, a mask overlay from the image
    predictor, a short track from the video predictor, a PCA colouring of the feature map.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,10 +37,12 @@ class DemoSize:
     batch_size: int
 
 
-FULL = DemoSize(episodes=4, steps_per_episode=16, image_size=224, predictor_size=512, track_frames=6,
-                train_steps=200, batch_size=32)
-QUICK = DemoSize(episodes=2, steps_per_episode=8, image_size=128, predictor_size=256, track_frames=3,
-                 train_steps=20, batch_size=8)
+FULL = DemoSize(
+    episodes=4, steps_per_episode=16, image_size=224, predictor_size=512, track_frames=6, train_steps=200, batch_size=32
+)
+QUICK = DemoSize(
+    episodes=2, steps_per_episode=8, image_size=128, predictor_size=256, track_frames=3, train_steps=20, batch_size=8
+)
 
 
 # --------------------------------------------------------------------------- a Push-T-like world
@@ -123,8 +126,13 @@ class NoisePredictor(nn.Module):
     def __init__(self, horizon: int, action_dim: int, cond_dim: int, hidden: int = 256):
         super().__init__()
         self.horizon, self.action_dim = horizon, action_dim
-        self.net = nn.Sequential(nn.Linear(horizon * action_dim + 32 + cond_dim, hidden), nn.Mish(),
-                                 nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, horizon * action_dim))
+        self.net = nn.Sequential(
+            nn.Linear(horizon * action_dim + 32 + cond_dim, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, horizon * action_dim),
+        )
 
     @staticmethod
     def embed(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
@@ -157,16 +165,25 @@ def from_unit(x):
     return (x + 1) / 2 * WORLD
 
 
-def train_head(encoder, feats: torch.Tensor, agent_pos: torch.Tensor, targets: torch.Tensor, size: DemoSize,
-               steps: int, seed: int, device):
+def train_head(
+    encoder,
+    feats: torch.Tensor,
+    agent_pos: torch.Tensor,
+    targets: torch.Tensor,
+    size: DemoSize,
+    steps: int,
+    seed: int,
+    device,
+):
     """DDPM training of the pooling head + noise predictor on cached features; returns the losses."""
     from diffusers import DDPMScheduler
 
     from dp_sam2._progress import progress
 
     torch.manual_seed(seed)
-    scheduler = DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2", clip_sample=True,
-                              prediction_type="epsilon")
+    scheduler = DDPMScheduler(
+        num_train_timesteps=50, beta_schedule="squaredcos_cap_v2", clip_sample=True, prediction_type="epsilon"
+    )
     head = NoisePredictor(targets.shape[1], targets.shape[2], encoder.output_shape()[0]).to(device)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     optim = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-6)
@@ -240,8 +257,7 @@ def demo_weights(offline: bool = False, base_url: str | None = None, timeout: fl
     return path
 
 
-def run_demo(out, steps: int | None = None, quick: bool = False, device=None, seed: int = 0,
-             offline: bool = False):
+def run_demo(out, steps: int | None = None, quick: bool = False, device=None, seed: int = 0, offline: bool = False):
     """Run the demo into ``out``; returns ``[(path, description), ...]`` of what it wrote.
     ``offline=True`` never downloads the checkpoint (see :func:`demo_weights`)."""
     from dp_sam2 import cache as C
@@ -267,27 +283,39 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     written.append((zarr_path, f"replay buffer: {len(states)} frames in {len(ends)} episodes (DP's zarr layout)"))
 
     print("[3/5] caching the SAM 2 features")
-    res = C.cache_features(zarr_path, "sam2_tiny", str(ckpt) if ckpt else None, size.image_size,
-                           batch_size=16, device=dev, random_weights=True)
+    res = C.cache_features(
+        zarr_path,
+        "sam2_tiny",
+        str(ckpt) if ckpt else None,
+        size.image_size,
+        batch_size=16,
+        device=dev,
+        random_weights=True,
+    )
     handle = C.open_cache(zarr_path, res.key)
     feats = torch.from_numpy(np.asarray(handle.arrays()["img"][:]))
     per_frame = feats[0].numel() * 2 / 1024
-    written.append((zarr_path / res.group,
-                    f"feature cache: {tuple(feats.shape)} float16, {per_frame:.0f} KiB per frame"))
+    written.append(
+        (zarr_path / res.group, f"feature cache: {tuple(feats.shape)} float16, {per_frame:.0f} KiB per frame")
+    )
 
     print("[4/5] training a diffusion action head on the cached features")
     source = C.Source(("image",), len(states), "", {"image": (96, 96, 3)})
-    encoder = C.build_encoder(res.key, source, ckpt, dev, low_dim={"agent_pos": (2,)}, pooling="attention",
-                              feature_dim=64, input_range=[0, 1])
+    encoder = C.build_encoder(
+        res.key, source, ckpt, dev, low_dim={"agent_pos": (2,)}, pooling="attention", feature_dim=64, input_range=[0, 1]
+    )
     agent_pos = torch.from_numpy(to_unit(states[:, :2]))
     targets = torch.from_numpy(to_unit(chunks(actions, ends, 8)))
     head, scheduler, losses = train_head(encoder, feats, agent_pos, targets, size, steps, seed, dev)
     window = max(1, min(20, len(losses) // 5))
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     path = out / "loss_curve.png"
-    line_plot({"loss": losses, f"moving average ({window})": np.concatenate([[np.nan] * (window - 1), smooth])},
-              title=f"DDPM noise-prediction loss (sam2_tiny features, {steps} steps)", ylabel="MSE",
-              log_y=True).save(path)
+    line_plot(
+        {"loss": losses, f"moving average ({window})": np.concatenate([[np.nan] * (window - 1), smooth])},
+        title=f"DDPM noise-prediction loss (sam2_tiny features, {steps} steps)",
+        ylabel="MSE",
+        log_y=True,
+    ).save(path)
     written.append((path, f"loss curve: {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}"))
 
     show = np.linspace(0, len(states) - 1, 4).astype(int)
@@ -304,8 +332,12 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     for k, i in enumerate(show[:3]):
         pcas += [frames96[i].astype(np.uint8), colours[k]]
     path = out / "features_pca.png"
-    grid(pcas, [f"frame {i}" if j % 2 == 0 else "PCA of features" for i in show[:3] for j in range(2)],
-         columns=6, height=192).save(path)
+    grid(
+        pcas,
+        [f"frame {i}" if j % 2 == 0 else "PCA of features" for i in show[:3] for j in range(2)],
+        columns=6,
+        height=192,
+    ).save(path)
     written.append((path, f"PCA colouring of the cached stride-16 feature maps ({feats.shape[2]}x{feats.shape[3]})"))
 
     print("[5/5] image and video predictors")
@@ -341,13 +373,15 @@ def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     mask, score = segment_array(SAM2ImagePredictor(model), frame, point=click)
     path = out / "mask_overlay.png"
     overlay(frame, [mask], points=[click]).save(path)
-    written.append((path, f"image predictor: mask of the block from one click (score {score:.2f}, "
-                          f"{int(mask.sum())} px)"))
+    written.append(
+        (path, f"image predictor: mask of the block from one click (score {score:.2f}, {int(mask.sum())} px)")
+    )
     del model
 
     torch.manual_seed(0)
-    video = build_sam2_video_predictor(spec.config, str(ckpt) if ckpt else None, device=device,
-                                       hydra_overrides_extra=overrides)
+    video = build_sam2_video_predictor(
+        spec.config, str(ckpt) if ckpt else None, device=device, hydra_overrides_extra=overrides
+    )
     video.show_progress = False if hasattr(video, "show_progress") else None
     n = min(size.track_frames, size.steps_per_episode)
     step = max(1, size.steps_per_episode // n)

@@ -1,5 +1,6 @@
 """Pictures for debugging: mask overlays, PCA of encoder features, grids, line plots (Pillow only;
 matplotlib is not a dependency), and the loud banner of a random-weights run."""
+
 from __future__ import annotations
 
 import os
@@ -98,8 +99,9 @@ def grid(images, labels=(), columns: int = 4, height: int = 192):
     """Rows of :func:`side_by_side` stacked vertically."""
     from PIL import Image
 
-    rows = [side_by_side(images[i: i + columns], labels[i: i + columns], height)
-            for i in range(0, len(images), columns)]
+    rows = [
+        side_by_side(images[i : i + columns], labels[i : i + columns], height) for i in range(0, len(images), columns)
+    ]
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     y = 0
     for row in rows:
@@ -132,7 +134,7 @@ def line_plot(series: dict, title: str = "", xlabel: str = "step", ylabel: str =
     draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
     for k in range(5):
         yv = y0 + (y1 - y0) * k / 4
-        label = f"{10 ** yv:.3g}" if log_y else f"{yv:.3g}"
+        label = f"{10**yv:.3g}" if log_y else f"{yv:.3g}"
         draw.line([left - 4, py(yv), left, py(yv)], fill=(0, 0, 0))
         draw.line([left, py(yv), width - right, py(yv)], fill=(230, 230, 230))
         draw.text((4, py(yv) - 6), label, fill=(0, 0, 0))

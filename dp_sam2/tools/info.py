@@ -1,6 +1,7 @@
 """``dp-sam2 info``: versions, device, extension, checkpoints found, whether Hydra sees the groups,
 which optional parts can be used (found with ``importlib.util.find_spec``, never imported) and
 the download sources."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,11 +10,14 @@ from pathlib import Path
 
 # (what, our module, the third-party module it needs, how to get that)
 OPTIONAL_PARTS = (
-    ("hybrid DP policies", "dp_sam2.policies", "robomimic",
-     "pip install --no-deps robomimic==0.2.0 (see the README)"),
+    ("hybrid DP policies", "dp_sam2.policies", "robomimic", "pip install --no-deps robomimic==0.2.0 (see the README)"),
     ("multi-process workspace", "dp_sam2.workspaces", "torch.distributed", "a torch build with torch.distributed"),
-    ("  launched by accelerate", "dp_sam2.workspaces", "accelerate",
-     "optional, torchrun works too: pip install accelerate"),
+    (
+        "  launched by accelerate",
+        "dp_sam2.workspaces",
+        "accelerate",
+        "optional, torchrun works too: pip install accelerate",
+    ),
     ("LeRobot plugin", "lerobot_policy_sam2", "lerobot", "pip install lerobot (Python >= 3.12) and this package"),
 )
 GROUPS = ("obs_encoder", "sam2_policy", "umi_obs_encoder")
@@ -58,8 +62,11 @@ def hydra_group_options(groups=GROUPS) -> dict[str, tuple[bool | None, str]]:
         elif plugin_seen:
             out[group] = (False, f"NO - this dp_sam2 ships no {group} group")
         else:
-            out[group] = (False, f"NO - the search-path plugin hydra_plugins/dp_sam2 was not found; `+{group}=...` "
-                                 "would silently become a string. Reinstall dp_sam2 (pip install .) here.")
+            out[group] = (
+                False,
+                f"NO - the search-path plugin hydra_plugins/dp_sam2 was not found; `+{group}=...` "
+                "would silently become a string. Reinstall dp_sam2 (pip install .) here.",
+            )
     return out
 
 
@@ -91,8 +98,10 @@ def source_lines() -> list[str]:
     from dp_sam2.checkpoints.registry import MODELS
 
     host = urlsplit(MODELS["sam2_large"].url)
-    lines = ["download sources (dp-sam2 download NAME --source ...):",
-             f"  official     {host.scheme}://{host.netloc} (or --base-url)"]
+    lines = [
+        "download sources (dp-sam2 download NAME --source ...):",
+        f"  official     {host.scheme}://{host.netloc} (or --base-url)",
+    ]
     if _importable("huggingface_hub"):
         endpoint = os.environ.get("HF_ENDPOINT")
         hub = f"HF_ENDPOINT={endpoint}" if endpoint else "https://huggingface.co (HF_ENDPOINT unset)"
@@ -120,15 +129,21 @@ def info_lines() -> list[str]:
         dp_repo_root,
     )
 
-    lines = [f"dp_sam2 {__version__} ({Path(__file__).resolve().parent})",
-             f"python {platform.python_version()}, " + ", ".join(
-                 f"{m} {_version(m)}"
-                 for m in ("torch", "torchvision", "hydra-core", "zarr", "diffusers", "numpy", "pillow", "av")),
-             ""]
+    lines = [
+        f"dp_sam2 {__version__} ({Path(__file__).resolve().parent})",
+        f"python {platform.python_version()}, "
+        + ", ".join(
+            f"{m} {_version(m)}"
+            for m in ("torch", "torchvision", "hydra-core", "zarr", "diffusers", "numpy", "pillow", "av")
+        ),
+        "",
+    ]
     cuda = torch.cuda.is_available()
     devices = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else ""
-    lines.append(f"device: {'cuda (' + devices + ')' if cuda else 'cpu (no CUDA device visible)'}; "
-                 f"torch built with CUDA {torch.version.cuda or 'none'}")
+    lines.append(
+        f"device: {'cuda (' + devices + ')' if cuda else 'cpu (no CUDA device visible)'}; "
+        f"torch built with CUDA {torch.version.cuda or 'none'}"
+    )
     try:
         from dp_sam2.ext import implementation
 

@@ -10,6 +10,7 @@ not in the reducer; buffers broadcast only with BatchNorm statistics); ``Distrib
 ``training.seed``, ``batch_size`` per process; rank 0's run folder for all; only rank 0 writes checkpoints and
 logs, runs the env runner, samples and builds the policy first (SAM 2 file under a lock); noise ``seed + rank``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,10 @@ def wrap_ddp(policy: nn.Module, dist: D.Dist, ddp_cfg) -> nn.Module:
             p.requires_grad_(False)
     if not any(p.requires_grad for p in policy.parameters()):
         raise ValueError("the policy has no trainable parameter: nothing to train in parallel")
-    kwargs = {"device_ids": [dist.device.index] if dist.device.type == "cuda" else None,
-              "find_unused_parameters": bool(ddp_cfg.get("find_unused_parameters", False))}
+    kwargs = {
+        "device_ids": [dist.device.index] if dist.device.type == "cuda" else None,
+        "find_unused_parameters": bool(ddp_cfg.get("find_unused_parameters", False)),
+    }
     # per-forward buffer sync (torch >= 2.14 names it forward_sync_buffers; both sync once at init)
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
         kwargs["forward_sync_buffers"] = bool(broadcast)
@@ -106,8 +109,10 @@ def _init_wandb(cfg, output_dir: str):
     except ImportError:
         if cfg.logging.get("mode") == "disabled":
             return _NullLog()
-        raise ImportError("logging.mode is not 'disabled' and wandb is not installed: pip install wandb, "
-                          "or pass logging.mode=disabled") from None
+        raise ImportError(
+            "logging.mode is not 'disabled' and wandb is not installed: pip install wandb, "
+            "or pass logging.mode=disabled"
+        ) from None
     run = wandb.init(dir=str(output_dir), config=OmegaConf.to_container(cfg, resolve=True), **cfg.logging)
     wandb.config.update({"output_dir": output_dir})
     return run
@@ -192,10 +197,13 @@ class DataParallelTraining:
             self.ema_model.set_normalizer(normalizer)
 
         lr_scheduler = get_scheduler(
-            cfg.training.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=cfg.training.lr_warmup_steps,
+            cfg.training.lr_scheduler,
+            optimizer=self.optimizer,
+            num_warmup_steps=cfg.training.lr_warmup_steps,
             num_training_steps=(len(train_dataloader) * cfg.training.num_epochs)
             // cfg.training.gradient_accumulate_every,
-            last_epoch=self.global_step - 1)
+            last_epoch=self.global_step - 1,
+        )
         ema = hydra.utils.instantiate(cfg.ema, model=self.ema_model) if cfg.training.use_ema else None
 
         env_runner = wandb_run = topk_manager = None
@@ -244,8 +252,13 @@ class DataParallelTraining:
                     self.model.obs_encoder.requires_grad_(False)
 
                 train_losses = list()
-                with tqdm.tqdm(train_dataloader, desc=f"Training epoch {self.epoch}", leave=False,
-                               mininterval=cfg.training.tqdm_interval_sec, disable=not main) as tepoch:
+                with tqdm.tqdm(
+                    train_dataloader,
+                    desc=f"Training epoch {self.epoch}",
+                    leave=False,
+                    mininterval=cfg.training.tqdm_interval_sec,
+                    disable=not main,
+                ) as tepoch:
                     for batch_idx, batch in enumerate(tepoch):
                         batch = dict_apply(batch, lambda x: x.to(device, non_blocking=True))
                         if train_sampling_batch is None:
@@ -267,8 +280,12 @@ class DataParallelTraining:
                         raw_loss_cpu = dist.mean(raw_loss.item(), 1)  # all ranks' mean (one process: its own)
                         tepoch.set_postfix(loss=raw_loss_cpu, refresh=False)
                         train_losses.append(raw_loss_cpu)
-                        step_log = {"train_loss": raw_loss_cpu, "global_step": self.global_step,
-                                    "epoch": self.epoch, "lr": lr_scheduler.get_last_lr()[0]}
+                        step_log = {
+                            "train_loss": raw_loss_cpu,
+                            "global_step": self.global_step,
+                            "epoch": self.epoch,
+                            "lr": lr_scheduler.get_last_lr()[0],
+                        }
                         is_last_batch = batch_idx == (len(train_dataloader) - 1)
                         if not is_last_batch:
                             wandb_run.log(step_log, step=self.global_step)
@@ -311,8 +328,13 @@ class DataParallelTraining:
         """DP's validation loss (the mean of the batch losses), over every rank's shard."""
         val_losses = list()
         with torch.no_grad():
-            with tqdm.tqdm(val_dataloader, desc=f"Validation epoch {self.epoch}", leave=False,
-                           mininterval=cfg.training.tqdm_interval_sec, disable=not self._dist.is_main) as tepoch:
+            with tqdm.tqdm(
+                val_dataloader,
+                desc=f"Validation epoch {self.epoch}",
+                leave=False,
+                mininterval=cfg.training.tqdm_interval_sec,
+                disable=not self._dist.is_main,
+            ) as tepoch:
                 for batch_idx, batch in enumerate(tepoch):
                     batch = dict_apply(batch, lambda x: x.to(device, non_blocking=True))
                     val_losses.append(self.model.compute_loss(batch))
@@ -357,8 +379,11 @@ def workspace_class():
     global _CLASS
     if _CLASS is None:
         base = _dp("diffusion_policy.workspace.base_workspace", "BaseWorkspace")
-        _CLASS = type(CLASS_NAME, (DataParallelTraining, base),
-                      {"__module__": __name__, "__qualname__": CLASS_NAME, "__doc__": __doc__})
+        _CLASS = type(
+            CLASS_NAME,
+            (DataParallelTraining, base),
+            {"__module__": __name__, "__qualname__": CLASS_NAME, "__doc__": __doc__},
+        )
     return _CLASS
 
 

@@ -7,6 +7,7 @@ Nothing here launches processes or wraps the process group: the launcher (``torc
 ``MASTER_PORT``; :func:`init_from_env` passes them to ``torch.distributed.init_process_group``.
 Without them (``python train.py``) nothing is initialised and :class:`Dist` says world 1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -219,8 +220,14 @@ def make_loader(dataset, loader_cfg: dict, dist: Dist, seed: int):
     if kwargs.get("sampler") is not None or kwargs.get("batch_sampler") is not None:
         raise ValueError("dataloader.sampler / batch_sampler cannot be combined with several processes")
     shuffle = bool(kwargs.pop("shuffle", False))
-    sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank, shuffle=shuffle,
-                                 seed=int(seed), drop_last=bool(kwargs.get("drop_last", False)))
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=dist.world,
+        rank=dist.rank,
+        shuffle=shuffle,
+        seed=int(seed),
+        drop_last=bool(kwargs.get("drop_last", False)),
+    )
     return DataLoader(dataset, sampler=sampler, **kwargs)
 
 

@@ -5,6 +5,7 @@ Hydra imports the modules under the ``hydra_plugins`` namespace at startup and c
 group (``sam2_tiny`` ... ``sam2.1_large``) and the ready Diffusion Policy workspace yamls visible
 to DP's unchanged ``train.py``. Appended, not prepended: the app's own configs win on name clashes.
 """
+
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 

@@ -1,5 +1,6 @@
 """Fixtures of the LeRobot tests. They run only where LeRobot is installed (the Python 3.12 venv that
 .ci/run builds); elsewhere every test here is skipped."""
+
 from __future__ import annotations
 
 import os

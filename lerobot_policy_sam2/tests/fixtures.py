@@ -7,6 +7,7 @@ Also a command line for the by-hand run (benchmarks/lerobot_run/README.md)::
 
     python lerobot_policy_sam2/tests/fixtures.py --dataset DIR --repo-id local/sam2_test --sam2 DIR --model sam2_tiny
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,26 @@ CAMERAS = ("observation.images.top", "observation.images.wrist")
 MODEL = "sam2_tiny"
 # A small SAM 2 input, U-Net and horizon, so that a training step takes seconds on a CPU (the rest
 # stays LeRobot's diffusion defaults).
-SMALL = ["--policy.image_size=64", "--policy.down_dims=[32,64]", "--policy.horizon=8", "--policy.n_action_steps=4",
-         "--policy.drop_n_last_frames=3", "--policy.num_inference_steps=3"]
+SMALL = [
+    "--policy.image_size=64",
+    "--policy.down_dims=[32,64]",
+    "--policy.horizon=8",
+    "--policy.n_action_steps=4",
+    "--policy.drop_n_last_frames=3",
+    "--policy.num_inference_steps=3",
+]
 
 
-def make_dataset(root: str | Path, repo_id: str = "local/sam2_test", episodes: int = 2, frames: int = 12,
-                 hw: tuple[int, int] = (48, 64), state_dim: int = 3, action_dim: int = 2, seed: int = 0):
+def make_dataset(
+    root: str | Path,
+    repo_id: str = "local/sam2_test",
+    episodes: int = 2,
+    frames: int = 12,
+    hw: tuple[int, int] = (48, 64),
+    state_dim: int = 3,
+    action_dim: int = 2,
+    seed: int = 0,
+):
     """A LeRobotDataset at ``root``: ``episodes`` x ``frames`` frames of two RGB cameras
     (``hw`` pixels, a moving square on noise), ``observation.state`` and ``action``."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -32,8 +47,11 @@ def make_dataset(root: str | Path, repo_id: str = "local/sam2_test", episodes: i
     h, w = hw
     image = {"dtype": "image", "shape": (h, w, 3), "names": ["height", "width", "channels"]}
     features = {key: dict(image) for key in CAMERAS}
-    features["observation.state"] = {"dtype": "float32", "shape": (state_dim,),
-                                     "names": [f"s{i}" for i in range(state_dim)]}
+    features["observation.state"] = {
+        "dtype": "float32",
+        "shape": (state_dim,),
+        "names": [f"s{i}" for i in range(state_dim)],
+    }
     features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": [f"a{i}" for i in range(action_dim)]}
     ds = LeRobotDataset.create(repo_id=repo_id, fps=10, features=features, root=root, use_videos=False)
     rng = np.random.default_rng(seed)
@@ -43,7 +61,7 @@ def make_dataset(root: str | Path, repo_id: str = "local/sam2_test", episodes: i
             for c, key in enumerate(CAMERAS):
                 img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
                 top, left = (3 * t + 7 * c) % (h - 8), (5 * t + 3 * c) % (w - 8)
-                img[top:top + 8, left:left + 8] = (230, 120, 40)
+                img[top : top + 8, left : left + 8] = (230, 120, 40)
                 frame[key] = img
             frame["observation.state"] = rng.standard_normal(state_dim).astype(np.float32)
             frame["action"] = rng.standard_normal(action_dim).astype(np.float32)

@@ -1,6 +1,7 @@
 """sam2_diffusion on real LeRobot 0.6: discovery, the CLI config, a policy built from a local
 LeRobotDataset, a training step, select_action, save / from_pretrained, the checkpoint without
 the frozen trunk, and the error when the SAM 2 file is missing at load time."""
+
 from __future__ import annotations
 
 import subprocess
@@ -33,12 +34,20 @@ def build(dataset_root, *policy_args):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
     from lerobot.policies.factory import make_policy, make_pre_post_processors
 
-    cfg = parse_train_config("--policy.type=sam2_diffusion", f"--policy.sam2_model={MODEL}", *SMALL, *policy_args,
-                             "--dataset.repo_id=local/sam2_test", f"--dataset.root={dataset_root}",
-                             "--policy.device=cpu", "--policy.push_to_hub=false")
+    cfg = parse_train_config(
+        "--policy.type=sam2_diffusion",
+        f"--policy.sam2_model={MODEL}",
+        *SMALL,
+        *policy_args,
+        "--dataset.repo_id=local/sam2_test",
+        f"--dataset.root={dataset_root}",
+        "--policy.device=cpu",
+        "--policy.push_to_hub=false",
+    )
     meta = LeRobotDatasetMetadata("local/sam2_test", root=dataset_root)
-    dataset = LeRobotDataset("local/sam2_test", root=dataset_root,
-                             delta_timestamps=resolve_delta_timestamps(cfg.policy, meta))
+    dataset = LeRobotDataset(
+        "local/sam2_test", root=dataset_root, delta_timestamps=resolve_delta_timestamps(cfg.policy, meta)
+    )
     policy = make_policy(cfg.policy, ds_meta=dataset.meta)
     pre, post = make_pre_post_processors(cfg.policy, dataset_stats=dataset.meta.stats)
     return policy, pre, post, dataset
@@ -93,30 +102,52 @@ def test_plugin_is_discovered_by_lerobot():
 
 
 def test_config_parses_from_the_cli_form():
-    cfg = parse_train_config("--policy.type=sam2_diffusion", "--policy.sam2_model=sam2.1_large",
-                             "--policy.freeze=false", "--policy.lora_rank=4", "--policy.backbone_lr_scale=0.05",
-                             "--policy.precision=bf16", "--policy.pooling=spatial_softmax",
-                             "--dataset.repo_id=x/y", "--policy.device=cpu")
+    cfg = parse_train_config(
+        "--policy.type=sam2_diffusion",
+        "--policy.sam2_model=sam2.1_large",
+        "--policy.freeze=false",
+        "--policy.lora_rank=4",
+        "--policy.backbone_lr_scale=0.05",
+        "--policy.precision=bf16",
+        "--policy.pooling=spatial_softmax",
+        "--dataset.repo_id=x/y",
+        "--policy.device=cpu",
+    )
     p = cfg.policy
     assert type(p).__name__ == "SAM2DiffusionConfig" and p.type == "sam2_diffusion"
-    assert (p.sam2_model, p.sam2_image_size, p.freeze, p.lora_rank, p.backbone_lr_scale, p.precision, p.pooling) == \
-        ("sam2.1_large", 256, False, 4, 0.05, "bf16", "spatial_softmax")
+    assert (p.sam2_model, p.sam2_image_size, p.freeze, p.lora_rank, p.backbone_lr_scale, p.precision, p.pooling) == (
+        "sam2.1_large",
+        256,
+        False,
+        4,
+        0.05,
+        "bf16",
+        "spatial_softmax",
+    )
     assert p.down_dims == (512, 1024, 2048) and p.n_obs_steps == 2  # LeRobot's diffusion defaults stay
     # the last occurrence of an option wins (the README command plus appended overrides)
-    again = parse_train_config("--policy.type=sam2_diffusion", "--policy.sam2_model=sam2_large",
-                               "--policy.sam2_model=sam2_tiny", "--dataset.repo_id=x/y", "--policy.device=cpu")
+    again = parse_train_config(
+        "--policy.type=sam2_diffusion",
+        "--policy.sam2_model=sam2_large",
+        "--policy.sam2_model=sam2_tiny",
+        "--dataset.repo_id=x/y",
+        "--policy.device=cpu",
+    )
     assert again.policy.sam2_model == "sam2_tiny" and again.policy.sam2_image_size == 224
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"vision_backbone": "resnet18"}, "sam2_model"),
-    ({"pretrained_backbone_weights": "ResNet18_Weights.IMAGENET1K_V1"}, "sam2_checkpoint"),
-    ({"sam2_model": "sam3_huge"}, "known names"),
-    ({"image_size": 100}, "multiple of 32"),
-    ({"lora_rank": 4}, "freeze=false"),
-    ({"pooling": "max"}, "attention"),
-    ({"precision": "fp16"}, "bf16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"vision_backbone": "resnet18"}, "sam2_model"),
+        ({"pretrained_backbone_weights": "ResNet18_Weights.IMAGENET1K_V1"}, "sam2_checkpoint"),
+        ({"sam2_model": "sam3_huge"}, "known names"),
+        ({"image_size": 100}, "multiple of 32"),
+        ({"lora_rank": 4}, "freeze=false"),
+        ({"pooling": "max"}, "attention"),
+        ({"precision": "fp16"}, "bf16"),
+    ],
+)
 def test_bad_config_values_are_refused(kwargs, message):
     from lerobot_policy_sam2 import SAM2DiffusionConfig
 
@@ -202,12 +233,16 @@ def test_lora_policy_saves_adapters_not_the_original_weights(sam2_dir, dataset_r
     from lerobot_policy_sam2 import SAM2DiffusionPolicy
 
     torch.manual_seed(1)
-    policy, pre, _, dataset = build(dataset_root, "--policy.freeze=false", "--policy.lora_rank=2",
-                                    "--policy.backbone_lr_scale=0.1", "--policy.pooling=mean")
+    policy, pre, _, dataset = build(
+        dataset_root,
+        "--policy.freeze=false",
+        "--policy.lora_rank=2",
+        "--policy.backbone_lr_scale=0.1",
+        "--policy.pooling=mean",
+    )
     groups = policy.get_optim_params()
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(policy.config.optimizer_lr * 0.1)
-    assert {id(p) for p in groups[1]["params"]} == {
-        id(p) for n, p in policy.named_parameters() if "lora_" in n}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for n, p in policy.named_parameters() if "lora_" in n}
     optimizer = torch.optim.Adam(groups, lr=1e-3)
     policy.train()
     loss, _ = policy.forward(batch_of(dataset, pre))
@@ -234,8 +269,9 @@ def test_random_weight_policy_is_saved_whole_and_loads_without_the_file(dataset_
     with pytest.warns(UserWarning, match="WITHOUT SAM 2 weights"):
         policy, *_ = build(dataset_root)
     policy.save_pretrained(tmp_path / "whole")
-    assert sum(k.startswith(BACKBONE) for k in saved_keys(tmp_path / "whole")) == \
-        len(policy.diffusion.rgb_encoder.backbone.state_dict())
+    assert sum(k.startswith(BACKBONE) for k in saved_keys(tmp_path / "whole")) == len(
+        policy.diffusion.rgb_encoder.backbone.state_dict()
+    )
     monkeypatch.delenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT")
     loaded = SAM2DiffusionPolicy.from_pretrained(tmp_path / "whole")
     full, reloaded = policy.state_dict(), loaded.state_dict()
@@ -267,13 +303,29 @@ def test_readme_lerobot_train_command_trains_saves_and_reloads(sam2_dir, dataset
     assert "--policy.type=sam2_diffusion" in cmd and "--policy.sam2_model=sam2_large" in cmd
     cmd = cmd.replace("--policy.sam2_model=sam2_large", f"--policy.sam2_model={MODEL}")
     out = tmp_path / "train"
-    extra = ["--dataset.repo_id=local/sam2_test", f"--dataset.root={dataset_root}", "--policy.device=cpu",
-             "--policy.push_to_hub=false", "--wandb.enable=false", "--steps=2", "--batch_size=2", "--save_freq=2",
-             "--num_workers=0", f"--output_dir={out}", *SMALL]
+    extra = [
+        "--dataset.repo_id=local/sam2_test",
+        f"--dataset.root={dataset_root}",
+        "--policy.device=cpu",
+        "--policy.push_to_hub=false",
+        "--wandb.enable=false",
+        "--steps=2",
+        "--batch_size=2",
+        "--save_freq=2",
+        "--num_workers=0",
+        f"--output_dir={out}",
+        *SMALL,
+    ]
     args = shlex.split(cmd)
     args[0] = str(Path(sys.executable).parent / "lerobot-train")  # this venv's console script
-    proc = subprocess.run(args + extra, capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                          env=dict(os.environ, DP_SAM2_CHECKPOINT_DIR=str(sam2_dir)))
+    proc = subprocess.run(
+        args + extra,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=dict(os.environ, DP_SAM2_CHECKPOINT_DIR=str(sam2_dir)),
+    )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     saved = out / "checkpoints" / "000002" / "pretrained_model"
     assert not any(k.startswith(BACKBONE) for k in saved_keys(saved))

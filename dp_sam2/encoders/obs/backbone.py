@@ -1,5 +1,6 @@
 """The SAM 2 part of the obs encoder: Hiera trunk + FPN neck + ``no_mem_embed`` under the official
 names, returning the stride-16 feature map the official image predictor uses."""
+
 from __future__ import annotations
 
 import os
@@ -93,4 +94,3 @@ class SAM2Backbone(nn.Module):
         level = len(outputs) - 1 - self.image_encoder.scalp
         features, _ = neck(outputs, min_level=level)
         return features[level]
-

@@ -5,6 +5,7 @@ Besides images, :class:`SAM2ObsEncoder` takes cached backbone features (the API 
 shape, :meth:`~SAM2ObsEncoder.features_from_input` maps them back from DP's normaliser. Those docstrings hold
 the contract, README.md's "## The feature cache" section the workflow.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,8 +105,9 @@ class SAM2ObsEncoder(nn.Module):
         freeze, self.pretrained = umi.resolve_freeze(freeze, frozen, pretrained)
         self.model_cfg, self.spec = inputs.lookup_model(umi.resolve_model(model_cfg, model_name))
         self.image_size = inputs.check_image_size(image_size, self.spec)
-        self.finetune = FinetuneConfig(freeze, trainable_blocks, int(lora_rank), lora_alpha,
-                                       bool(activation_checkpointing))
+        self.finetune = FinetuneConfig(
+            freeze, trainable_blocks, int(lora_rank), lora_alpha, bool(activation_checkpointing)
+        )
         self.input_range = parse_input_range(input_range)
         self.random_crop = bool(random_crop)
         self.resize_shape = inputs._per_key_hw(resize_shape, self.keys.rgb, "resize_shape")
@@ -139,8 +141,9 @@ class SAM2ObsEncoder(nn.Module):
         self.feature_shape = (backbone.channels, self.image_size // 16, self.image_size // 16)
         self.heads = self._build_heads(module_keys, backbone.channels)
         if self.n_emb is not None:
-            self.low_dim_proj = nn.ModuleDict({_module_key(k): low_dim_projection(self.keys.shapes[k], self.n_emb)
-                                               for k in self.keys.low_dim})
+            self.low_dim_proj = nn.ModuleDict(
+                {_module_key(k): low_dim_projection(self.keys.shapes[k], self.n_emb) for k in self.keys.low_dim}
+            )
         self.register_buffer("pixel_mean", torch.tensor(inputs.SAM2_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(inputs.SAM2_STD).view(1, 3, 1, 1), persistent=False)
         self._tag_backbones()
@@ -155,6 +158,7 @@ class SAM2ObsEncoder(nn.Module):
 
     def _build_heads(self, module_keys: list[str], channels: int) -> nn.ModuleDict:
         """One head per camera; UMI layout with ``share_rgb_model``: one head under every camera."""
+
         def make():
             if self.n_emb is None:
                 return build_head(self.pooling, channels, self.feature_shape[1:], self.feature_dim)
@@ -222,8 +226,12 @@ class SAM2ObsEncoder(nn.Module):
         parts = [self.heads[_module_key(k)](feats[k].to(self._head_dtype(k))) for k in self.keys.rgb]
         if self.n_emb is not None:
             parts = [p.reshape(batch, -1, self.n_emb) for p in parts]
-            parts += [self.low_dim_proj[_module_key(k)](obs_dict[k].reshape(batch, self.keys.horizons[k], -1)
-                                                        .to(parts[0].dtype)) for k in self.keys.low_dim]
+            parts += [
+                self.low_dim_proj[_module_key(k)](
+                    obs_dict[k].reshape(batch, self.keys.horizons[k], -1).to(parts[0].dtype)
+                )
+                for k in self.keys.low_dim
+            ]
             return torch.cat(parts, dim=1)
         parts += [obs_dict[k].to(parts[0].dtype) for k in self.keys.low_dim]
         return torch.cat([p.reshape(batch, -1) for p in parts], dim=-1)
@@ -276,10 +284,15 @@ class SAM2ObsEncoder(nn.Module):
         key = self._default_key(key)
         resize, crop = self.resize_shape[key], self.crop_shape[key]
         return {
-            "model_cfg": self.model_cfg, "checkpoint": self.checkpoint, "image_size": self.image_size,
-            "image_shape": list(self.keys.shapes[key]), "resize_shape": list(resize) if resize else None,
-            "crop_shape": list(crop) if crop else None, "feature_shape": list(self.feature_shape),
-            "no_mem_embed": self._backbone(key).add_no_mem_embed, "precision": self.precision,
+            "model_cfg": self.model_cfg,
+            "checkpoint": self.checkpoint,
+            "image_size": self.image_size,
+            "image_shape": list(self.keys.shapes[key]),
+            "resize_shape": list(resize) if resize else None,
+            "crop_shape": list(crop) if crop else None,
+            "feature_shape": list(self.feature_shape),
+            "no_mem_embed": self._backbone(key).add_no_mem_embed,
+            "precision": self.precision,
         }
 
     def features_from_input(self, value: torch.Tensor) -> torch.Tensor:
@@ -331,8 +344,10 @@ class SAM2ObsEncoder(nn.Module):
     def _run_backbone(self, key: str, x: torch.Tensor) -> torch.Tensor:
         backbone = self._backbone(key)
         run = backbone.compiled(x) if self.use_compile else backbone
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains(key)), \
-                precision_autocast(x.device, self.precision):
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains(key)),
+            precision_autocast(x.device, self.precision),
+        ):
             feats = run(x)
         return feats.to(x.dtype) if self.precision == "bf16" else feats
 
@@ -369,12 +384,13 @@ class SAM2ObsEncoder(nn.Module):
         return next(iter(self.heads[_module_key(key)].parameters())).dtype
 
     def extra_repr(self) -> str:
-        return (f"model_cfg={self.model_cfg!r}, image_size={self.image_size}, input_layout={self.input_layout!r}, "
-                f"rgb={list(self.keys.rgb)}, low_dim={list(self.keys.low_dim)}, pooling={self.pooling!r}, "
-                f"feature_dim={self.feature_dim}, n_emb={self.n_emb}, compile={self.use_compile}, {self.finetune}")
+        return (
+            f"model_cfg={self.model_cfg!r}, image_size={self.image_size}, input_layout={self.input_layout!r}, "
+            f"rgb={list(self.keys.rgb)}, low_dim={list(self.keys.low_dim)}, pooling={self.pooling!r}, "
+            f"feature_dim={self.feature_dim}, n_emb={self.n_emb}, compile={self.use_compile}, {self.finetune}"
+        )
 
 
 def _module_key(key: str) -> str:
     """ModuleDict keys cannot contain dots."""
     return key.replace(".", "__")
-

@@ -9,6 +9,7 @@ blocks, the neck and ``no_mem_embed``; with ``lora_rank=r`` only rank-``r`` LoRA
 keys (``...attn.qkv.lora_a``). :func:`adamw_param_groups` is a drop-in ``_target_`` for DP's ``optimizer:``
 (called with ``params=model.parameters()``): backbone parameters get their own group, ``lr * backbone_lr_scale``.
 """
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,10 @@ class LoRALinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, rank={self.rank}, scaling={self.scaling:g}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, rank={self.rank}, scaling={self.scaling:g}"
+        )
 
 
 def add_lora(blocks: Iterable[nn.Module], rank: int, alpha: float | None = None) -> list[nn.Parameter]:
@@ -115,7 +118,7 @@ def configure_backbone(backbone: nn.Module, cfg: FinetuneConfig) -> None:
     trunk = backbone.image_encoder.trunk
     blocks = list(trunk.blocks)
     n_train = len(blocks) if cfg.trainable_blocks is None else min(cfg.trainable_blocks, len(blocks))
-    chosen = blocks[len(blocks) - n_train:] if n_train else []
+    chosen = blocks[len(blocks) - n_train :] if n_train else []
     backbone.requires_grad_(False)
     if cfg.freeze:
         return
@@ -136,8 +139,11 @@ def configure_backbone(backbone: nn.Module, cfg: FinetuneConfig) -> None:
 def run_block(block: nn.Module, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
     """``block(x)``; with ``use_checkpoint`` (and an autograd graph being built) its activations
     are recomputed in the backward pass instead of stored."""
-    if use_checkpoint and torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in block.parameters())):
+    if (
+        use_checkpoint
+        and torch.is_grad_enabled()
+        and (x.requires_grad or any(p.requires_grad for p in block.parameters()))
+    ):
         return checkpoint(block, x, use_reentrant=False)
     return block(x)
 
@@ -158,9 +164,16 @@ def split_backbone_parameters(params: Iterable) -> tuple[list, list]:
     return other, backbone
 
 
-def adamw_param_groups(params, lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1e-8,
-                       weight_decay: float = 1e-2, backbone_lr_scale: float = 0.1,
-                       backbone_weight_decay: float | None = None, **kwargs) -> torch.optim.AdamW:
+def adamw_param_groups(
+    params,
+    lr: float = 1e-4,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    backbone_lr_scale: float = 0.1,
+    backbone_weight_decay: float | None = None,
+    **kwargs,
+) -> torch.optim.AdamW:
     """AdamW with the SAM 2 backbone's parameters in their own group (``lr * backbone_lr_scale``).
 
     Use it as Diffusion Policy's optimizer (``optimizer._target_=dp_sam2.encoders.obs.finetune.adamw_param_groups``
@@ -173,9 +186,11 @@ def adamw_param_groups(params, lr: float = 1e-4, betas=(0.9, 0.999), eps: float 
     other, backbone = split_backbone_parameters(params)
     groups = [{"params": other}]
     if backbone:
-        groups.append({
-            "params": backbone,
-            "lr": lr * float(backbone_lr_scale),
-            "weight_decay": weight_decay if backbone_weight_decay is None else backbone_weight_decay,
-        })
+        groups.append(
+            {
+                "params": backbone,
+                "lr": lr * float(backbone_lr_scale),
+                "weight_decay": weight_decay if backbone_weight_decay is None else backbone_weight_decay,
+            }
+        )
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **kwargs)

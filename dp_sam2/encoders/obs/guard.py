@@ -6,6 +6,7 @@ there would train robomimic's ResNet. The selection that works in every image wo
 ``+sam2_policy@policy=<model>``: it also replaces ``policy._target_`` with
 ``dp_sam2.policies.sam2_diffusion_policy``, which takes ``obs_encoder`` and passes this check.
 """
+
 from __future__ import annotations
 
 import inspect

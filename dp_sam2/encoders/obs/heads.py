@@ -8,6 +8,7 @@ Three heads, chosen by name in :func:`build_head`:
   heat maps, a softmax over space, the expected (x, y) of each, then a linear projection;
 * ``"mean"``: global average pooling, then a linear projection.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,9 @@ HEADS = ("attention", "spatial_softmax", "mean")
 class AttentionPool(nn.Module):
     """``num_queries`` learned queries, multi-head attention over the ``h*w`` tokens."""
 
-    def __init__(self, in_channels: int, feat_hw: tuple[int, int], feature_dim: int,
-                 num_heads: int = 8, num_queries: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, feat_hw: tuple[int, int], feature_dim: int, num_heads: int = 8, num_queries: int = 1
+    ) -> None:
         super().__init__()
         if in_channels % num_heads:
             raise ValueError(f"in_channels {in_channels} must be divisible by num_heads {num_heads}")
@@ -48,8 +50,9 @@ class AttentionPool(nn.Module):
 class SpatialSoftmax(nn.Module):
     """Expected image coordinates of ``num_kp`` learned heat maps (robomimic's SpatialSoftmax)."""
 
-    def __init__(self, in_channels: int, feat_hw: tuple[int, int], feature_dim: int,
-                 num_kp: int = 32, temperature: float = 1.0) -> None:
+    def __init__(
+        self, in_channels: int, feat_hw: tuple[int, int], feature_dim: int, num_kp: int = 32, temperature: float = 1.0
+    ) -> None:
         super().__init__()
         h, w = feat_hw
         self.keypoints = nn.Conv2d(in_channels, num_kp, kernel_size=1)

@@ -10,6 +10,7 @@ Input conventions (DESIGN ruling 20: each group file says which one it expects, 
   ``imagenet`` (``([0, 1] - mean) / std`` with ImageNet's mean/std, what LeRobot hands over; SAM 2
   normalises with the same mean/std, so such input is used as it comes).
 """
+
 from __future__ import annotations
 
 import os
@@ -72,16 +73,18 @@ def _obs_meta(shape_meta):
     reads (UMI's ``latency_steps: ${eval:...}``) are not resolved."""
     obs = shape_meta.get("obs") if isinstance(shape_meta, Mapping) else None
     if not isinstance(obs, Mapping) or not obs:
-        raise ValueError(f"shape_meta must be a dict with a non-empty 'obs' dict (DP's task shape_meta), "
-                         f"got {shape_meta!r}")
+        raise ValueError(
+            f"shape_meta must be a dict with a non-empty 'obs' dict (DP's task shape_meta), got {shape_meta!r}"
+        )
     return obs
 
 
 def _horizon(key, attr) -> int:
     horizon = attr.get("horizon")
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"input_layout umi needs shape_meta['obs'][{key!r}]['horizon'] (UMI's T, a positive int), "
-                         f"got {horizon!r}")
+        raise ValueError(
+            f"input_layout umi needs shape_meta['obs'][{key!r}]['horizon'] (UMI's T, a positive int), got {horizon!r}"
+        )
     return horizon
 
 
@@ -89,8 +92,10 @@ def parse_input_layout(value) -> str:
     """``dp`` (``(B*To, ...)``) or ``umi`` (``(B, T, ...)``); see the module docstring."""
     if isinstance(value, str) and value.strip().lower() in LAYOUTS:
         return value.strip().lower()
-    raise ValueError(f"input_layout must be 'dp' (DP: rgb (B*To, 3, H, W)) or 'umi' (UMI: rgb (B, T, 3, H, W), "
-                     f"T = shape_meta.obs[key].horizon), got {value!r}")
+    raise ValueError(
+        f"input_layout must be 'dp' (DP: rgb (B*To, 3, H, W)) or 'umi' (UMI: rgb (B, T, 3, H, W), "
+        f"T = shape_meta.obs[key].horizon), got {value!r}"
+    )
 
 
 def _plain(value):
@@ -111,8 +116,12 @@ def _per_key_hw(value, keys: Sequence[str], name: str) -> dict[str, tuple[int, i
     def as_hw(v, where):
         if v is None:
             return None
-        if (not isinstance(v, Sequence) or isinstance(v, str) or len(v) != 2
-                or not all(isinstance(i, int) and i > 0 for i in v)):
+        if (
+            not isinstance(v, Sequence)
+            or isinstance(v, str)
+            or len(v) != 2
+            or not all(isinstance(i, int) and i > 0 for i in v)
+        ):
             raise ValueError(f"{name}{where} must be null or [height, width] positive ints, got {v!r}")
         return (int(v[0]), int(v[1]))
 
@@ -139,8 +148,10 @@ def parse_input_range(value) -> tuple[float, float] | str:
         rng = (float(value[0]), float(value[1]))
         if rng in _RANGES.values():
             return rng
-    raise ValueError(f"input_range must be [-1, 1] (DP's image normaliser), [0, 1] (UMI) or imagenet "
-                     f"(ImageNet mean/std normalised, LeRobot), got {value!r}")
+    raise ValueError(
+        f"input_range must be [-1, 1] (DP's image normaliser), [0, 1] (UMI) or imagenet "
+        f"(ImageNet mean/std normalised, LeRobot), got {value!r}"
+    )
 
 
 def range_name(rng) -> str:
@@ -175,8 +186,11 @@ def lookup_model(model_cfg):
     """``(name, registry spec)``; a custom ``.yaml`` file gives ``(path, None)``."""
     from dp_sam2.checkpoints.registry import get_spec
 
-    if isinstance(model_cfg, (str, os.PathLike)) and Path(os.fspath(model_cfg)).suffix == ".yaml" \
-            and Path(os.fspath(model_cfg)).is_file():
+    if (
+        isinstance(model_cfg, (str, os.PathLike))
+        and Path(os.fspath(model_cfg)).suffix == ".yaml"
+        and Path(os.fspath(model_cfg)).is_file()
+    ):
         return os.fspath(model_cfg), None  # a custom config file
     spec = get_spec(model_cfg)
     return spec.name, spec
@@ -211,8 +225,9 @@ def check_obs(obs_dict, keys: ObsKeys, layout: str, feature_shape: tuple[int, ..
     wanted = keys.rgb + keys.low_dim
     missing = [k for k in wanted if k not in obs_dict]
     if missing:
-        raise ValueError(f"obs_dict is missing keys {missing}; expected {list(wanted)} (from shape_meta), "
-                         f"got {sorted(obs_dict)}")
+        raise ValueError(
+            f"obs_dict is missing keys {missing}; expected {list(wanted)} (from shape_meta), got {sorted(obs_dict)}"
+        )
     sizes = {}
     for key in wanted:
         value = obs_dict[key]
@@ -223,8 +238,10 @@ def check_obs(obs_dict, keys: ObsKeys, layout: str, feature_shape: tuple[int, ..
             if tuple(value.shape[1:]) != steps + tuple(feature_shape):
                 check_images(key, value, keys, feature_shape, rng, steps)
         elif tuple(value.shape[1:]) != steps + keys.shapes[key]:
-            raise ValueError(f"obs {key!r} must have shape {_dims(steps, keys.shapes[key])}{_t_note(steps)}, "
-                             f"got {tuple(value.shape)}")
+            raise ValueError(
+                f"obs {key!r} must have shape {_dims(steps, keys.shapes[key])}{_t_note(steps)}, "
+                f"got {tuple(value.shape)}"
+            )
         sizes[key] = value.shape[0]
     if len(set(sizes.values())) > 1:
         raise ValueError(f"obs tensors have different batch sizes: {sizes}")
@@ -234,8 +251,10 @@ def check_obs(obs_dict, keys: ObsKeys, layout: str, feature_shape: tuple[int, ..
 def check_images(key: str, value: torch.Tensor, keys: ObsKeys, feature_shape, rng, steps: tuple = ()) -> None:
     shape, name = keys.shapes[key], range_name(rng)
     if tuple(value.shape[1:]) != steps + shape:
-        raise ValueError(f"rgb obs {key!r} must be images {_dims(steps, shape)} in {name} or precomputed features "
-                         f"{_dims(steps, tuple(feature_shape))}{_t_note(steps)}; got {tuple(value.shape)}")
+        raise ValueError(
+            f"rgb obs {key!r} must be images {_dims(steps, shape)} in {name} or precomputed features "
+            f"{_dims(steps, tuple(feature_shape))}{_t_note(steps)}; got {tuple(value.shape)}"
+        )
     if not value.is_floating_point():
         raise TypeError(f"rgb obs {key!r} must be a float tensor in {name}, got {value.dtype}")
 
@@ -251,7 +270,7 @@ def _t_note(steps: tuple[int, ...]) -> str:
 def center_crop(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     h, w = hw
     top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-    return x[..., top: top + h, left: left + w]
+    return x[..., top : top + h, left : left + w]
 
 
 def random_crop(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -8,6 +8,7 @@
   ``feature_dim``, then a projection to ``n_emb`` (identity when they are equal, as UMI does);
 * :func:`low_dim_projection`: ``prod(shape) -> n_emb`` (identity when equal, as UMI does).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,7 @@ class MapTokens(nn.Module):
 class PooledToken(nn.Module):
     n_tokens = 1
 
-    def __init__(self, pooling: str, in_channels: int, feat_hw: tuple[int, int], feature_dim: int,
-                 n_emb: int) -> None:
+    def __init__(self, pooling: str, in_channels: int, feat_hw: tuple[int, int], feature_dim: int, n_emb: int) -> None:
         super().__init__()
         self.pool = build_head(pooling, in_channels, feat_hw, feature_dim)
         self.proj = nn.Identity() if feature_dim == n_emb else nn.Linear(feature_dim, n_emb)
@@ -45,8 +45,9 @@ class PooledToken(nn.Module):
         return self.proj(self.pool(x))[:, None]
 
 
-def build_token_head(pooling: str | None, in_channels: int, feat_hw: tuple[int, int], feature_dim: int,
-                     n_emb: int) -> nn.Module:
+def build_token_head(
+    pooling: str | None, in_channels: int, feat_hw: tuple[int, int], feature_dim: int, n_emb: int
+) -> nn.Module:
     """``pooling=None``: :class:`MapTokens`; a head name: :class:`PooledToken`."""
     if pooling is None:
         return MapTokens(in_channels, feat_hw, n_emb)

@@ -10,6 +10,7 @@ pooling head for all cameras or one each (always one backbone); ``feature_aggreg
 torchvision modules on [0, 1] after the resize, in training; ``global_pool``: ``''`` only; ``downsample_ratio``:
 16 only; ``position_encording``, ``use_group_norm``, ``imagenet_norm``: no effect; ``n_emb``: token mode.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -17,8 +18,14 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 # UMI's feature_aggregation names (and ours) -> our pooling head
-AGGREGATIONS = {"attention_pool_2d": "attention", "cls": "attention", "avg": "mean",
-                "attention": "attention", "mean": "mean", "spatial_softmax": "spatial_softmax"}
+AGGREGATIONS = {
+    "attention_pool_2d": "attention",
+    "cls": "attention",
+    "avg": "mean",
+    "attention": "attention",
+    "mean": "mean",
+    "spatial_softmax": "spatial_softmax",
+}
 
 
 def resolve_model(model_cfg, model_name):
@@ -30,16 +37,19 @@ def resolve_model(model_cfg, model_name):
     try:
         name_spec = get_spec(model_name)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"model_name must be a SAM 2 model (short name such as sam2_large; UMI's timm names "
-                         f"do not apply), got {model_name!r}") from err
+        raise ValueError(
+            f"model_name must be a SAM 2 model (short name such as sam2_large; UMI's timm names "
+            f"do not apply), got {model_name!r}"
+        ) from err
     if model_cfg is not None and model_cfg != model_name:
         try:
             same = get_spec(model_cfg).name == name_spec.name
         except (TypeError, ValueError):
             same = False
         if not same:
-            raise ValueError(f"model_cfg {model_cfg!r} and model_name {model_name!r} name different models; "
-                             "set one of them")
+            raise ValueError(
+                f"model_cfg {model_cfg!r} and model_name {model_name!r} name different models; set one of them"
+            )
     return model_name
 
 
@@ -55,13 +65,17 @@ def resolve_freeze(freeze, frozen, pretrained) -> tuple[bool, bool]:
     """``(freeze, pretrained)`` from DP's ``freeze``, UMI's ``frozen`` and ``pretrained``."""
     freeze, frozen, pretrained = _flag("freeze", freeze), _flag("frozen", frozen), _flag("pretrained", pretrained)
     if freeze is not None and frozen is not None and freeze != frozen:
-        raise ValueError(f"freeze={freeze} and frozen={frozen} disagree: UMI's `frozen` is the freeze switch; "
-                         "set one of them, or both to the same value")
+        raise ValueError(
+            f"freeze={freeze} and frozen={frozen} disagree: UMI's `frozen` is the freeze switch; "
+            "set one of them, or both to the same value"
+        )
     freeze = True if freeze is None and frozen is None else (frozen if freeze is None else freeze)
     pretrained = True if pretrained is None else pretrained
     if freeze and not pretrained:
-        raise ValueError("frozen/freeze=true with pretrained=false would train nothing of random SAM 2 weights "
-                         "(UMI refuses it too): set pretrained: true or frozen: false")
+        raise ValueError(
+            "frozen/freeze=true with pretrained=false would train nothing of random SAM 2 weights "
+            "(UMI refuses it too): set pretrained: true or frozen: false"
+        )
     return freeze, pretrained
 
 
@@ -70,8 +84,10 @@ def resolve_pooling(pooling, feature_aggregation, tokens: bool):
     if feature_aggregation is None:
         return None if tokens else pooling
     if feature_aggregation not in AGGREGATIONS:
-        raise ValueError(f"feature_aggregation must be null or one of {', '.join(AGGREGATIONS)} with SAM 2, got "
-                         f"{feature_aggregation!r}")
+        raise ValueError(
+            f"feature_aggregation must be null or one of {', '.join(AGGREGATIONS)} with SAM 2, got "
+            f"{feature_aggregation!r}"
+        )
     return AGGREGATIONS[feature_aggregation]
 
 
@@ -98,8 +114,10 @@ def parse_transforms(transforms) -> tuple[float | None, nn.Module | None]:
             item = instantiate(item)
         if isinstance(item, Mapping):
             if i != 0 or item.get("type") != "RandomCrop" or set(item) != {"type", "ratio"}:
-                raise ValueError(f"transforms[{i}]: only the first entry may be a {{type: RandomCrop, ratio: r}} "
-                                 f"dict (as in UMI); got {dict(item)!r}")
+                raise ValueError(
+                    f"transforms[{i}]: only the first entry may be a {{type: RandomCrop, ratio: r}} "
+                    f"dict (as in UMI); got {dict(item)!r}"
+                )
             ratio = item["ratio"]
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
                 raise ValueError(f"transforms[0].ratio must be in (0, 1], got {ratio!r}")
@@ -107,8 +125,10 @@ def parse_transforms(transforms) -> tuple[float | None, nn.Module | None]:
         elif isinstance(item, nn.Module):
             modules.append(item)
         else:
-            raise TypeError(f"transforms[{i}] must be a torch.nn.Module (a torchvision transform, instantiated by "
-                            f"Hydra from its _target_), got {type(item).__name__}")
+            raise TypeError(
+                f"transforms[{i}] must be a torch.nn.Module (a torchvision transform, instantiated by "
+                f"Hydra from its _target_), got {type(item).__name__}"
+            )
     return ratio, (nn.Sequential(*modules) if modules else None)
 
 
@@ -116,4 +136,3 @@ def ratio_crop(hw: tuple[int, int], ratio: float | None) -> tuple[int, int] | No
     if ratio is None:
         return None
     return max(1, int(hw[0] * ratio)), max(1, int(hw[1] * ratio))
-

@@ -4,6 +4,7 @@ No Hydra global state is touched: configs are read with OmegaConf, override stri
 with Hydra's own override grammar and applied here, and the model is built with
 ``hydra.utils.instantiate``. So building works inside a running Hydra app (Diffusion Policy).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,10 +39,9 @@ def config_path(config_file: str | os.PathLike) -> Path:
         spec = get_spec(config_file)
     except ValueError:
         raise ValueError(
-            f"unknown SAM 2 config {config_file!r}; known names: {', '.join(known_names())} "
-            "(or a path to a yaml file)"
+            f"unknown SAM 2 config {config_file!r}; known names: {', '.join(known_names())} (or a path to a yaml file)"
         ) from None
-    rel = spec.config[len("configs/"):]
+    rel = spec.config[len("configs/") :]
     return Path(str(resources.files("dp_sam2.configs").joinpath(rel)))
 
 

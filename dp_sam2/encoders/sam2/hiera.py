@@ -6,6 +6,7 @@ a few global ones. Checkpoint keys follow the official model (``trunk.blocks.<i>
 The modules below are the reference computation; :mod:`.hiera_fast` is the same arithmetic
 reorganised for inference, chosen per trunk by :meth:`Hiera.set_inference_route`.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -25,8 +26,9 @@ ROUTES = ("fast", "reference")
 class PatchEmbed(nn.Module):
     """7x7 stride-4 convolution; output channels-last ``[B, H/4, W/4, C]``."""
 
-    def __init__(self, kernel_size=(7, 7), stride=(4, 4), padding=(3, 3), in_chans: int = 3,
-                 embed_dim: int = 768) -> None:
+    def __init__(
+        self, kernel_size=(7, 7), stride=(4, 4), padding=(3, 3), in_chans: int = 3, embed_dim: int = 768
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)
 
@@ -63,9 +65,16 @@ class MultiScaleAttention(nn.Module):
 class MultiScaleBlock(nn.Module):
     """Pre-norm transformer block with optional windowing and query pooling."""
 
-    def __init__(self, dim: int, dim_out: int, num_heads: int, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0, q_stride: tuple[int, int] | None = None,
-                 window_size: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        q_stride: tuple[int, int] | None = None,
+        window_size: int = 0,
+    ) -> None:
         super().__init__()
         self.dim, self.dim_out = dim, dim_out
         self.window_size = window_size
@@ -154,10 +163,16 @@ class Hiera(nn.Module):
                 dim_out = int(dim * dim_mul)
                 num_heads = int(num_heads * head_mul)
                 stage += 1
-            self.blocks.append(MultiScaleBlock(
-                dim, dim_out, num_heads, drop_path=drop_rates[i],
-                q_stride=self.q_stride if i in self.q_pool_blocks else None, window_size=window,
-            ))
+            self.blocks.append(
+                MultiScaleBlock(
+                    dim,
+                    dim_out,
+                    num_heads,
+                    drop_path=drop_rates[i],
+                    q_stride=self.q_stride if i in self.q_pool_blocks else None,
+                    window_size=window,
+                )
+            )
             dim = dim_out
         ends = self.stage_ends[::-1] if return_interm_layers else [self.stage_ends[-1]]
         self.channel_list = [self.blocks[i].dim_out for i in ends]
@@ -197,8 +212,14 @@ class Hiera(nn.Module):
             )
         trains = torch.is_grad_enabled() and (self.pos_embed.requires_grad or self.pos_embed_window.requires_grad)
         cacheable = not torch.compiler.is_compiling() and not trains
-        key = (h, w, self.pos_embed.device, self.pos_embed.dtype,
-               self.pos_embed._version, self.pos_embed_window._version)
+        key = (
+            h,
+            w,
+            self.pos_embed.device,
+            self.pos_embed.dtype,
+            self.pos_embed._version,
+            self.pos_embed_window._version,
+        )
         if cacheable and key in self._pos_cache:
             return self._pos_cache[key]
         pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")

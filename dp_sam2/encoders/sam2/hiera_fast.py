@@ -9,6 +9,7 @@
 * global blocks run their MLP in row chunks; linears go through the trunk's :class:`LinearBackend`.
 Equal to the reference within rel 1e-5 in fp32 (tests/test_fast_paths.py).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -31,8 +32,10 @@ class _Route:
         self.trunk, self.dtype, self.pack = trunk, dtype, pack
 
     def weights(self, layer):
-        return (self.trunk.lowp_weight(layer.weight, self.dtype, pack=self.pack),
-                self.trunk.lowp_weight(layer.bias, self.dtype))
+        return (
+            self.trunk.lowp_weight(layer.weight, self.dtype, pack=self.pack),
+            self.trunk.lowp_weight(layer.bias, self.dtype),
+        )
 
     def linear(self, x, layer, **kwargs):
         weight, bias = self.weights(layer)
@@ -88,10 +91,10 @@ def block_on_windows(route: _Route, block, windows: torch.Tensor) -> torch.Tenso
     group of windows at a time. Returns windows of :func:`out_window` side."""
     side = out_window(block)
     out = windows.new_empty(windows.shape[0], side, side, block.dim_out)
-    step = max(1, chunk_rows(block) // (block.window_size ** 2))
+    step = max(1, chunk_rows(block) // (block.window_size**2))
     for start in range(0, windows.shape[0], step):
-        chunk = windows[start: start + step]
-        _mlp_residual(route, block, _attention_residual(route, block, chunk), out=out[start: start + step])
+        chunk = windows[start : start + step]
+        _mlp_residual(route, block, _attention_residual(route, block, chunk), out=out[start : start + step])
     return out
 
 
@@ -125,7 +128,7 @@ def block_on_map(route: _Route, block, x: torch.Tensor) -> torch.Tensor:
         return _mlp_residual(route, block, x)
     out = torch.empty_like(flat)
     for start in range(0, flat.shape[0], rows):
-        _mlp_residual(route, block, flat[start: start + rows], out=out[start: start + rows])
+        _mlp_residual(route, block, flat[start : start + rows], out=out[start : start + rows])
     return out.view(x.shape)
 
 
@@ -164,8 +167,11 @@ def forward_trunk(trunk, x: torch.Tensor) -> list[torch.Tensor]:
     device = x.device.type
     if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
         if device == "cpu" and not torch.compiler.is_compiling() and not onednn_bf16():
-            warnings.warn("bf16 on this CPU runs about 5x slower than fp32 (oneDNN has no bf16 kernels "
-                          "here: they need AVX-512 or AVX-NE-CONVERT; README, Speed): use fp32 on it", stacklevel=2)
+            warnings.warn(
+                "bf16 on this CPU runs about 5x slower than fp32 (oneDNN has no bf16 kernels "
+                "here: they need AVX-512 or AVX-NE-CONVERT; README, Speed): use fp32 on it",
+                stacklevel=2,
+            )
         x = x.to(torch.bfloat16)
         with torch.autocast(device, enabled=False):
             return _run_blocks(_Route(trunk, torch.bfloat16, pack=can_pack(x)), trunk, x)

@@ -1,4 +1,5 @@
 """SAM 2's image encoder: the Hiera trunk followed by the FPN neck."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Small layers shared by the SAM 2 modules: MLP, LayerNorm2d, DropPath, activations."""
+
 from __future__ import annotations
 
 import torch

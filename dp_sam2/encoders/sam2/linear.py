@@ -11,6 +11,7 @@ kept for the module's life. Every trunk holds its own :class:`LinearBackend`
 inside it take. Under autograd, compile, autocast or off the CPU every backend is plain
 ``F.linear`` + activation + add.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,9 +61,14 @@ def linear_backend(name: str):
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_MKLDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+    return (
+        _MKLDNN
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
 
 
 def _mkl(x, weight, bias, gelu, residual, out):
@@ -179,8 +185,13 @@ def onednn_bf16() -> bool:
 def can_pack(x: torch.Tensor) -> bool:
     """Whether bf16 linears run on :func:`pack_weight` copies: bf16 inference on a CPU whose oneDNN
     has bf16 kernels, not compiling."""
-    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and onednn_bf16())
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.bfloat16
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and onednn_bf16()
+    )
 
 
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -188,9 +199,16 @@ def pack_weight(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> to
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype))
 
 
-def linear_act_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False,
-                        residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                        backend: LinearBackend | None = None) -> torch.Tensor:
+def linear_act_residual(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    gelu: bool = False,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    backend: LinearBackend | None = None,
+) -> torch.Tensor:
     """``residual + act(F.linear(x, weight, bias))``, ``act`` exact GELU (``gelu``) or identity; at
     most one of ``gelu`` / ``residual``. With ``residual``, ``out`` (no autograd) receives the sum."""
     if gelu and residual is not None:

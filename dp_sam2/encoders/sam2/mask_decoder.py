@@ -1,6 +1,7 @@
 """SAM 2's mask decoder: output tokens + prompt tokens attend to the image embedding; masks come
 from hypernetwork MLPs applied to the upscaled embedding (with the high-resolution FPN features
 added in), plus an IoU head and an object-score head."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -69,8 +70,9 @@ class MaskDecoder(nn.Module):
             self.conv_s0 = nn.Conv2d(c, c // 8, kernel_size=1)
             self.conv_s1 = nn.Conv2d(c, c // 4, kernel_size=1)
         self.output_hypernetworks_mlps = nn.ModuleList(MLP(c, c, c // 8, 3) for _ in range(self.num_mask_tokens))
-        self.iou_prediction_head = MLP(c, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth,
-                                       sigmoid_output=iou_prediction_use_sigmoid)
+        self.iou_prediction_head = MLP(
+            c, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth, sigmoid_output=iou_prediction_use_sigmoid
+        )
         if pred_obj_scores:
             self.pred_obj_score_head = MLP(c, c, 1, 3) if pred_obj_scores_mlp else nn.Linear(c, 1)
         self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
@@ -88,8 +90,12 @@ class MaskDecoder(nn.Module):
         high_res_features: list[torch.Tensor] | None = None,
     ) -> DecoderOutput:
         masks, iou_pred, mask_tokens_out, object_score_logits = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-            repeat_image, high_res_features,
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            repeat_image,
+            high_res_features,
         )
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
@@ -117,8 +123,15 @@ class MaskDecoder(nn.Module):
         x = act1(norm1(deconv1(src) + feat_s1))
         return act2(deconv2(x) + feat_s0)
 
-    def predict_masks(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                      repeat_image: bool, high_res_features=None):
+    def predict_masks(
+        self,
+        image_embeddings,
+        image_pe,
+        sparse_prompt_embeddings,
+        dense_prompt_embeddings,
+        repeat_image: bool,
+        high_res_features=None,
+    ):
         """All ``num_mask_tokens`` masks and IoU predictions, the mask tokens and object scores."""
         n = sparse_prompt_embeddings.size(0)
         tokens = torch.cat((self._output_tokens(n), sparse_prompt_embeddings), dim=1)
@@ -137,7 +150,7 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, pos_src, tokens)
         s = 1 if self.pred_obj_scores else 0
         iou_token_out = hs[:, s, :]
-        mask_tokens_out = hs[:, s + 1: s + 1 + self.num_mask_tokens, :]
+        mask_tokens_out = hs[:, s + 1 : s + 1 + self.num_mask_tokens, :]
 
         upscaled = self._upscale(src.transpose(1, 2).reshape(b, c, h, w), high_res_features)
         hyper_in = torch.stack(

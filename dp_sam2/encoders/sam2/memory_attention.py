@@ -5,6 +5,7 @@ cross-attention from the frame to the memory bank (spatial memories, rotary-enco
 object-pointer tokens that are not rotated), then an MLP. Inputs and outputs are sequence-first
 ``(L, B, C)``, as the tracking code stores them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,8 +53,14 @@ class RoPEAttention(Attention):
     rotations. The last ``num_k_exclude_rope`` keys (object pointers) are not rotated.
     """
 
-    def __init__(self, *args, rope_theta: float = 10000.0, rope_k_repeat: bool = False,
-                 feat_sizes: tuple[int, int] = (64, 64), **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        rope_theta: float = 10000.0,
+        rope_k_repeat: bool = False,
+        feat_sizes: tuple[int, int] = (64, 64),
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
@@ -70,8 +77,7 @@ class RoPEAttention(Attention):
             self._rope_cache[key] = torch.polar(torch.ones_like(angles), angles).to(device)
         return self._rope_cache[key]
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                num_k_exclude_rope: int = 0) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
@@ -95,9 +101,18 @@ class RoPEAttention(Attention):
 class MemoryAttentionLayer(nn.Module):
     """Pre-norm self-attention, cross-attention to memory, and MLP, each with a residual."""
 
-    def __init__(self, activation: str, cross_attention: nn.Module, d_model: int, dim_feedforward: int,
-                 dropout: float, pos_enc_at_attn: bool, pos_enc_at_cross_attn_keys: bool,
-                 pos_enc_at_cross_attn_queries: bool, self_attention: nn.Module) -> None:
+    def __init__(
+        self,
+        activation: str,
+        cross_attention: nn.Module,
+        d_model: int,
+        dim_feedforward: int,
+        dropout: float,
+        pos_enc_at_attn: bool,
+        pos_enc_at_cross_attn_keys: bool,
+        pos_enc_at_cross_attn_queries: bool,
+        self_attention: nn.Module,
+    ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
@@ -121,8 +136,14 @@ class MemoryAttentionLayer(nn.Module):
         self.pos_enc_at_cross_attn_queries = pos_enc_at_cross_attn_queries
         self.pos_enc_at_cross_attn_keys = pos_enc_at_cross_attn_keys
 
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None,
-                query_pos: torch.Tensor | None = None, num_k_exclude_rope: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        query_pos: torch.Tensor | None = None,
+        num_k_exclude_rope: int = 0,
+    ) -> torch.Tensor:
         # self-attention over the current frame
         x = self.norm1(tgt)
         qk = x + query_pos if self.pos_enc_at_attn else x
@@ -152,8 +173,9 @@ class MemoryAttentionLayer(nn.Module):
 class MemoryAttention(nn.Module):
     """A stack of :class:`MemoryAttentionLayer` and a final LayerNorm."""
 
-    def __init__(self, d_model: int, pos_enc_at_input: bool, layer: nn.Module, num_layers: int,
-                 batch_first: bool = True) -> None:
+    def __init__(
+        self, d_model: int, pos_enc_at_input: bool, layer: nn.Module, num_layers: int, batch_first: bool = True
+    ) -> None:
         super().__init__()
         self.d_model = d_model
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
@@ -162,8 +184,14 @@ class MemoryAttention(nn.Module):
         self.pos_enc_at_input = pos_enc_at_input
         self.batch_first = batch_first
 
-    def forward(self, curr: torch.Tensor, memory: torch.Tensor, curr_pos: torch.Tensor | None = None,
-                memory_pos: torch.Tensor | None = None, num_obj_ptr_tokens: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        curr: torch.Tensor,
+        memory: torch.Tensor,
+        curr_pos: torch.Tensor | None = None,
+        memory_pos: torch.Tensor | None = None,
+        num_obj_ptr_tokens: int = 0,
+    ) -> torch.Tensor:
         """``curr (HW, B, C)`` attends to ``memory (M, B, C_mem)``; returns ``(HW, B, C)``."""
         if isinstance(curr, (list, tuple)):  # the official callers pass one-element lists
             if len(curr) != 1 or not isinstance(curr_pos, (list, tuple)) or len(curr_pos) != 1:
@@ -179,8 +207,9 @@ class MemoryAttention(nn.Module):
             curr_pos = curr_pos.transpose(0, 1) if curr_pos is not None else None
             memory_pos = memory_pos.transpose(0, 1) if memory_pos is not None else None
         for layer in self.layers:
-            extra = ({"num_k_exclude_rope": num_obj_ptr_tokens}
-                     if isinstance(layer.cross_attn_image, RoPEAttention) else {})
+            extra = (
+                {"num_k_exclude_rope": num_obj_ptr_tokens} if isinstance(layer.cross_attn_image, RoPEAttention) else {}
+            )
             out = layer(tgt=out, memory=memory, pos=memory_pos, query_pos=curr_pos, **extra)
         out = self.norm(out)
         return out.transpose(0, 1) if self.batch_first else out

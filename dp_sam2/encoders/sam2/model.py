@@ -4,6 +4,7 @@ video memory — with the official attribute names, flags and checkpoint keys.
 The modules only compute; state (images set, videos tracked) lives in the predictors. The tracking
 logic (memory conditioning, memory encoding, ``track_step``) lives in :mod:`.tracking`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,8 +91,9 @@ class SAMHeadsOutput(NamedTuple):
 
 
 class SAM2Base(SAM2TrackingMixin, nn.Module):
-    def __init__(self, image_encoder: nn.Module, memory_attention: nn.Module, memory_encoder: nn.Module,
-                 **flags) -> None:
+    def __init__(
+        self, image_encoder: nn.Module, memory_attention: nn.Module, memory_encoder: nn.Module, **flags
+    ) -> None:
         super().__init__()
         unknown = set(flags) - _FLAG_NAMES
         if unknown:
@@ -125,8 +127,9 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
         self.memory_encoder = memory_encoder
         self._build_sam_heads()
         if cfg.compile_image_encoder:
-            self.image_encoder.forward = torch.compile(self.image_encoder.forward, mode="max-autotune",
-                                                       fullgraph=True, dynamic=False)
+            self.image_encoder.forward = torch.compile(
+                self.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
+            )
 
     # ------------------------------------------------------------------ construction
     def _build_sam_heads(self) -> None:
@@ -134,9 +137,12 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
         self.sam_prompt_embed_dim = c
         self.sam_image_embedding_size = self.image_size // self.backbone_stride
         s = self.sam_image_embedding_size
-        self.sam_prompt_encoder = PromptEncoder(embed_dim=c, image_embedding_size=(s, s),
-                                                input_image_size=(self.image_size, self.image_size),
-                                                mask_in_chans=16)
+        self.sam_prompt_encoder = PromptEncoder(
+            embed_dim=c,
+            image_embedding_size=(s, s),
+            input_image_size=(self.image_size, self.image_size),
+            mask_in_chans=16,
+        )
         self.sam_mask_decoder = MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=c, mlp_dim=2048, num_heads=8),
@@ -162,8 +168,7 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
-            "SAM2Base has no forward(); use SAM2ImagePredictor / SAM2VideoPredictor, or "
-            "forward_image() for features"
+            "SAM2Base has no forward(); use SAM2ImagePredictor / SAM2VideoPredictor, or forward_image() for features"
         )
 
     # ------------------------------------------------------------------ image features
@@ -197,17 +202,22 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
                 f"backbone output has {len(fpn)} feature levels and {len(pos)} position encodings; "
                 f"need {self.num_feature_levels} of each"
             )
-        maps = fpn[-self.num_feature_levels:]
-        pos = pos[-self.num_feature_levels:]
+        maps = fpn[-self.num_feature_levels :]
+        pos = pos[-self.num_feature_levels :]
         feat_sizes = [(x.shape[-2], x.shape[-1]) for x in pos]
         vision_feats = [x.flatten(2).permute(2, 0, 1) for x in maps]
         vision_pos_embeds = [x.flatten(2).permute(2, 0, 1) for x in pos]
         return backbone_out, vision_feats, vision_pos_embeds, feat_sizes
 
     # ------------------------------------------------------------------ SAM heads
-    def _forward_sam_heads(self, backbone_features: torch.Tensor, point_inputs: dict | None = None,
-                           mask_inputs: torch.Tensor | None = None, high_res_features=None,
-                           multimask_output: bool = False) -> SAMHeadsOutput:
+    def _forward_sam_heads(
+        self,
+        backbone_features: torch.Tensor,
+        point_inputs: dict | None = None,
+        mask_inputs: torch.Tensor | None = None,
+        high_res_features=None,
+        multimask_output: bool = False,
+    ) -> SAMHeadsOutput:
         """Prompt encoder + mask decoder on a batch of image embeddings ``[B, C, h, w]``.
 
         ``point_inputs``: ``{"point_coords": [B, P, 2] pixels in the model's input frame,
@@ -233,8 +243,13 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
                 raise ValueError(f"mask_inputs must be [{b}, 1, H, W], got {tuple(mask_inputs.shape)}")
             mask_prompt = mask_inputs
             if tuple(mask_inputs.shape[-2:]) != tuple(self.sam_prompt_encoder.mask_input_size):
-                mask_prompt = F.interpolate(mask_inputs.float(), size=self.sam_prompt_encoder.mask_input_size,
-                                            mode="bilinear", align_corners=False, antialias=True)
+                mask_prompt = F.interpolate(
+                    mask_inputs.float(),
+                    size=self.sam_prompt_encoder.mask_input_size,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )
         sparse, dense = self.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_prompt)
         low_res_multimasks, ious, sam_tokens, object_score_logits = self.sam_mask_decoder(
             image_embeddings=backbone_features,
@@ -249,8 +264,9 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
             is_obj = object_score_logits > 0
             low_res_multimasks = torch.where(is_obj[:, None, None], low_res_multimasks, NO_OBJ_SCORE)
         low_res_multimasks = low_res_multimasks.float()
-        high_res_multimasks = F.interpolate(low_res_multimasks, size=(self.image_size, self.image_size),
-                                            mode="bilinear", align_corners=False)
+        high_res_multimasks = F.interpolate(
+            low_res_multimasks, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
         token = sam_tokens[:, 0]
         if multimask_output:
             best = torch.argmax(ious, dim=-1)
@@ -265,8 +281,9 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
         if self.pred_obj_scores:
             appearing = object_score_logits.sigmoid() if self.soft_no_obj_ptr else is_obj.float()
             obj_ptr = self._mix_no_obj_ptr(obj_ptr, appearing)
-        return SAMHeadsOutput(low_res_multimasks, high_res_multimasks, ious, low_res_masks, high_res_masks,
-                              obj_ptr, object_score_logits)
+        return SAMHeadsOutput(
+            low_res_multimasks, high_res_multimasks, ious, low_res_masks, high_res_masks, obj_ptr, object_score_logits
+        )
 
     def _mix_no_obj_ptr(self, obj_ptr: torch.Tensor, appearing: torch.Tensor) -> torch.Tensor:
         if self.fixed_no_obj_ptr:
@@ -279,17 +296,24 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
         scale, bias = 20.0, -10.0
         mask = mask_inputs.float()
         high_res_masks = mask * scale + bias
-        low_res_masks = F.interpolate(high_res_masks, size=(high_res_masks.size(-2) // 4, high_res_masks.size(-1) // 4),
-                                      mode="bilinear", align_corners=False, antialias=True)
+        low_res_masks = F.interpolate(
+            high_res_masks,
+            size=(high_res_masks.size(-2) // 4, high_res_masks.size(-1) // 4),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
         ious = mask_inputs.new_ones(mask_inputs.size(0), 1).float()
         if self.use_obj_ptrs_in_encoder:
-            obj_ptr = self._forward_sam_heads(backbone_features, mask_inputs=self.mask_downsample(mask),
-                                              high_res_features=high_res_features).obj_ptr
+            obj_ptr = self._forward_sam_heads(
+                backbone_features, mask_inputs=self.mask_downsample(mask), high_res_features=high_res_features
+            ).obj_ptr
         else:
             obj_ptr = torch.zeros(mask_inputs.size(0), self.hidden_dim, device=mask_inputs.device)
         appearing = torch.any(mask_inputs.flatten(1).float() > 0.0, dim=1)[..., None].float()
         object_score_logits = scale * appearing + bias
         if self.pred_obj_scores:
             obj_ptr = self._mix_no_obj_ptr(obj_ptr, appearing)
-        return SAMHeadsOutput(low_res_masks, high_res_masks, ious, low_res_masks, high_res_masks,
-                              obj_ptr, object_score_logits)
+        return SAMHeadsOutput(
+            low_res_masks, high_res_masks, ious, low_res_masks, high_res_masks, obj_ptr, object_score_logits
+        )

@@ -1,4 +1,5 @@
 """The FPN neck and the image encoder (trunk + neck)."""
+
 from __future__ import annotations
 
 import torch
@@ -61,7 +62,9 @@ class FpnNeck(nn.Module):
             lateral = self.convs[n - 1 - i](xs[i])
             if i in self.fpn_top_down_levels and prev is not None:
                 top_down = F.interpolate(
-                    prev.to(torch.float32), scale_factor=2.0, mode=self.fpn_interp_model,
+                    prev.to(torch.float32),
+                    scale_factor=2.0,
+                    mode=self.fpn_interp_model,
                     align_corners=None if self.fpn_interp_model == "nearest" else False,
                     antialias=False,
                 )

@@ -1,4 +1,5 @@
 """Position encodings: the sine encoding of feature maps and SAM's random Fourier features."""
+
 from __future__ import annotations
 
 import math
@@ -111,14 +112,10 @@ class PositionEmbeddingRandom(nn.Module):
         device = self.positional_encoding_gaussian_matrix.device
         ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
         xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
-        grid = torch.stack(
-            (xs[None, :].expand(h, w), ys[:, None].expand(h, w)), dim=-1
-        )
+        grid = torch.stack((xs[None, :].expand(h, w), ys[:, None].expand(h, w)), dim=-1)
         return self._pe_encoding(grid).permute(2, 0, 1)
 
     def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Encode pixel coordinates ``[B, N, 2]`` (x, y) of an image of ``image_size`` (h, w)."""
-        coords = torch.stack(
-            (coords_input[..., 0] / image_size[1], coords_input[..., 1] / image_size[0]), dim=-1
-        )
+        coords = torch.stack((coords_input[..., 0] / image_size[1], coords_input[..., 1] / image_size[0]), dim=-1)
         return self._pe_encoding(coords.to(torch.float))

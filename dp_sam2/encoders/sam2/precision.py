@@ -1,4 +1,5 @@
 """The ``precision`` switch (fp32 | bf16) of the predictors and the obs encoder."""
+
 from __future__ import annotations
 
 import torch
@@ -15,5 +16,4 @@ def check_precision(precision: str) -> str:
 def precision_autocast(device: torch.device | str, precision: str):
     """The predictors' and obs encoder's precision switch: ``bf16`` runs under
     ``torch.autocast(<device type>, bfloat16)``; ``fp32`` is plain fp32."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                          enabled=check_precision(precision) == "bf16")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16")

@@ -1,4 +1,5 @@
 """SAM's prompt encoder: points, boxes and low-resolution masks -> sparse and dense embeddings."""
+
 from __future__ import annotations
 
 import torch

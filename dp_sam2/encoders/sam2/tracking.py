@@ -8,6 +8,7 @@ into ``hidden_dim // mem_dim`` tokens) with a sine encoding of their temporal di
 ``output_dict`` is ``{"cond_frame_outputs": {t: out}, "non_cond_frame_outputs": {t: out}}``, each
 ``out`` indexable by ``"maskmem_features"``, ``"maskmem_pos_enc"`` and ``"obj_ptr"``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -90,8 +91,10 @@ class SAM2TrackingMixin:
         if not self.training and self.only_obj_ptrs_in_the_past_for_eval:
             cond = {t: o for t, o in selected.items() if (t >= frame_idx if reverse else t <= frame_idx)}
         sign = -1 if reverse else 1
-        pairs = [((frame_idx - t) * sign if self.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t),
-                  out["obj_ptr"]) for t, out in cond.items()]
+        pairs = [
+            ((frame_idx - t) * sign if self.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t), out["obj_ptr"])
+            for t, out in cond.items()
+        ]
         non_cond = output_dict["non_cond_frame_outputs"]
         for t_diff in range(1, max_ptrs):
             t = frame_idx + t_diff if reverse else frame_idx - t_diff
@@ -120,9 +123,17 @@ class SAM2TrackingMixin:
         return ptrs, pos
 
     # ------------------------------------------------------------------ memory conditioning
-    def _prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, current_vision_feats,
-                                             current_vision_pos_embeds, feat_sizes, output_dict, num_frames,
-                                             track_in_reverse=False) -> torch.Tensor:
+    def _prepare_memory_conditioned_features(
+        self,
+        frame_idx,
+        is_init_cond_frame,
+        current_vision_feats,
+        current_vision_pos_embeds,
+        feat_sizes,
+        output_dict,
+        num_frames,
+        track_in_reverse=False,
+    ) -> torch.Tensor:
         """The current frame's top-level features fused with the memory bank, ``[B, C, H, W]``."""
         feats = current_vision_feats[-1]
         size = feat_sizes[-1]
@@ -143,16 +154,19 @@ class SAM2TrackingMixin:
             frames = self._memory_frames(frame_idx, output_dict, selected, unselected, track_in_reverse)
             memories, positions = self._spatial_memory_tokens(frames, device, feats.dtype)
             if self.use_obj_ptrs_in_encoder:
-                pairs, max_ptrs = self._pointer_frames(frame_idx, output_dict, selected, unselected,
-                                                       num_frames, track_in_reverse)
+                pairs, max_ptrs = self._pointer_frames(
+                    frame_idx, output_dict, selected, unselected, num_frames, track_in_reverse
+                )
                 if pairs:
                     ptrs, ptr_pos = self._pointer_tokens(pairs, max_ptrs, batch, device)
                     memories.append(ptrs)
                     positions.append(ptr_pos)
                     num_ptr_tokens = ptrs.shape[0]
         fused = self.memory_attention(
-            curr=current_vision_feats, curr_pos=current_vision_pos_embeds,
-            memory=torch.cat(memories, dim=0), memory_pos=torch.cat(positions, dim=0),
+            curr=current_vision_feats,
+            curr_pos=current_vision_pos_embeds,
+            memory=torch.cat(memories, dim=0),
+            memory_pos=torch.cat(positions, dim=0),
             num_obj_ptr_tokens=num_ptr_tokens,
         )
         return _seq_to_map(fused, size)
@@ -169,8 +183,9 @@ class SAM2TrackingMixin:
             mask = mask + self.sigmoid_bias_for_mem_enc
         return mask
 
-    def _encode_new_memory(self, current_vision_feats, feat_sizes, pred_masks_high_res, object_score_logits,
-                           is_mask_from_pts):
+    def _encode_new_memory(
+        self, current_vision_feats, feat_sizes, pred_masks_high_res, object_score_logits, is_mask_from_pts
+    ):
         """Encode the frame's features and predicted mask into ``(maskmem_features, maskmem_pos_enc)``."""
         pix_feat = _seq_to_map(current_vision_feats[-1], feat_sizes[-1])
         if self.non_overlap_masks_for_mem_enc and not self.training:
@@ -186,13 +201,26 @@ class SAM2TrackingMixin:
     # ------------------------------------------------------------------ one tracking step
     def _use_multimask(self, is_init_cond_frame, point_inputs) -> bool:
         num_pts = 0 if point_inputs is None else point_inputs["point_labels"].size(1)
-        return bool(self.multimask_output_in_sam
-                    and (is_init_cond_frame or self.multimask_output_for_tracking)
-                    and self.multimask_min_pt_num <= num_pts <= self.multimask_max_pt_num)
+        return bool(
+            self.multimask_output_in_sam
+            and (is_init_cond_frame or self.multimask_output_for_tracking)
+            and self.multimask_min_pt_num <= num_pts <= self.multimask_max_pt_num
+        )
 
-    def _track_step(self, frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds,
-                    feat_sizes, point_inputs, mask_inputs, output_dict, num_frames, track_in_reverse,
-                    prev_sam_mask_logits):
+    def _track_step(
+        self,
+        frame_idx,
+        is_init_cond_frame,
+        current_vision_feats,
+        current_vision_pos_embeds,
+        feat_sizes,
+        point_inputs,
+        mask_inputs,
+        output_dict,
+        num_frames,
+        track_in_reverse,
+        prev_sam_mask_logits,
+    ):
         """Run the SAM heads on one frame; returns ``(current_out, sam_outputs, high_res_features, pix_feat)``."""
         current_out = {"point_inputs": point_inputs, "mask_inputs": mask_inputs}
         high_res = None
@@ -202,43 +230,92 @@ class SAM2TrackingMixin:
             pix_feat = _seq_to_map(current_vision_feats[-1], feat_sizes[-1])
             return current_out, self._use_mask_as_output(pix_feat, high_res, mask_inputs), high_res, pix_feat
         pix_feat = self._prepare_memory_conditioned_features(
-            frame_idx, is_init_cond_frame, current_vision_feats[-1:], current_vision_pos_embeds[-1:],
-            feat_sizes[-1:], output_dict, num_frames, track_in_reverse)
+            frame_idx,
+            is_init_cond_frame,
+            current_vision_feats[-1:],
+            current_vision_pos_embeds[-1:],
+            feat_sizes[-1:],
+            output_dict,
+            num_frames,
+            track_in_reverse,
+        )
         if prev_sam_mask_logits is not None:  # earlier logits of this frame refined by new clicks
             if point_inputs is None or mask_inputs is not None:
                 raise ValueError("prev_sam_mask_logits can only be combined with point inputs")
             mask_inputs = prev_sam_mask_logits
-        sam_outputs = self._forward_sam_heads(pix_feat, point_inputs=point_inputs, mask_inputs=mask_inputs,
-                                              high_res_features=high_res,
-                                              multimask_output=self._use_multimask(is_init_cond_frame, point_inputs))
+        sam_outputs = self._forward_sam_heads(
+            pix_feat,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            high_res_features=high_res,
+            multimask_output=self._use_multimask(is_init_cond_frame, point_inputs),
+        )
         return current_out, sam_outputs, high_res, pix_feat
 
-    def _encode_memory_in_output(self, current_vision_feats, feat_sizes, point_inputs, run_mem_encoder,
-                                 high_res_masks, object_score_logits, current_out) -> None:
+    def _encode_memory_in_output(
+        self,
+        current_vision_feats,
+        feat_sizes,
+        point_inputs,
+        run_mem_encoder,
+        high_res_masks,
+        object_score_logits,
+        current_out,
+    ) -> None:
         features = pos_enc = None
         if run_mem_encoder and self.num_maskmem > 0:
-            features, pos_enc = self._encode_new_memory(current_vision_feats, feat_sizes, high_res_masks,
-                                                        object_score_logits, point_inputs is not None)
+            features, pos_enc = self._encode_new_memory(
+                current_vision_feats, feat_sizes, high_res_masks, object_score_logits, point_inputs is not None
+            )
         current_out["maskmem_features"] = features
         current_out["maskmem_pos_enc"] = pos_enc
 
-    def track_step(self, frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds,
-                   feat_sizes, point_inputs, mask_inputs, output_dict, num_frames, track_in_reverse=False,
-                   run_mem_encoder=True, prev_sam_mask_logits=None) -> dict:
+    def track_step(
+        self,
+        frame_idx,
+        is_init_cond_frame,
+        current_vision_feats,
+        current_vision_pos_embeds,
+        feat_sizes,
+        point_inputs,
+        mask_inputs,
+        output_dict,
+        num_frames,
+        track_in_reverse=False,
+        run_mem_encoder=True,
+        prev_sam_mask_logits=None,
+    ) -> dict:
         """Predict the object's mask on one frame from its prompts and/or the memory bank, and
         (``run_mem_encoder``) encode the prediction into a new memory. Returns the official dict:
         ``pred_masks``, ``pred_masks_high_res``, ``obj_ptr``, ``object_score_logits`` (eval),
         ``maskmem_features``, ``maskmem_pos_enc``, ``point_inputs``, ``mask_inputs``."""
         current_out, sam, _, _ = self._track_step(
-            frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes,
-            point_inputs, mask_inputs, output_dict, num_frames, track_in_reverse, prev_sam_mask_logits)
+            frame_idx,
+            is_init_cond_frame,
+            current_vision_feats,
+            current_vision_pos_embeds,
+            feat_sizes,
+            point_inputs,
+            mask_inputs,
+            output_dict,
+            num_frames,
+            track_in_reverse,
+            prev_sam_mask_logits,
+        )
         current_out["pred_masks"] = sam.low_res_masks
         current_out["pred_masks_high_res"] = sam.high_res_masks
         current_out["obj_ptr"] = sam.obj_ptr
         if not self.training:
             current_out["object_score_logits"] = sam.object_score_logits
-        self._encode_memory_in_output(current_vision_feats, feat_sizes, point_inputs, run_mem_encoder,
-                                      sam.high_res_masks, sam.object_score_logits, current_out)
+        self._encode_memory_in_output(
+            current_vision_feats,
+            feat_sizes,
+            point_inputs,
+            run_mem_encoder,
+            sam.high_res_masks,
+            sam.object_score_logits,
+            current_out,
+        )
         return current_out
 
     # ------------------------------------------------------------------ several objects

@@ -1,4 +1,5 @@
 """The two-way transformer of SAM's mask decoder (tokens <-> image embedding)."""
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,14 @@ from .layers import MLP
 class Attention(nn.Module):
     """Multi-head attention whose internal width may be ``embedding_dim / downsample_rate``."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1,
-                 dropout: float = 0.0, kv_in_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        downsample_rate: int = 1,
+        dropout: float = 0.0,
+        kv_in_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim
         self.kv_in_dim = embedding_dim if kv_in_dim is None else kv_in_dim
@@ -46,9 +53,15 @@ class Attention(nn.Module):
 class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image cross-attention, token MLP, image->token attention."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int = 2048,
-                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
-                 skip_first_layer_pe: bool = False) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
@@ -75,20 +88,29 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+    ) -> None:
         super().__init__()
         self.depth, self.embedding_dim, self.num_heads, self.mlp_dim = depth, embedding_dim, num_heads, mlp_dim
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, activation, attention_downsample_rate,
-                                 skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(
+                embedding_dim, num_heads, mlp_dim, activation, attention_downsample_rate, skip_first_layer_pe=(i == 0)
+            )
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                point_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``image_embedding``/``image_pe``: ``[B, C, h, w]``; ``point_embedding``: ``[B, N, C]``.
         Returns the updated tokens ``[B, N, C]`` and image tokens ``[B, h*w, C]``."""
         keys = image_embedding.flatten(2).transpose(1, 2)

@@ -1,4 +1,5 @@
 """Hiera's window helpers: cut a channels-last map into windows and back, and query pooling."""
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[
     return x.reshape(-1, window, window, c), (hp, wp)
 
 
-def window_unpartition(windows: torch.Tensor, window: int, padded_hw: tuple[int, int],
-                       hw: tuple[int, int]) -> torch.Tensor:
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
     """Inverse of :func:`window_partition`, dropping the padding."""
     hp, wp = padded_hw
     h, w = hw

@@ -8,6 +8,7 @@ registers the config class, and LeRobot finds ``SAM2DiffusionPolicy`` in the sib
 ``processor_sam2_diffusion`` by its naming convention. The modeling module (torch models) is only
 imported when a policy is built.
 """
+
 from .configuration_sam2_diffusion import SAM2DiffusionConfig
 
 __version__ = "0.1.0"

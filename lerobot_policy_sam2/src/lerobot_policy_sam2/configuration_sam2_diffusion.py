@@ -14,6 +14,7 @@ Images reach the policy ImageNet-normalised (``normalization_mapping["VISUAL"]``
 ``MEAN_STD``, and the processor always uses ImageNet's mean/std for cameras): SAM 2's pixel
 mean/std are ImageNet's, so they are only resized to ``image_size`` before the backbone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -111,8 +112,13 @@ class SAM2DiffusionConfig(DiffusionConfig):
     def finetune_config(self):
         from dp_sam2.encoders.obs.finetune import FinetuneConfig
 
-        return FinetuneConfig(bool(self.freeze), self.trainable_blocks, int(self.lora_rank), self.lora_alpha,
-                              bool(self.activation_checkpointing))
+        return FinetuneConfig(
+            bool(self.freeze),
+            self.trainable_blocks,
+            int(self.lora_rank),
+            self.lora_alpha,
+            bool(self.activation_checkpointing),
+        )
 
     @property
     def sam2_image_size(self) -> int:

@@ -7,6 +7,7 @@ mean/std-normalised, which is SAM 2's own normalisation. Preprocessing, LeRobot'
 ``crop_is_random``, centre otherwise) -> resize to ``image_size`` (bilinear, antialiased, as SAM 2's
 transform). Output: ``(N, n_cameras * feature_dim)``, cameras in ``config.image_features`` order.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,10 @@ def find_sam2_file(config, reloading: bool) -> Path | None:
         return resolve_checkpoint(wanted, spec.name) if reloading else find_weights(spec.name, wanted)
     except CheckpointNotFoundError as err:
         places = "\n".join(f"  - {p}" for p in err.tried)
-        hint = (f"Download it with `dp-sam2 download {spec.name}`, or set $DP_SAM2_CHECKPOINT_DIR to the folder "
-                f"that holds {spec.filename}")
+        hint = (
+            f"Download it with `dp-sam2 download {spec.name}`, or set $DP_SAM2_CHECKPOINT_DIR to the folder "
+            f"that holds {spec.filename}"
+        )
         if reloading:
             raise SAM2WeightsNotFoundError(
                 f"this sam2_diffusion policy was saved without its frozen SAM 2 trunk (it equals the official "
@@ -113,8 +116,11 @@ class SAM2CameraEncoder(nn.Module):
         if self.resize_shape is not None:
             x = resize(x, self.resize_shape)
         if self.crop_shape is not None:
-            x = random_crop(x, self.crop_shape) if (self.training and self.crop_is_random) \
+            x = (
+                random_crop(x, self.crop_shape)
+                if (self.training and self.crop_is_random)
                 else center_crop(x, self.crop_shape)
+            )
         return resize(x, (self.image_size, self.image_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -125,8 +131,10 @@ class SAM2CameraEncoder(nn.Module):
             )
         n, cams = images.shape[:2]
         x = self.preprocess(images.flatten(0, 1))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_trains), \
-                precision_autocast(x.device, self.precision):
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_trains),
+            precision_autocast(x.device, self.precision),
+        ):
             feats = self.backbone(x)
         feats = feats.to(images.dtype).unflatten(0, (n, cams))
         return torch.cat([head(feats[:, i]) for i, head in enumerate(self.heads)], dim=-1)

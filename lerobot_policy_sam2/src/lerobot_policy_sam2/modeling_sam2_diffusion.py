@@ -9,6 +9,7 @@ whose backbone weights did not come from a file (``DP_SAM2_ALLOW_MISSING_CHECKPO
 weights) is saved
 whole, and so is every trained weight.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -90,7 +91,7 @@ class SAM2DiffusionPolicy(DiffusionPolicy):
         self._queues = None
         saved = _SAVED_KEYS.get()  # inside from_pretrained: what the saved model.safetensors holds
         if saved is not None:
-            saved = frozenset(k[len(BACKBONE_PREFIX):] for k in saved if k.startswith(BACKBONE_PREFIX))
+            saved = frozenset(k[len(BACKBONE_PREFIX) :] for k in saved if k.startswith(BACKBONE_PREFIX))
         self.diffusion = SAM2DiffusionModel(config, saved_keys=saved)
         self.reset()
 
@@ -138,8 +139,10 @@ class SAM2DiffusionPolicy(DiffusionPolicy):
         from_file = set(model.omitted_keys())
         missing = [k for k in missing if k not in from_file]
         if strict and (missing or unexpected):
-            raise RuntimeError(f"{model_file} does not fit this sam2_diffusion policy: missing keys {missing[:5]}, "
-                               f"unexpected keys {unexpected[:5]}")
+            raise RuntimeError(
+                f"{model_file} does not fit this sam2_diffusion policy: missing keys {missing[:5]}, "
+                f"unexpected keys {unexpected[:5]}"
+            )
         log_model_loading_keys(missing, unexpected)
         return model
 
@@ -154,4 +157,3 @@ def _saved_keys(pretrained_name_or_path) -> frozenset[str]:
 
     with safe_open(str(path), framework="pt") as f:
         return frozenset(f.keys())
-

@@ -2,6 +2,7 @@
 device; unnormalise the actions), with the cameras always normalised by ImageNet's mean/std,
 which is SAM 2's pixel normalisation (so ``--dataset.use_imagenet_stats=false`` cannot hand SAM 2
 images normalised by the dataset's own statistics)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,6 +29,7 @@ def sam2_camera_stats(config: SAM2DiffusionConfig, dataset_stats: dict | None) -
 def make_sam2_diffusion_pre_post_processors(
     config: SAM2DiffusionConfig,
     dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
-) -> tuple[PolicyProcessorPipeline[dict[str, Any], dict[str, Any]],
-           PolicyProcessorPipeline[PolicyAction, PolicyAction]]:
+) -> tuple[
+    PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]
+]:
     return make_default_pre_post_processors(config, sam2_camera_stats(config, dataset_stats))
