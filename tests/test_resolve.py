@@ -155,3 +155,97 @@ def test_find_weights_missing(places, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert find_weights("sam2.1_small", warn=False) is None
+
+
+# --------------------------------------------------------------------------- builders and predictors
+@pytest.fixture(scope="module")
+def tiny21_file(tmp_path_factory) -> Path:
+    """A sam2.1_tiny checkpoint in the official format (random weights), as `dp-sam2 download` names it."""
+    import torch
+
+    from dp_sam2 import build_sam2
+
+    torch.manual_seed(5)
+    model = build_sam2("sam2.1_tiny", device="cpu", apply_postprocessing=False)
+    path = tmp_path_factory.mktemp("tiny21") / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def only_in_user_cache(tmp_path, monkeypatch, tiny21_file):
+    """The checkpoint only where `dp-sam2 download` puts it (the user cache, by file name); no DP, no
+    $DP_SAM2_CHECKPOINT_DIR, an empty current folder."""
+    import shutil
+
+    cache = tmp_path / "user_cache"
+    cache.mkdir()
+    shutil.copy(tiny21_file, cache / tiny21_file.name)
+    monkeypatch.setenv("DP_SAM2_CACHE", str(cache))
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", raising=False)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    monkeypatch.delitem(sys.modules, "diffusion_policy", raising=False)
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    return cache / tiny21_file.name
+
+
+def test_builders_resolve_a_relative_checkpoint_like_the_obs_encoder(only_in_user_cache, tiny21_file):
+    """The README's first snippet: the relative name finds the file in the user cache (issue 26)."""
+    import torch
+
+    from dp_sam2 import build_sam2, build_sam2_video_predictor
+
+    expected = torch.load(tiny21_file, weights_only=True)["model"]["image_encoder.trunk.pos_embed"]
+    for rel in ("checkpoints/sam2.1_hiera_tiny.pt", "sam2.1_hiera_tiny.pt"):
+        model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", rel, device="cpu")
+        assert torch.equal(model.image_encoder.trunk.pos_embed, expected)
+    video = build_sam2_video_predictor("sam2.1_hiera_t.yaml", "checkpoints/sam2.1_hiera_tiny.pt", device="cpu")
+    assert torch.equal(video.image_encoder.trunk.pos_embed, expected)
+    # an absolute path is used as given
+    assert torch.equal(
+        build_sam2("sam2.1_tiny", str(tiny21_file), device="cpu").no_mem_embed,
+        build_sam2("sam2.1_tiny", "checkpoints/sam2.1_hiera_tiny.pt", device="cpu").no_mem_embed,
+    )
+
+
+def test_builder_error_lists_places_and_the_download_command(only_in_user_cache):
+    from dp_sam2 import build_sam2
+
+    only_in_user_cache.unlink()
+    with pytest.raises(CheckpointNotFoundError) as info:
+        build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", "checkpoints/sam2.1_hiera_tiny.pt", device="cpu")
+    text = str(info.value)
+    assert "dp-sam2 download sam2.1_tiny" in text
+    assert str(Path.cwd() / "checkpoints/sam2.1_hiera_tiny.pt") in text  # current folder
+    assert str(only_in_user_cache) in text  # the user cache, by file name
+    assert info.value.download_command == "dp-sam2 download sam2.1_tiny" and len(info.value.tried) >= 3
+
+
+def test_from_pretrained_resolves_a_relative_checkpoint(only_in_user_cache, monkeypatch):
+    from dp_sam2 import SAM2ImagePredictor
+    from dp_sam2.checkpoints import download as dl
+
+    monkeypatch.setattr(dl, "fetch_pretrained", lambda *a, **k: pytest.fail("an explicit checkpoint is not fetched"))
+    predictor = SAM2ImagePredictor.from_pretrained(
+        "facebook/sam2.1-hiera-tiny", ckpt_path="checkpoints/sam2.1_hiera_tiny.pt", device="cpu"
+    )
+    assert predictor.model.image_encoder is not None
+    only_in_user_cache.unlink()
+    with pytest.raises(CheckpointNotFoundError, match="dp-sam2 download sam2.1_tiny"):
+        SAM2ImagePredictor.from_pretrained("sam2.1_tiny", checkpoint="sam2.1_hiera_tiny.pt", device="cpu")
+
+
+def test_near_miss_model_names_get_a_suggestion():
+    from dp_sam2 import build_sam2
+    from dp_sam2.checkpoints.registry import get_spec
+
+    with pytest.raises(ValueError, match=r"did you mean 'sam2_large'\?"):
+        get_spec("sam2_larg")
+    with pytest.raises(ValueError, match=r"did you mean 'sam2.1_tiny'\?"):
+        build_sam2("sam2.1_tinny", device="cpu")
+    with pytest.raises(ValueError) as info:
+        get_spec("resnet18")
+    assert "did you mean" not in str(info.value)

@@ -6,6 +6,7 @@ the Hydra ``obs_encoder`` group files) reads a model's facts from here, so they 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 _URL_20 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
@@ -55,6 +56,10 @@ def _make_registry() -> dict[str, ModelSpec]:
 
 MODELS: dict[str, ModelSpec] = _make_registry()
 
+# The one model the demo, ``dp-sam2 segment``, ``track``, ``viz`` and the docs use unless told otherwise (the demo
+# downloads this one, so the file it fetches is the file the other commands look for).
+DEFAULT_MODEL = "sam2.1_tiny"
+
 
 def _aliases() -> dict[str, ModelSpec]:
     table = {}
@@ -90,4 +95,13 @@ def get_spec(name: str) -> ModelSpec:
         return _ALIASES[key]
     if key.startswith("pkg://") or key.startswith("sam2/"):
         return get_spec(key.split("/", 1)[1] if key.startswith("sam2/") else key[len("pkg://") :])
-    raise ValueError(f"unknown SAM 2 model or config name {name!r}; known names: {', '.join(known_names())}")
+    raise ValueError(
+        f"unknown SAM 2 model or config name {name!r}{did_you_mean(key)}; known names: {', '.join(known_names())}"
+    )
+
+
+def did_you_mean(name: str) -> str:
+    """``" (did you mean 'sam2_large'?)"`` for a near miss of a known name, else ``""``."""
+    table = {key.lower(): key for key in [*MODELS, *(spec.config for spec in MODELS.values()), *_ALIASES]}
+    close = difflib.get_close_matches(name.strip().lower(), list(table), n=1, cutoff=0.75)
+    return f" (did you mean {table[close[0]]!r}?)" if close else ""

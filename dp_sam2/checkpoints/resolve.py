@@ -26,11 +26,14 @@ ENV_ALLOW_MISSING = "DP_SAM2_ALLOW_MISSING_CHECKPOINT"
 
 
 class CheckpointNotFoundError(FileNotFoundError):
-    """No candidate location holds the checkpoint; ``tried`` lists them in lookup order."""
+    """No candidate location holds the checkpoint; ``tried`` lists them in lookup order, ``looked_in``
+    is the message's list of them and ``download_command`` the command that fetches the file."""
 
-    def __init__(self, message: str, tried: list[Path]):
+    def __init__(self, message: str, tried: list[Path], looked_in: str = "", download_command: str = ""):
         super().__init__(message)
         self.tried = tried
+        self.looked_in = looked_in
+        self.download_command = download_command
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def download_hint(path: str | os.PathLike, model: str | None = None) -> str:
     """The command that downloads the file ``path`` names (by registry short name)."""
     from dp_sam2.checkpoints.registry import get_spec
 
-    name = model
+    name = None
     for key in (Path(os.fspath(path)).name, model):
         if key is None:
             continue
@@ -123,13 +126,16 @@ def resolve_checkpoint(path: str | os.PathLike, model: str | None = None) -> Pat
     lines = "\n".join(f"  - {c.path}  ({c.origin})" for c in tried)
     if not Path(os.path.expanduser(os.fspath(path))).is_absolute() and dp_repo_root() is None:
         lines += "\n  (not the DP repo root: the `diffusion_policy` package is not importable here)"
+    command = download_hint(path, model)
+    looked_in = f"SAM 2 checkpoint {os.fspath(path)!r} not found. Looked in:\n{lines}"
     raise CheckpointNotFoundError(
-        f"SAM 2 checkpoint {os.fspath(path)!r} not found. Looked in:\n{lines}\n"
-        f"Download it with `{download_hint(path, model)}` (into the user cache), put the file at "
+        f"{looked_in}\nDownload it with `{command}` (into the user cache), put the file at "
         f"one of the places above, or set ${ENV_CHECKPOINT_DIR} to the folder that holds it. "
         f"For eval of a Diffusion Policy checkpoint that already holds the encoder weights, set "
         f"{ENV_ALLOW_MISSING}=1 to build the encoder without the SAM 2 file.",
         [c.path for c in tried],
+        looked_in,
+        command,
     )
 
 

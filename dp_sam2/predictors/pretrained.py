@@ -10,11 +10,13 @@ from __future__ import annotations
 def build_pretrained(model_id_or_name: str, *, video: bool = False, **kwargs):
     """A SAM2Base (or, with ``video=True``, a SAM2VideoPredictor) with its official checkpoint.
 
-    Keyword arguments: ``ckpt_path`` (or ``checkpoint``; skips the lookup and the download),
+    Keyword arguments: ``ckpt_path`` (or ``checkpoint``; skips the download: absolute as given, a bare or
+    relative name looked up as the obs encoder does, :func:`dp_sam2.checkpoints.resolve.resolve_checkpoint`),
     ``source`` (``"official"``, default, or ``"huggingface"``), ``image_size``, and the builder's
     own (``device``, ``mode``, ``hydra_overrides_extra``, ``apply_postprocessing``, ...)."""
     from dp_sam2.checkpoints.download import check_source, fetch_pretrained
     from dp_sam2.checkpoints.registry import get_spec
+    from dp_sam2.checkpoints.resolve import resolve_checkpoint
     from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
 
     spec = get_spec(model_id_or_name)
@@ -26,6 +28,8 @@ def build_pretrained(model_id_or_name: str, *, video: bool = False, **kwargs):
     source = check_source(kwargs.pop("source", "official"))
     if ckpt is None:
         ckpt = fetch_pretrained(spec.name, source=source)
+    else:  # the error names every place tried and `dp-sam2 download <this model>`
+        ckpt = resolve_checkpoint(ckpt, spec.name)
     overrides = list(kwargs.pop("hydra_overrides_extra", ()))
     image_size = kwargs.pop("image_size", None)
     if image_size is not None:

@@ -15,7 +15,7 @@ from typing import Iterable
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dp_sam2.checkpoints.registry import get_spec, known_names
+from dp_sam2.checkpoints.registry import did_you_mean, get_spec, known_names
 
 from .precision import check_precision
 
@@ -39,7 +39,8 @@ def config_path(config_file: str | os.PathLike) -> Path:
         spec = get_spec(config_file)
     except ValueError:
         raise ValueError(
-            f"unknown SAM 2 config {config_file!r}; known names: {', '.join(known_names())} (or a path to a yaml file)"
+            f"unknown SAM 2 config {config_file!r}{did_you_mean(config_file)}; known names: "
+            f"{', '.join(known_names())} (or a path to a yaml file)"
         ) from None
     rel = spec.config[len("configs/") :]
     return Path(str(resources.files("dp_sam2.configs").joinpath(rel)))
@@ -104,11 +105,14 @@ def _build(config_file, ckpt_path, device, mode, overrides) -> torch.nn.Module:
     from hydra.utils import instantiate
 
     from dp_sam2.checkpoints.files import load_into
+    from dp_sam2.checkpoints.resolve import resolve_checkpoint
 
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
     dev = resolve_device(device)
     cfg = load_model_config(config_file, overrides)
+    if ckpt_path is not None:  # a bare or relative name is looked up where the obs encoder looks (DESIGN §2)
+        ckpt_path = resolve_checkpoint(ckpt_path, config_file if isinstance(config_file, str) else None)
     try:
         model = instantiate(cfg.model, _recursive_=True, _convert_="all")
     except InstantiationException as err:  # surface our own ValueError/TypeError, not Hydra's wrapper
