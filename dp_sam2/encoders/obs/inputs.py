@@ -13,7 +13,9 @@ Input conventions (DESIGN ruling 20: each group file says which one it expects, 
 
 from __future__ import annotations
 
+import operator
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,29 +111,55 @@ def _plain(value):
     return value
 
 
-def _per_key_hw(value, keys: Sequence[str], name: str) -> dict[str, tuple[int, int] | None]:
-    """``None`` / ``[h, w]`` / ``{key: [h, w]}`` -> ``{key: (h, w) or None}``."""
+def parse_hw(value, what: str) -> tuple[int, int]:
+    """A size -> ``(height, width)`` positive ints; the one size parser of the package.
+
+    Accepts an int ``s`` (a square ``(s, s)``), ``[h, w]`` / ``(h, w)`` (a list, tuple or Hydra
+    ``ListConfig``) or a string ``"h,w"`` (also ``"h x w"``, ``"[h, w]"``, ``"s"``), as a command
+    line or a config holds it. ``what`` names the setting in the error message
+    (``ValueError``/``TypeError`` saying what was expected and what came)."""
     value = _plain(value)
+    expected = f"{what} must be a size: an int, [height, width] or 'height,width' (positive ints)"
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[,x\s]+", value.strip().strip("[]()").lower()) if p]
+        if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{expected}, got {value!r}")
+        value = [int(p) for p in parts]
+        value = value * 2 if len(value) == 1 else value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    elif not isinstance(value, Sequence):
+        raise TypeError(f"{expected}, got {type(value).__name__} {value!r}")
+    items = list(value)
+    if len(items) != 2 or not all(_is_int(i) and int(i) > 0 for i in items):
+        raise ValueError(f"{expected}, got {value!r}")
+    return int(items[0]), int(items[1])
 
-    def as_hw(v, where):
-        if v is None:
-            return None
-        if (
-            not isinstance(v, Sequence)
-            or isinstance(v, str)
-            or len(v) != 2
-            or not all(isinstance(i, int) and i > 0 for i in v)
-        ):
-            raise ValueError(f"{name}{where} must be null or [height, width] positive ints, got {v!r}")
-        return (int(v[0]), int(v[1]))
 
+def _is_int(value) -> bool:
+    """An int (numpy's too), not a bool or a float."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return operator.index(value) == value
+    except TypeError:
+        return False
+
+
+def per_key_hw(value, keys: Sequence[str], name: str) -> dict[str, tuple[int, int] | None]:
+    """``None`` / a size / ``{key: size or None}`` -> ``{key: (h, w) or None}`` for every key of ``keys``;
+    each size as :func:`parse_hw` reads it."""
+    value = _plain(value)
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(keys))
         if unknown:
             raise ValueError(f"{name} names keys {unknown} that are not rgb obs keys {list(keys)}")
-        return {k: as_hw(value.get(k), f"[{k!r}]") for k in keys}
-    hw = as_hw(value, "")
+        return {k: None if value.get(k) is None else parse_hw(value[k], f"{name}[{k!r}]") for k in keys}
+    hw = None if value is None else parse_hw(value, name)
     return {k: hw for k in keys}
+
+
+_per_key_hw = per_key_hw  # the 0.2 private name (other modules now use per_key_hw)
 
 
 def parse_input_range(value) -> tuple[float, float] | str:
