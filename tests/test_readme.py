@@ -1,18 +1,28 @@
-"""The README is a test: every fenced ```bash command, ```python snippet and ```yaml block in
-README.md is run or checked here, in a sandbox folder with generated inputs (a photo, JPEG
-frames, a small replay buffer, generated checkpoints under their official names in
-./checkpoints). Each bash command must match a handler below; a new command in the README
-without one fails `test_every_bash_command_is_handled`.
+"""The README and docs/ are tests: every fenced ```bash command, ```python block and ```yaml block in
+README.md and docs/*.md is run or checked here (DESIGN.md rulings 18 and 27).
+
+* Python blocks: each runs alone, as written, in a fresh process started from a temporary folder
+  outside the checkout, with HOME pointing at a temporary home whose user cache
+  (``~/.cache/dp_sam2``, where ``dp-sam2 download`` puts files outside a DP checkout) holds a
+  random-weight checkpoint of the default model in the official format, and with Diffusion Policy,
+  matplotlib and the official ``sam2`` made unimportable (a venv with only dp_sam2 installed).
+  Fragments that are not meant to run are ```text blocks.
+* Bash commands run (or are checked) in a sandbox folder with generated inputs (a photo, JPEG
+  frames, a small replay buffer, generated checkpoints under their official names in
+  ./checkpoints). Each must match a handler below; a new command without one fails
+  `test_every_bash_command_is_handled`.
 
 What is not run for real, and where it is checked instead:
-* `pip install ...`: `.ci/run` installs the checkout with pip before the tests run;
-  tests/test_hydra_registration.py::test_compose_outside_checkout_after_a_wheel_install installs a wheel.
+* `pip install ...`, `git clone ...`, `python3.11 -m venv ...`, `source ...`: .ci/run installs the
+  checkout with pip before the tests run; here the pins are checked against pyproject.toml and
+  each other; tests/test_hydra_registration.py::test_compose_outside_checkout_after_a_wheel_install
+  installs a wheel.
 * `bash .ci/run`: the CI entry point itself.
 * `dp-sam2 download ...`: needs the internet; the names are checked against the registry here,
   the command against a local server in tests/test_download.py::test_cli_download_and_bad_file.
 * `dp-sam2 demo --out DIR`: parsed here; run (with `--quick`: same code, smaller sizes) by
   tests/test_cli.py::test_demo_writes_pictures.
-* predictor commands and snippets run as written, but the models that `build_sam2` and
+* predictor commands run as written, but the models that `build_sam2` and
   `build_sam2_video_predictor` build get a 256 px input instead of 1024 px (see SMALL_INPUT).
 * `python train.py ...` needs Diffusion Policy: the config it would compose is composed here
   from DP-shaped fixture yamls (tests/fixtures/dp/config) and its obs encoder checked.
@@ -26,6 +36,7 @@ What is not run for real, and where it is checked instead:
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -44,13 +55,31 @@ import yaml
 
 from conftest import synthetic_photo
 
-# Every README command and snippet runs in a fresh process: the whole file is in the slow set.
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# docs pages whose commands and blocks other tests run (they need MetaWorld, DP and long runs that
+# belong with those features), so this file leaves them out:
+RUN_ELSEWHERE = {
+    "metaworld.md": "tests/test_metaworld.py runs its commands (MetaWorld closed loop)",
+    "compare.md": "tests/test_compare.py runs its commands (the encoder comparison grid)",
+}
+# pages other engineers write; the README links them before they exist
+PENDING_PAGES = ("docs/metaworld.md", "docs/compare.md", "docs/design.md")
+MAX_README_LINES = 300
 FIXTURE_CONFIG = ROOT / "tests" / "fixtures" / "dp" / "config"
 DP_WORKSPACE_STANDINS = {"train_diffusion_unet_image_workspace": "train_dp_shaped_workspace"}
+
+
+def doc_files() -> list[Path]:
+    """README first, then every docs page this file runs, in name order (the reading order)."""
+    return [README] + [p for p in sorted(DOCS.glob("*.md")) if p.name not in RUN_ELSEWHERE]
+
+
+def default_model() -> str:
+    from dp_sam2.checkpoints import registry
+
+    return getattr(registry, "DEFAULT_MODEL", "sam2.1_tiny")
 
 
 @dataclass(frozen=True)
@@ -58,32 +87,42 @@ class Block:
     lang: str
     text: str
     line: int
+    path: Path
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
 
 
-def readme_blocks() -> list[Block]:
+def file_blocks(path: Path) -> list[Block]:
     blocks, lang, start, lines = [], None, 0, []
-    for i, line in enumerate(README.read_text().splitlines(), 1):
+    for i, line in enumerate(path.read_text().splitlines(), 1):
         stripped = line.strip()
         if lang is None and stripped.startswith("```") and len(stripped) > 3:
             lang, start, lines = stripped[3:].strip(), i, []
         elif lang is not None and stripped == "```":
-            blocks.append(Block(lang, textwrap.dedent("\n".join(lines)), start))
+            blocks.append(Block(lang, textwrap.dedent("\n".join(lines)), start, path))
             lang = None
         elif lang is not None:
             lines.append(line)
     return blocks
 
 
-def bash_commands() -> list[str]:
+def readme_blocks() -> list[Block]:
+    return [b for path in doc_files() for b in file_blocks(path)]
+
+
+def bash_commands(paths=None) -> list[str]:
     cmds = []
-    for block in readme_blocks():
-        if block.lang != "bash":
-            continue
-        text = block.text.replace("\\\n", " ")
-        for line in text.splitlines():
-            line = line.split(" #")[0].strip()
-            if line and not line.startswith("#"):
-                cmds += [part.strip() for part in line.split("&&")]
+    for path in paths or doc_files():
+        for block in file_blocks(path):
+            if block.lang != "bash":
+                continue
+            text = block.text.replace("\\\n", " ")
+            for line in text.splitlines():
+                line = line.split(" #")[0].strip()
+                if line and not line.startswith("#"):
+                    cmds += [part.strip() for part in line.split("&&")]
     return cmds
 
 
@@ -156,22 +195,104 @@ def _run_cli(cmd: str, box: Path) -> str:
 
 
 # --------------------------------------------------------------------------- bash handlers
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _requirements() -> dict:
+    from packaging.requirements import Requirement
+
+    return {Requirement(r).name: Requirement(r) for r in _pyproject()["dependencies"]}
+
+
+# The pins DP needs (DESIGN §1); the README's recipe installs exactly these
+DP_PINS = {"hydra-core": ">=1.3,<1.4", "zarr": "<3", "diffusers": "<0.37"}
+
+
 def h_pip(cmd, box):
-    """``pip install .`` / ``pip install /path/to/dp_sam2``: .ci/run did the install; check that what is
-    installed is this checkout (same version) and that the console script it declares resolves."""
+    """``pip install ...`` is not run here (.ci/run installed the checkout). Checked instead:
+    * ``pip install ./dp_sam2`` / ``.`` / ``-e .``: what is installed is this checkout (same version)
+      and the console script it declares resolves;
+    * ``pip install ".[extra]"``: the extra exists;
+    * ``pip install torch==X torchvision==Y``: meets dp_sam2's floors;
+    * DP's pins: exactly DESIGN's, and none of them excluded by dp_sam2's own requirements
+      (which carry no upper pins);
+    * robomimic: as DP pins it, the command `dp-sam2 info` names."""
     import importlib
     from importlib import metadata
 
-    import tomllib
+    from packaging.requirements import Requirement
 
     import dp_sam2
 
     args = shlex.split(cmd)
-    assert args[:2] == ["pip", "install"] and len(args) == 3, cmd
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert dp_sam2.__version__ == project["version"] and metadata.version("dp-sam2") == project["version"]
-    module, _, attr = project["scripts"]["dp-sam2"].partition(":")
-    assert callable(getattr(importlib.import_module(module), attr))
+    assert args[:2] == ["pip", "install"], cmd
+    rest = args[2:]
+    project, reqs = _pyproject(), _requirements()
+    if rest in (["./dp_sam2"], ["."], ["-e", "."]):
+        assert dp_sam2.__version__ == project["version"] and metadata.version("dp-sam2") == project["version"]
+        module, _, attr = project["scripts"]["dp-sam2"].partition(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+    elif len(rest) == 1 and rest[0].startswith(".["):
+        extras = rest[0][2:-1].split(",")
+        assert set(extras) <= set(project["optional-dependencies"]), (extras, project["optional-dependencies"])
+    elif rest and rest[0].startswith("torch=="):
+        pins = dict(a.split("==") for a in rest)
+        assert set(pins) == {"torch", "torchvision"}, pins
+        for name, version in pins.items():
+            assert reqs[name].specifier.contains(version), (name, version, reqs[name])
+    elif "zarr<3" in rest:
+        named = {Requirement(a).name: str(Requirement(a).specifier) for a in rest}
+        for name, spec in DP_PINS.items():
+            assert Requirement(f"{name}{named[name]}").specifier == Requirement(f"{name}{spec}").specifier, name
+        for name in named:
+            if name in reqs:  # dp_sam2 asks only for floors: DP's pins stay possible
+                assert not any(s.operator in ("<", "<=", "==", "~=") for s in reqs[name].specifier), reqs[name]
+    elif "--no-deps" in rest:
+        from dp_sam2.tools.info import OPTIONAL_PARTS
+
+        assert rest == ["--no-deps", "robomimic==0.2.0"], cmd
+        assert any(cmd in how for *_, how in OPTIONAL_PARTS), "dp-sam2 info names another install command"
+    elif "h5py" in rest:  # robomimic 0.2.0's runtime imports, installed without its egl_probe (DESIGN ruling 22)
+        assert set(rest) == {"six", "h5py", "psutil", "termcolor", "tensorboard", "tensorboardX", "imageio"} | {
+            "imageio-ffmpeg"
+        }, cmd
+    else:
+        raise AssertionError(f"no check for {cmd}")
+
+
+def h_git_clone(cmd, box):
+    """``git clone``: dp_sam2 from its repository (not on an index: the URL is wherever the reader found
+    it), cloned into the folder the next command installs; DP from real-stanford, then ``cd`` into it."""
+    args = shlex.split(cmd)
+    cmds = bash_commands()
+    following = cmds[cmds.index(cmd) + 1]
+    if args[-1] == "dp_sam2":
+        assert re.fullmatch(r"<[^<>]+>", args[2]), cmd
+        assert following == "pip install ./dp_sam2", following
+    else:
+        assert args[2:] == ["https://github.com/real-stanford/diffusion_policy"], cmd
+        assert following == "cd diffusion_policy", following
+
+
+def h_venv(cmd, box):
+    """``python3.X -m venv NAME``: a Python dp_sam2 supports (DP's own conda file pins 3.9); the next
+    line activates that venv."""
+    from packaging.specifiers import SpecifierSet
+
+    args = shlex.split(cmd)
+    version = args[0].removeprefix("python")
+    assert args[1:3] == ["-m", "venv"] and SpecifierSet(_pyproject()["requires-python"]).contains(version + ".0")
+    assert not SpecifierSet(_pyproject()["requires-python"]).contains("3.9.0")  # why DP's conda file does not do
+    cmds = bash_commands()
+    assert cmds[cmds.index(cmd) + 1] == f"source {args[3]}/bin/activate"
+
+
+def h_source(cmd, box):
+    name = shlex.split(cmd)[1].split("/")[0]
+    assert any(c.endswith(f"-m venv {name}") for c in bash_commands()), cmd
 
 
 def h_ci(cmd, box):
@@ -194,7 +315,8 @@ def h_quick_tests(cmd, box):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     collected = proc.stdout
     assert "test_model_parity.py" in collected and "test_image_predictor.py" in collected
-    assert "test_readme.py" not in collected and "test_compose_outside_checkout" not in collected
+    assert "test_readme.py::test_python_block" not in collected and "test_readme.py::test_bash_command" not in collected
+    assert "test_compose_outside_checkout" not in collected
 
 
 def h_cd(cmd, box):
@@ -220,7 +342,8 @@ def h_demo(cmd, box):
     from dp_sam2.tools.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(cmd)[1:])  # valid as written
-    assert args.command == "demo" and args.steps is None and not args.quick and not args.offline
+    assert args.command == "demo" and args.steps is None and not args.quick
+    assert args.offline == (cmd != "dp-sam2 demo --out demo_out")  # the first one downloads; the other is offline
     # the run itself, never on the network (--offline; --quick: same code, smaller sizes):
     # tests/test_cli.py::test_demo_writes_pictures and ::test_demo_log_fits_in_150_lines; the
     # download-or-fall-back step against loopback servers: ::test_demo_weights_fall_back_fast_or_download
@@ -230,6 +353,8 @@ def h_run(cmd, box):
     out = _run(cmd, box)
     if cmd.endswith(" info"):
         assert "Hydra sees the obs_encoder group: yes" in out
+    else:
+        assert "usage: dp-sam2" in out
 
 
 def h_outputs(cmd, box):
@@ -431,10 +556,13 @@ def h_lerobot_train(cmd, box):
 HANDLERS = [
     (r"^pip install (?!\"lerobot)", h_pip),
     (r"^pip install \"lerobot\[", h_lerobot_pip),
+    (r"^git clone \S", h_git_clone),
+    (r"^python3\.\d+ -m venv \S+$", h_venv),
+    (r"^source \S+/bin/activate$", h_source),
     (r"^bash \.ci/run$", h_ci),
     (r"^python -m pytest tests ", h_quick_tests),
     (r"^cd \S+$", h_cd),
-    (r"^dp-sam2 demo --out \S+$", h_demo),
+    (r"^dp-sam2 demo --out \S+( --offline)?$", h_demo),
     (r"^dp-sam2 (--help|info)$", h_run),
     (r"^dp-sam2 (segment|track|viz) .*--out \S+", h_outputs),
     (r"^dp-sam2 download ", h_download),
@@ -457,45 +585,156 @@ def handler_for(cmd: str):
     return found[0] if len(found) == 1 else None
 
 
-def test_every_bash_command_is_handled():
-    cmds = bash_commands()
-    assert len(cmds) >= 12
-    unhandled = [c for c in cmds if handler_for(c) is None]
-    assert not unhandled, f"README commands without a test handler in tests/test_readme.py: {unhandled}"
+# --------------------------------------------------------------------------- the pages themselves
+def test_readme_is_at_most_300_lines():
+    n = len(README.read_text().splitlines())
+    assert n <= MAX_README_LINES, f"README.md has {n} lines; move material to a docs/ page"
+
+
+def _links(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+://", t)]
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    linked = {(ROOT / t).resolve() for t in _links(README) if t}
+    pages = {p.resolve() for p in DOCS.glob("*.md")} | {(ROOT / p).resolve() for p in PENDING_PAGES}
+    missing = sorted(str(p.relative_to(ROOT)) for p in pages - linked)
+    assert not missing, f"docs pages not linked from README.md: {missing}"
+
+
+def test_relative_links_resolve():
+    broken = []
+    for path in doc_files():
+        for target in _links(path):
+            resolved = (path.parent / target).resolve() if target else path
+            if not resolved.exists() and str(resolved.relative_to(ROOT)) not in PENDING_PAGES:
+                broken.append(f"{path.relative_to(ROOT)}: {target}")
+    assert not broken, broken
 
 
 def test_fresh_machine_commands_come_first():
     cmds = bash_commands()
-    assert cmds[:3] == ["pip install .", "dp-sam2 demo --out demo_out", "bash .ci/run"]
+    assert cmds[0].startswith("git clone <") and cmds[1:3] == ["pip install ./dp_sam2", "dp-sam2 demo --out demo_out"]
 
 
+def _selection_key(cmd: str):
+    """(program, config name) of a training command (ruling 18), or None."""
+    args = shlex.split(cmd)
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("--config-name=")), None)
+    return (args[0] if args[0] != "python" else " ".join(args[:2]), name) if name else None
+
+
+def test_commands_follow_ruling_18():
+    """One line each, the program first, groups selected in the loud form, and in the README one
+    command per program and config name (a variant may follow in docs/, never precede)."""
+    from dp_sam2.checkpoints.registry import MODELS
+
+    cmds = bash_commands()
+    short = [c for c in cmds if re.search(r"(^|\s)\+(obs_encoder|sam2_policy|umi_obs_encoder)=", c)]
+    assert not short, f"the short +group= form fails silently without the plugin: {short}"
+    for cmd in cmds:
+        pattern = r"(?:^|\s)\+?(?:obs_encoder|sam2_policy|umi_obs_encoder)(?:@[\w.]+)?=(\S+)|--policy\.sam2_model=(\S+)"
+        for sel in ["".join(m) for m in re.findall(pattern, cmd)]:
+            assert sel in MODELS, (cmd, sel)
+    keys = [_selection_key(c) for c in bash_commands([README]) if _selection_key(c)]
+    assert len(keys) == len(set(keys)), keys
+
+
+def test_every_bash_command_is_handled():
+    cmds = bash_commands()
+    assert len(cmds) >= 20
+    unhandled = [c for c in cmds if handler_for(c) is None]
+    assert not unhandled, f"commands without a test handler in tests/test_readme.py: {unhandled}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("cmd", sorted(set(bash_commands()), key=bash_commands().index))
 def test_bash_command(cmd, sandbox):
     handler_for(cmd)(cmd, sandbox)
 
 
-# --------------------------------------------------------------------------- python and yaml
+# --------------------------------------------------------------------------- python blocks
 PY_BLOCKS = [b for b in readme_blocks() if b.lang == "python"]
 
-
-# What each snippet prints (a regex on its output), keyed by a line of the snippet: a new snippet
+# What each block prints (a regex on its last line), keyed by a line of the block: a new block
 # without an expectation fails, and so does one that prints something else.
 SNIPPET_OUTPUT = {
     "predictor = SAM2ImagePredictor(model)": r"^\(3, 480, 640\) \[",
     "predictor.propagate_in_video(state)": r"^3 frames tracked$",
     "SAM2AutomaticMaskGenerator.from_pretrained": r"^(0 masks; none|[1-9]\d* masks; \[.*'segmentation'.*\])$",
     "encoder = SAM2ObsEncoder(shape_meta": r"^torch\.Size\(\[4, 258\]\) \(258,\)$",
+    'SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny"': r"^\(3, 240, 320\)$",
 }
 
+# Makes Diffusion Policy, matplotlib and the official sam2 unimportable in the block's process: the
+# blocks must run in a venv with only dp_sam2 (and its dependencies) installed.
+RUNNER = """
+import importlib.abc, runpy, sys
 
-@pytest.mark.parametrize("block", PY_BLOCKS, ids=[f"line{b.line}" for b in PY_BLOCKS])
-def test_python_snippet(block, sandbox):
+class _NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("diffusion_policy", "matplotlib", "sam2"):
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed in a dp_sam2-only venv)")
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+runpy.run_path("block.py", run_name="__main__")
+"""
+
+
+def test_python_blocks_are_whole_programs():
+    """Each ```python block parses on its own and names only the default model (fragments are ```text)."""
+    model = default_model()
+    from dp_sam2.checkpoints.registry import MODELS
+
+    spec = MODELS[model]
+    allowed = {model, f"checkpoints/{spec.filename}", spec.config, Path(spec.config).name, spec.hf_repo}
+    assert PY_BLOCKS
+    for block in PY_BLOCKS:
+        strings = [n.value for n in ast.walk(ast.parse(block.text)) if isinstance(n, ast.Constant)]
+        names = [v for v in strings if isinstance(v, str) and "sam2" in v]
+        assert names and set(names) <= allowed, f"{block.where}: {names} (the default model is {model})"
+
+
+@pytest.fixture(scope="module")
+def user_home(tmp_path_factory):
+    """A home folder outside the checkout whose user cache holds the default model, as
+    ``dp-sam2 download`` leaves it there: a random-weight checkpoint in the official format."""
+    from dp_sam2 import build_sam2
+    from dp_sam2.checkpoints.registry import MODELS
+
+    home = tmp_path_factory.mktemp("home")
+    cache = home / ".cache" / "dp_sam2"
+    cache.mkdir(parents=True)
+    torch.manual_seed(5)
+    model = build_sam2(default_model(), device="cpu", apply_postprocessing=False)
+    torch.save(
+        {"model": {k: v.half() for k, v in model.state_dict().items()}}, cache / MODELS[default_model()].filename
+    )
+    assert not str(home.resolve()).startswith(str(ROOT))
+    return home
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", PY_BLOCKS, ids=[b.where for b in PY_BLOCKS])
+def test_python_block(block, user_home, tmp_path):
     expected = [regex for key, regex in SNIPPET_OUTPUT.items() if key in block.text]
-    assert len(expected) == 1, f"README snippet at line {block.line} needs one entry in SNIPPET_OUTPUT"
-    out = _run_python(block.text, sandbox).strip().splitlines()
+    assert len(expected) == 1, f"the python block at {block.where} needs one entry in SNIPPET_OUTPUT"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "block.py").write_text(block.text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DP_SAM2_") and k != "PYTHONPATH"}
+    env.update(HOME=str(user_home), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER], cwd=work, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{block.where} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = proc.stdout.strip().splitlines()
     assert out and re.search(expected[0], out[-1]), out[-5:]
 
 
+# --------------------------------------------------------------------------- yaml blocks
 def _yaml_blocks():
     return [yaml.safe_load(b.text) for b in readme_blocks() if b.lang == "yaml"]
 
@@ -508,6 +747,7 @@ def test_defaults_list_snippet_composes(tmp_path):
     snippet = next(y for y in _yaml_blocks() if "defaults" in y)
     entries = [e if isinstance(e, str) else next(iter(e)) for e in snippet["defaults"]]
     assert entries.index("_self_") < entries.index("obs_encoder")
+    chosen = next(e["obs_encoder"] for e in snippet["defaults"] if isinstance(e, dict) and "obs_encoder" in e)
     cfg_dir = tmp_path / "config"
     shutil.copytree(FIXTURE_CONFIG, cfg_dir)
     base = yaml.safe_load((FIXTURE_CONFIG / "train_dp_shaped_workspace.yaml").read_text())
@@ -520,12 +760,13 @@ def test_defaults_list_snippet_composes(tmp_path):
     finally:
         GlobalHydra.instance().clear()
     assert cfg.policy.obs_encoder._target_ == "dp_sam2.SAM2ObsEncoder"
-    assert cfg.policy.obs_encoder.model_cfg == "sam2_large"
+    assert cfg.policy.obs_encoder.model_cfg == chosen == default_model()
 
 
+@pytest.mark.slow
 def test_cached_dataset_snippet_instantiates(sandbox, tmp_path, monkeypatch):
-    """The README's task.dataset block in a DP-shaped config, with a stand-in for DP's
-    PushTImageDataset (tests/test_cache.py) and the command-line overrides the README names."""
+    """docs/feature_cache.md's task.dataset block in a DP-shaped config, with a stand-in for DP's
+    PushTImageDataset (tests/test_cache.py) and the command-line overrides the page names."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
@@ -534,10 +775,11 @@ def test_cached_dataset_snippet_instantiates(sandbox, tmp_path, monkeypatch):
     import test_cache
     from dp_sam2 import cache as C
 
-    text = README.read_text()
+    page = DOCS / "feature_cache.md"
+    text = page.read_text()
     overrides = ["policy.obs_encoder.input_range=[0,1]", "policy.obs_encoder.crop_shape=null"]
     assert "`" + " ".join(overrides) + "`" in text.replace("\n", " ")
-    snippet = next(y for y in _yaml_blocks() if "task" in y)
+    snippet = next(yaml.safe_load(b.text) for b in file_blocks(page) if b.lang == "yaml" and "task:" in b.text)
     fake = tmp_path / "fake_dp"
     for rel, body in test_cache.FAKE_DP.items():
         (fake / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -583,9 +825,9 @@ def test_cached_dataset_snippet_instantiates(sandbox, tmp_path, monkeypatch):
             del sys.modules[name]
 
 
-# --------------------------------------------------------------------------- tables and sections
-def _table(header_start: str) -> list[list[str]]:
-    lines = README.read_text().splitlines()
+# --------------------------------------------------------------------------- facts in the prose
+def _table(header_start: str, path: Path = README) -> list[list[str]]:
+    lines = path.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
     for line in lines[start + 2 :]:
@@ -620,21 +862,45 @@ def test_environment_variables_are_exactly_the_three():
     assert names == [resolve.ENV_CHECKPOINT_DIR, resolve.ENV_CACHE, resolve.ENV_ALLOW_MISSING]
 
 
+def test_stated_versions_match_pyproject():
+    """The README's and docs/tested_versions.md's "dp_sam2 needs" name every floor of pyproject.toml,
+    and DP's pins as DESIGN states them."""
+    readme = " ".join(README.read_text().split())
+    versions = readme[readme.index("**Versions.**") :][:1200]
+    table = " ".join(" | ".join(r) for r in _table("| | needs | why |", DOCS / "tested_versions.md"))
+    for name, req in _requirements().items():
+        floor = next(s.version for s in req.specifier if s.operator == ">=")
+        if name in ("torch", "torchvision", "hydra-core", "omegaconf", "diffusers", "zarr"):
+            assert f"{name} >= {floor}" in versions, (name, floor)
+        assert f"{name} >= {floor}" in table, (name, floor)
+    assert f"Python >= {_pyproject()['requires-python'].removeprefix('>=')}" in versions
+    for pin in ("`zarr<3`", "`diffusers<0.37`", "hydra-core 1.3"):
+        assert pin in versions, pin
+
+
+def test_troubleshooting_names_the_last_line_of_info():
+    """Troubleshooting and the README say which line `dp-sam2 info` ends with: it does."""
+    text = " ".join((DOCS / "troubleshooting.md").read_text().split())
+    stated = re.search(r"its last line must start with `([^`]+)`", text).group(1)
+    code = "import sys\nfrom dp_sam2.tools.cli import main\nsys.exit(main(['info']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = [line for line in proc.stdout.splitlines() if line.strip()][-1]
+    assert last.startswith(stated), f"`dp-sam2 info` ends with {last!r}, the docs say {stated!r}"
+    assert "on its last line, whether Hydra sees dp_sam2's `obs_encoder` group" in " ".join(README.read_text().split())
+
+
 def test_sections():
     text = README.read_text()
     for title in (
-        "## On a fresh machine",
-        "## Install beside Diffusion Policy",
-        "## Selecting the encoder",
-        "## Checkpoints",
-        "## The feature cache",
-        "## Training on many GPUs",
+        "## Install",
+        "### In a Diffusion Policy environment",
+        "## Get a checkpoint",
+        "## Train Diffusion Policy with SAM 2",
         "## The command line",
-        "## The predictors",
-        "## Troubleshooting",
-        "## Speed",
-        "## Running the real Diffusion Policy",
+        "## The Python API",
+        "## Where to go next",
     ):
         assert title in text, title
-    assert "Hybrid workspaces are not supported" not in text
-    assert "### Hybrid workspaces (the paper's configs)" in text
+    for line in ("Closed loop on MetaWorld", "Which encoder? (compare)", "Design notes"):
+        assert f"[{line}](docs/" in text, line
