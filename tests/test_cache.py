@@ -4,6 +4,7 @@ DP-shaped setup (a small stand-in for Diffusion Policy's dataset classes, writte
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -28,7 +29,7 @@ def write_replay(path: Path, episodes=EPISODES, hw=(40, 48), seed=0) -> Path:
     """A Push-T-shaped replay buffer: data/img (N, H, W, 3) float32 0..255, state, action."""
     rng = np.random.default_rng(seed)
     n = sum(episodes)
-    root = zarr.open_group(str(path), mode="w")
+    root = C.store.open_group(path, "w")  # zarr format 2 (DP's zarr 2.x reads it) with zarr 2 or 3
     yy, xx = np.mgrid[0 : hw[0], 0 : hw[1]]
     img = np.stack(
         [
@@ -38,7 +39,7 @@ def write_replay(path: Path, episodes=EPISODES, hw=(40, 48), seed=0) -> Path:
     ).astype(np.float32)
     img += rng.uniform(0, 20, img.shape).astype(np.float32)
     data = root.require_group("data")
-    write_array(data, "img", np.clip(img, 0, 255), chunks=(4, *hw, 3))  # zarr 2 and 3
+    write_array(data, "img", np.clip(img, 0, 255), chunks=(4, *hw, 3))
     write_array(data, "state", rng.normal(size=(n, 5)).astype(np.float32), chunks=(n, 5))
     write_array(data, "action", rng.normal(size=(n, 2)).astype(np.float32), chunks=(n, 2))
     write_array(
@@ -111,6 +112,75 @@ def test_cache_equals_live_encoder(cached, ckpts):
         live_crop = _encoder(ckpts[0], crop_shape=[32, 32]).encode_images(C.to_model_input(frames), "img")
     assert crop.group.endswith("-c32x32")
     assert rel_err(torch.from_numpy(_features(path, crop)).float(), live_crop) <= 1e-3
+
+
+def assert_zarr2_layout(path: Path) -> None:
+    """Every group and array under ``path`` is zarr format 2 (.zgroup / .zarray), none is v3 (zarr.json)."""
+    path = Path(path)
+    assert (path / ".zgroup").is_file(), f"{path} is not a zarr format 2 group"
+    v3 = sorted(str(p.relative_to(path)) for p in path.rglob("zarr.json"))
+    assert not v3, f"zarr v3 metadata (DP's zarr 2.x cannot read it): {v3}"
+
+
+ZARR2_READ = """
+import json, sys
+import numpy as np, zarr
+assert zarr.__version__.startswith("2."), zarr.__version__
+root = zarr.open_group(sys.argv[1], mode="r")
+group = root[sys.argv[2]]
+print(json.dumps({
+    "zarr": zarr.__version__,
+    "img_sum": float(np.asarray(root["data"]["img"][:], dtype=np.float64).sum()),
+    "episode_ends": root["meta"]["episode_ends"][:].tolist(),
+    "features_sum": float(np.asarray(group["features"]["img"][:], dtype=np.float64).sum()),
+    "done": bool(np.all(group["done"]["img"][:])),
+    "complete": bool(group.attrs["complete"]),
+}))
+"""
+
+
+def zarr2_python_path() -> str | None:
+    """A folder that holds zarr 2.x (and numcodecs) for a subprocess: ``$DP_SAM2_TEST_ZARR2`` (e.g. made with
+    ``pip install --target /tmp/zarr2 "zarr<3" "numcodecs<0.16"``), else ``None``."""
+    folder = os.environ.get("DP_SAM2_TEST_ZARR2", "").strip()
+    return folder if folder and (Path(folder) / "zarr").is_dir() else None
+
+
+def test_replay_and_cache_open_with_zarr_2(cached, tmp_path):
+    """What dp_sam2 writes (the replay buffer helpers, the cache) is zarr format 2 with numcodecs
+    compressors, so DP's zarr 2.x opens it also when zarr 3 is installed (issue 26)."""
+    path, res = cached
+    assert_zarr2_layout(path)  # the replay buffer and the cache inside it
+    meta = json.loads((path / res.group / "features" / "img" / ".zarray").read_text())
+    assert meta["zarr_format"] == 2 and meta["compressor"]["id"] == "blosc" and meta["dtype"] == "<f2"
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        out = C.cache_features(
+            path, "sam2_tiny", None, SIZE, out=tmp_path / "own.zarr", progress=False, random_weights=True
+        )
+    assert_zarr2_layout(tmp_path / "own.zarr")  # a cache in its own store too
+    root = zarr.open_group(str(path), mode="r")
+    expected = {
+        "img_sum": float(np.asarray(root["data"]["img"][:], dtype=np.float64).sum()),
+        "episode_ends": root["meta"]["episode_ends"][:].tolist(),
+        "features_sum": float(np.asarray(root[res.group]["features"]["img"][:], dtype=np.float64).sum()),
+        "done": True,
+        "complete": True,
+    }
+    if zarr.__version__.startswith("2."):
+        site = None  # this process reads with zarr 2 itself
+    else:
+        site = zarr2_python_path()
+        if site is None:
+            pytest.skip('set DP_SAM2_TEST_ZARR2 to a folder with zarr<3 (pip install --target DIR "zarr<3")')
+    env = dict(os.environ, PYTHONPATH=site) if site else dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-c", ZARR2_READ, str(path), res.group], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got.pop("zarr").startswith("2.")
+    assert got == expected
+    assert out.complete
 
 
 def test_stale_cache_is_refused(cached, ckpts, tmp_path):

@@ -8,7 +8,7 @@ key that says what they depend on (``key``), zarr access (``store``), ranks unde
 from .dataset import CachedFeatureDataset, identity_normalizer
 from .key import RANDOM_INIT, CacheKey, file_sha256, make_key, resolve_weights
 from .store import Source, describe_source, to_model_input, write_array
-from .writer import CacheHandle, CacheResult, build_encoder, cache_features, cache_features_cli, open_cache
+from .writer import CacheHandle, CacheResult, build_encoder, cache_features, open_cache
 
 __all__ = [
     "CacheHandle",
@@ -19,7 +19,6 @@ __all__ = [
     "Source",
     "build_encoder",
     "cache_features",
-    "cache_features_cli",
     "describe_source",
     "file_sha256",
     "identity_normalizer",

@@ -1,11 +1,13 @@
-"""Frozen SAM 2 features of a Diffusion Policy replay buffer, computed once (``dp-sam2 cache-features``).
+"""Frozen SAM 2 features of a Diffusion Policy replay buffer, computed once (``dp-sam2 cache-features``,
+:mod:`dp_sam2.tools.cache_features`).
 
 :func:`cache_features` encodes every frame of the rgb arrays ``data/<key>`` ``(N, H, W, 3)`` (uint8 or float,
 0-255) of a DP zarr replay buffer with :meth:`SAM2ObsEncoder.encode_images` into
 ``<store>/dp_sam2_features/<model>-<image_size>px-<digest12>[-c<H>x<W>][-r<H>x<W>]/``: ``.attrs`` (the key:
 model, checkpoint sha256, image size, crop, resize, precision; the source; a complete flag), ``features/<key>``
 ``(N, 256, image_size/16, image_size/16)`` float16, one chunk per frame, and ``done/<key>`` ``(N,)`` bool (resume).
-``<store>``: the replay zarr (DP reads only ``data/`` and ``meta/``) or any zarr path; zarr 2 and 3 both work.
+``<store>``: the replay zarr (DP reads only ``data/`` and ``meta/``) or any zarr path; what is written is zarr
+format 2 (DP's zarr 2.x reads it) with zarr 2 or 3 installed (:mod:`dp_sam2.cache.store`).
 :func:`open_cache` refuses a cache whose key differs from the config's (a ValueError naming both). Under
 ``torchrun`` (gloo is enough) each rank writes whole done-mask blocks, with the same result as one process.
 :class:`~dp_sam2.cache.CachedFeatureDataset` serves them; README.md's "## The feature cache" has the crop trade-off.
@@ -13,7 +15,6 @@ model, checkpoint sha256, image size, crop, resize, precision; the source; a com
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dist import Dist, current_dist, torchrun_process_group
+from .dist import Dist, current_dist
 from .key import GROUP, RANDOM_INIT, CacheKey, _check_attrs, make_key
 from .store import (
     Source,
-    _create_array,
-    _delete,
-    _has,
-    _member_names,
-    _open_group,
-    _require_group,
+    create_array,
+    delete_member,
     describe_source,
+    has_member,
+    member_names,
+    open_group,
+    require_group,
     to_model_input,
 )
 
@@ -88,11 +89,11 @@ def build_encoder(key: CacheKey, source: Source, checkpoint_path: Path | None, d
 
 def _prepare_group(store, key: CacheKey, source: Source, feature_shape, overwrite: bool):
     """Create (or check and reopen) the cache group; only rank 0 calls this."""
-    root = _open_group(store, "a")
-    top = _require_group(root, GROUP)
-    if overwrite and _has(top, key.name):
-        _delete(top, key.name)
-    group = _require_group(top, key.name)
+    root = open_group(store, "a")
+    top = require_group(root, GROUP)
+    if overwrite and has_member(top, key.name):
+        delete_member(top, key.name)
+    group = require_group(top, key.name)
     wanted = {
         **key.as_dict(),
         "n_frames": source.n_frames,
@@ -105,12 +106,12 @@ def _prepare_group(store, key: CacheKey, source: Source, feature_shape, overwrit
         _check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint="pass --overwrite to recompute it")
     else:
         group.attrs.update({**wanted, "complete": False, "keys": list(source.keys)})
-    feats, done = _require_group(group, "features"), _require_group(group, "done")
+    feats, done = require_group(group, "features"), require_group(group, "done")
     block = max(1, min(DONE_BLOCK, source.n_frames // 16))  # small buffers: still spread over ranks
     for k in source.keys:
-        if not _has(feats, k):
-            _create_array(feats, k, (source.n_frames, *feature_shape), (1, *feature_shape), "float16", 0)
-            _create_array(done, k, (source.n_frames,), (block,), "bool", False)
+        if not has_member(feats, k):
+            create_array(feats, k, (source.n_frames, *feature_shape), (1, *feature_shape), "float16", 0)
+            create_array(done, k, (source.n_frames,), (block,), "bool", False)
     group.attrs["keys"] = sorted(set(group.attrs.get("keys", [])) | set(source.keys))
     return group
 
@@ -144,7 +145,7 @@ def cache_features(
         raise FileNotFoundError(f"replay buffer not found: {zarr_path}")
     store = Path(out) if out is not None else zarr_path
     dist = current_dist()
-    source = describe_source(_open_group(zarr_path, "r"), keys)
+    source = describe_source(open_group(zarr_path, "r"), keys)
     key, ckpt = make_key(obs_encoder, checkpoint, image_size, crop_shape, resize_shape, random_weights, precision)
     if ckpt is None and dist.rank == 0:
         warnings.warn(
@@ -155,10 +156,10 @@ def cache_features(
     if dist.rank == 0:
         _prepare_group(store, key, source, encoder.feature_shape, overwrite)
     dist.barrier()
-    group = _open_group(store, "a")[GROUP][key.name]
+    group = open_group(store, "a")[GROUP][key.name]
     if dist.rank != 0:
         _check_attrs(dict(group.attrs), {**key.as_dict(), "n_frames": source.n_frames}, str(store), "")
-    data = _open_group(zarr_path, "r")["data"]
+    data = open_group(zarr_path, "r")["data"]
     computed = 0
     for k in source.keys:
         todo = _pending_frames(group["done"][k], dist)
@@ -219,7 +220,7 @@ class CacheHandle:
     feature_shape: tuple[int, ...]
 
     def arrays(self) -> dict:
-        group = _open_group(self.store, "r")[self.group]
+        group = open_group(self.store, "r")[self.group]
         return {k: group["features"][k] for k in self.keys}
 
 
@@ -236,9 +237,9 @@ def open_cache(store, key: CacheKey, n_frames: int | None = None, checkpoint=Non
         + (f" --precision {key.precision}" if key.precision != "fp32" else "")
         + ("" if store.suffix == ".zarr" else f" --out {store}")
     )
-    root = _open_group(store, "r")
-    if not _has(root, GROUP) or not _has(root[GROUP], key.name):
-        others = _member_names(root[GROUP]) if _has(root, GROUP) else []
+    root = open_group(store, "r")
+    if not has_member(root, GROUP) or not has_member(root[GROUP], key.name):
+        others = member_names(root[GROUP]) if has_member(root, GROUP) else []
         stale = ""
         if others:
             stale = (
@@ -275,31 +276,3 @@ def _summary(attrs: dict) -> str:
         f"model {attrs.get('model')}, checkpoint {digest[:12]}, image_size {attrs.get('image_size')}, "
         f"crop {attrs.get('crop_shape')}, resize {attrs.get('resize_shape')}, precision {attrs.get('precision')}"
     )
-
-
-# --------------------------------------------------------------------------- CLI entry
-def cache_features_cli(args) -> str | None:
-    with torchrun_process_group():
-        dist = current_dist()
-        device = args.device
-        if device is None and dist.world > 1 and torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', dist.rank))}"
-        result = cache_features(
-            args.zarr,
-            args.obs_encoder,
-            args.checkpoint,
-            args.image_size,
-            keys=args.keys,
-            out=args.out,
-            crop_shape=args.crop_shape,
-            resize_shape=args.resize_shape,
-            batch_size=args.batch_size,
-            device=device,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            random_weights=args.random_weights,
-            precision=args.precision,
-        )
-    if dist.rank != 0:
-        return f"rank {dist.rank}: encoded {result.computed} frames"
-    return str(result) + (f" [rank 0 of {dist.world}]" if dist.world > 1 else "")

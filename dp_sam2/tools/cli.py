@@ -133,11 +133,9 @@ def cmd_viz(args) -> int:
 
 
 def cmd_cache_features(args) -> int:
-    from dp_sam2.cache import cache_features_cli
+    from dp_sam2.tools.cache_features import cache_features_command
 
-    report = cache_features_cli(args)
-    if report is not None:
-        print(report)
+    print(cache_features_command(args))
     return 0
 
 
