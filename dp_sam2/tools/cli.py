@@ -167,6 +167,46 @@ def _add_model_args(p, default_model: str, what: str = "--model") -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available, else CPU)")
 
 
+# --------------------------------------------------------------------------- metaworld-demos (issue 24)
+def cmd_metaworld_demos(args) -> int:
+    from dp_sam2.metaworld.demos import collect_demos
+
+    summary = collect_demos(
+        args.task,
+        args.episodes,
+        args.out,
+        image_size=args.image_size,
+        camera=args.camera,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"dp-sam2 metaworld-demos wrote {summary['episodes']} expert episodes ({summary['steps']} steps, "
+        f"{summary['attempts']} attempts) to {Path(summary['path']).resolve()}"
+    )
+    return 0
+
+
+def _add_metaworld_demos(sub) -> None:
+    p = sub.add_parser(
+        "metaworld-demos",
+        help="MetaWorld scripted-expert demonstrations as a Diffusion Policy replay buffer (zarr)",
+        description="Rolls out MetaWorld's scripted expert for --task and writes the successful episodes "
+        "as DP's replay buffer (data/img, data/agent_pos, data/state, data/action, meta/episode_ends) for "
+        'task=metaworld / task=metaworld_lowdim. Needs the extra: pip install "dp-sam2[metaworld]".',
+    )
+    p.add_argument("--task", required=True, help="a MetaWorld v3 task, with or without -v3 (e.g. reach, pick-place-v3)")
+    p.add_argument("--episodes", type=int, required=True, help="successful episodes to keep")
+    p.add_argument("--image-size", type=int, default=128, help="square image size in pixels (default 128)")
+    p.add_argument("--camera", default="corner2", help="corner, corner2 (default), corner3, corner4, topview, ...")
+    p.add_argument("--seed", type=int, default=0, help="start states come from this seed (same seed, same file)")
+    p.add_argument("--out", required=True, help="the buffer to write, e.g. data/metaworld/reach.zarr")
+    p.add_argument("--max-steps", type=int, default=500, help="steps per attempt before it counts as failed")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_metaworld_demos)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dp-sam2",
@@ -324,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "obs_encoder group through dp_sam2's search-path plugin.",
     )
     p.set_defaults(func=cmd_info)
+    _add_metaworld_demos(sub)
     return parser
 
 
