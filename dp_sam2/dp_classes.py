@@ -16,13 +16,14 @@ and pickling stay consistent).
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 _MADE: dict[tuple[type, type], type] = {}
 
 
-def import_dp(path: str, *, fallback: type | None = None) -> type:
-    """DP's class at ``"package.module:Name"``. Where DP is not importable: ``fallback`` when
-    given, else an ``ImportError`` that names the class and says DP must be importable."""
+def import_dp(path: str, *, fallback: Any = None) -> Any:
+    """DP's class (or function) at ``"package.module:Name"``. Where DP is not importable: ``fallback``
+    when given, else an ``ImportError`` that names the object and says how to make DP importable."""
     module_name, _, attr = path.partition(":")
     if not attr:
         raise ValueError(f"expected 'package.module:ClassName', got {path!r}")
@@ -33,7 +34,8 @@ def import_dp(path: str, *, fallback: type | None = None) -> type:
             return fallback
         raise ImportError(
             f"{attr} comes from Diffusion Policy ({module_name}), which is not importable here: {err}. "
-            "Run from your DP checkout (or put it on PYTHONPATH)."
+            "Run from the root of your DP checkout (git clone https://github.com/real-stanford/diffusion_policy) "
+            "or put it on PYTHONPATH, with dp_sam2 installed in the same Python."
         ) from err
 
 

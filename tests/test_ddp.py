@@ -23,7 +23,7 @@ import dill
 import pytest
 import torch
 
-from dp_sam2.workspaces import dist as D
+from dp_sam2 import dist as D
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = ROOT / "tests" / "fixtures" / "dp" / "ddp_checkout"
@@ -373,7 +373,6 @@ def test_workspace_class_needs_dp_lazily(monkeypatch):
     import importlib
 
     mod = importlib.import_module("dp_sam2.workspaces.data_parallel")  # no DP needed to import
-    monkeypatch.setattr(mod, "_CLASS", None)
     monkeypatch.setitem(sys.modules, "diffusion_policy", None)
     with pytest.raises(ImportError, match="real-stanford/diffusion_policy"):
         mod.TrainDiffusionDataParallelWorkspace  # noqa: B018

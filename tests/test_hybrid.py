@@ -69,10 +69,6 @@ def fake_dp():
     sys.path.remove(str(FAKE_DP))
     for name in [m for m in sys.modules if m == "diffusion_policy" or m.startswith("diffusion_policy.")]:
         del sys.modules[name]
-    from dp_sam2.policies import transformer, unet
-
-    unet._CLASSES.clear()
-    transformer._CLASSES.clear()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dp_sam2"
 # lowest first; a layer may import itself and the layers before it (peers on one line)
 LAYERS = [
-    ("_progress",),
+    ("_progress", "_aliases", "dist", "dp_classes"),  # helpers that import no other layer
     ("checkpoints",),
     ("encoders.sam2", "ext"),
     ("predictors", "encoders.obs"),

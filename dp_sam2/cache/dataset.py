@@ -7,29 +7,24 @@ import warnings
 import numpy as np
 import torch
 
+from dp_sam2.dp_classes import dp_subclass
+
 from .key import make_key
 from .writer import CacheHandle, open_cache
 
 
 # --------------------------------------------------------------------------- the dataset wrapper
-def _dp_base():
-    """DP's ``BaseImageDataset`` when Diffusion Policy is importable (its workspaces assert
-    ``isinstance(dataset, BaseImageDataset)``), else ``torch.utils.data.Dataset``."""
-    try:
-        from diffusion_policy.dataset.base_dataset import BaseImageDataset
-    except ImportError:
-        return torch.utils.data.Dataset
-    return BaseImageDataset
-
-
-_CLASSES: dict = {}
-
-
-def _dataset_class():
-    base = _dp_base()
-    if base not in _CLASSES:
-        _CLASSES[base] = type("CachedFeatureDataset", (_CachedFeatures, base), {"__module__": __name__})
-    return _CLASSES[base]
+def _dataset_class() -> type:
+    """:class:`_CachedFeatures` on DP's ``BaseImageDataset`` when Diffusion Policy is importable (its
+    workspaces assert ``isinstance(dataset, BaseImageDataset)``), else on ``torch.utils.data.Dataset``.
+    Pickled through :func:`_rebuild` (the module's ``CachedFeatureDataset`` is the factory function)."""
+    return dp_subclass(
+        _CachedFeatures,
+        "diffusion_policy.dataset.base_dataset:BaseImageDataset",
+        name="CachedFeatureDataset",
+        module=__name__,
+        fallback=torch.utils.data.Dataset,
+    )
 
 
 def _rebuild(state: dict):

@@ -1,8 +1,8 @@
-"""Old path of the obs encoder (0.1.x), kept because DP checkpoints saved it as ``_target_``:
-``dp_sam2.encoders.obs_encoder.SAM2ObsEncoder``. The code lives in :mod:`dp_sam2.encoders.obs`."""
+"""Old path (0.1.x) of the obs encoder, kept because DP checkpoints saved
+``dp_sam2.encoders.obs_encoder.SAM2ObsEncoder`` as ``_target_``. The code lives in
+:mod:`dp_sam2.encoders.obs`; each name resolves through the table in dp_sam2/_aliases.py."""
 
-from dp_sam2.encoders.obs.backbone import SAM2Backbone
-from dp_sam2.encoders.obs.encoder import SAM2ObsEncoder
-from dp_sam2.encoders.obs.inputs import ObsKeys, parse_input_range, parse_shape_meta
+from dp_sam2._aliases import names, shim
 
-__all__ = ["SAM2ObsEncoder", "SAM2Backbone", "ObsKeys", "parse_input_range", "parse_shape_meta"]
+__getattr__, __dir__ = shim("dp_sam2.encoders.obs_encoder")
+__all__ = names("dp_sam2.encoders.obs_encoder")

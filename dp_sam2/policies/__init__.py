@@ -63,7 +63,7 @@ def sam2_diffusion_policy(obs_encoder=None, **kwargs):
     """Build the DP diffusion image policy that ``kwargs`` configure, with SAM 2 as ``obs_encoder``."""
     kwargs["obs_encoder"] = obs_encoder
     kind = policy_kind(kwargs)
-    check_required(kind, kwargs)
+    check_required(kwargs)
     cls = policy_class(kind)
     if kind == UNET_IMAGE:
         check_step_kwargs(kind, {k: v for k, v in kwargs.items() if k not in UNET_ARGS}, kwargs["noise_scheduler"])

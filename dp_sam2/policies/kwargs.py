@@ -50,12 +50,6 @@ UNET_ARGS = (
     "n_groups",
     "cond_predict_scale",
 )
-TRANSFORMER_POLICY_ARGS = (
-    ("shape_meta", "noise_scheduler", "obs_encoder", "horizon", "n_action_steps", "n_obs_steps", "num_inference_steps")
-    + HYBRID_IMAGE_ARGS
-    + TRANSFORMER_ARGS
-)
-
 DP_NAMES = {
     UNET_IMAGE: "DiffusionUnetImagePolicy",
     UNET_HYBRID: "DiffusionUnetHybridImagePolicy",
@@ -72,7 +66,7 @@ def policy_kind(kwargs: Mapping) -> str:
     return UNET_IMAGE
 
 
-def check_required(kind: str, kwargs: Mapping) -> None:
+def check_required(kwargs: Mapping) -> None:
     """The kwargs every DP diffusion image policy takes; their absence means the replaced config was
     not one (e.g. an IBC or robomimic policy), which sam2_policy cannot serve."""
     missing = [
@@ -108,14 +102,3 @@ def check_step_kwargs(kind: str, extra: Mapping, noise_scheduler) -> None:
             f"{type(noise_scheduler).__name__}.step (DP forwards unknown policy kwargs there, so they would "
             "fail at the first predict_action); remove them from the policy config"
         )
-
-
-def as_hw(value, name: str):
-    """``[h, w]`` (list, tuple or ListConfig) -> ``(h, w)``; ``None`` stays ``None``."""
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be [height, width] or null, got {value!r}") from None
-    return (h, w)

@@ -17,12 +17,13 @@ import logging
 
 import torch
 
+from dp_sam2.dp_classes import dp_subclass, import_dp
+
 from .image_args import apply_hybrid_image_args
 from .kwargs import TRANSFORMER_HYBRID, check_step_kwargs
 
 log = logging.getLogger(__name__)
 NAME = "SAM2DiffusionTransformerHybridImagePolicy"
-_CLASSES: dict = {}
 
 
 class _TransformerHybridInit:
@@ -130,17 +131,13 @@ class _TransformerHybridInit:
         return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas))
 
 
-def transformer_hybrid_class():
-    """The class, derived from DP's ``DiffusionTransformerHybridImagePolicy`` (imported now; DP's
-    module imports robomimic)."""
-    from diffusion_policy.policy.diffusion_transformer_hybrid_image_policy import (
-        DiffusionTransformerHybridImagePolicy as dp_class,
+def transformer_hybrid_class() -> type:
+    """The class: :class:`_TransformerHybridInit` on DP's ``DiffusionTransformerHybridImagePolicy``
+    (imported now; DP's module imports robomimic), named
+    ``dp_sam2.policies.SAM2DiffusionTransformerHybridImagePolicy`` (where pickle finds it)."""
+    dp_class = import_dp(
+        "diffusion_policy.policy.diffusion_transformer_hybrid_image_policy:DiffusionTransformerHybridImagePolicy"
     )
-
-    if dp_class not in _CLASSES:
-        _CLASSES[dp_class] = type(
-            NAME,
-            (_TransformerHybridInit, dp_class),
-            {"__module__": "dp_sam2.policies", "__qualname__": NAME, "__doc__": __doc__, "_dp_class": dp_class},
-        )
-    return _CLASSES[dp_class]
+    return dp_subclass(
+        _TransformerHybridInit, dp_class, name=NAME, module="dp_sam2.policies", __doc__=__doc__, _dp_class=dp_class
+    )

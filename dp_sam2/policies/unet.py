@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 
+from dp_sam2.dp_classes import dp_subclass
+
 from .image_args import apply_hybrid_image_args
 from .kwargs import UNET_HYBRID, check_step_kwargs
 
 log = logging.getLogger(__name__)
 NAME = "SAM2DiffusionUnetHybridImagePolicy"
-_CLASSES: dict = {}
 
 
 class _UnetHybridInit:
@@ -74,14 +75,13 @@ class _UnetHybridInit:
         )
 
 
-def unet_hybrid_class():
-    """The class, derived from DP's ``DiffusionUnetImagePolicy`` (imported now)."""
-    from diffusion_policy.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
-
-    if DiffusionUnetImagePolicy not in _CLASSES:
-        _CLASSES[DiffusionUnetImagePolicy] = type(
-            NAME,
-            (_UnetHybridInit, DiffusionUnetImagePolicy),
-            {"__module__": "dp_sam2.policies", "__qualname__": NAME, "__doc__": __doc__},
-        )
-    return _CLASSES[DiffusionUnetImagePolicy]
+def unet_hybrid_class() -> type:
+    """The class: :class:`_UnetHybridInit` on DP's ``DiffusionUnetImagePolicy`` (imported now), named
+    ``dp_sam2.policies.SAM2DiffusionUnetHybridImagePolicy`` (where pickle finds it)."""
+    return dp_subclass(
+        _UnetHybridInit,
+        "diffusion_policy.policy.diffusion_unet_image_policy:DiffusionUnetImagePolicy",
+        name=NAME,
+        module="dp_sam2.policies",
+        __doc__=__doc__,
+    )

@@ -23,10 +23,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from dp_sam2.workspaces import dist as D
+from dp_sam2 import dist as D
+from dp_sam2.dp_classes import dp_subclass, import_dp
 
 CLASS_NAME = "TrainDiffusionDataParallelWorkspace"
 TARGET = f"{__name__}.{CLASS_NAME}"
+
+
+def checkpoint_lock_path():
+    """``.dp_sam2.lock`` in the folder ``dp-sam2 download`` writes to (``checkpoints/`` of the DP
+    repo, else the user cache): rank 0 resolves (or downloads) the SAM 2 file under it."""
+    from dp_sam2.checkpoints.download import default_dest
+
+    return default_dest() / ".dp_sam2.lock"
 
 
 class LossForward(nn.Module):
@@ -88,16 +97,8 @@ class _NullLog:
 
 
 def _dp(module: str, name: str):
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as err:
-        raise ImportError(
-            f"the data-parallel workspace needs Diffusion Policy's {module}.{name}: run DP's train.py from the "
-            "DP repo root (git clone https://github.com/real-stanford/diffusion_policy), with dp_sam2 installed "
-            f"in the same Python ({err})"
-        ) from err
+    """DP's ``module.name``, or an ImportError that says how to make DP importable."""
+    return import_dp(f"{module}:{name}")
 
 
 def _init_wandb(cfg, output_dir: str):
@@ -139,7 +140,7 @@ class DataParallelTraining:
 
         import hydra
 
-        lock = D.checkpoint_lock_path() if self._dist.enabled else None
+        lock = checkpoint_lock_path() if self._dist.enabled else None
         with D.rank_zero_first(self._dist, lock):  # rank 0 resolves (or downloads) the SAM 2 file first
             self.model = hydra.utils.instantiate(cfg.policy)
         self.ema_model = None
@@ -370,21 +371,16 @@ class DataParallelTraining:
         return state
 
 
-_CLASS = None
-
-
-def workspace_class():
+def workspace_class() -> type:
     """:data:`TARGET`: :class:`DataParallelTraining` on DP's ``BaseWorkspace`` (imported here, not
     when dp_sam2 is imported)."""
-    global _CLASS
-    if _CLASS is None:
-        base = _dp("diffusion_policy.workspace.base_workspace", "BaseWorkspace")
-        _CLASS = type(
-            CLASS_NAME,
-            (DataParallelTraining, base),
-            {"__module__": __name__, "__qualname__": CLASS_NAME, "__doc__": __doc__},
-        )
-    return _CLASS
+    return dp_subclass(
+        DataParallelTraining,
+        "diffusion_policy.workspace.base_workspace:BaseWorkspace",
+        name=CLASS_NAME,
+        module=__name__,
+        __doc__=__doc__,
+    )
 
 
 def __getattr__(name):

@@ -94,9 +94,10 @@ def _composed_1x1(first: nn.Conv2d, second: nn.Conv2d, x: torch.Tensor) -> torch
 
 
 def __getattr__(name: str):
-    # 0.1.x model yamls named dp_sam2.encoders.sam2.neck.ImageEncoder; it now has its own module.
-    if name == "ImageEncoder":
-        from .image_encoder import ImageEncoder
+    # 0.1.x model yamls named dp_sam2.encoders.sam2.neck.ImageEncoder; it now has its own module
+    # (dp_sam2/_aliases.py, the table of old paths, says which).
+    from dp_sam2._aliases import MOVED, resolve
 
-        return ImageEncoder
+    if f"{__name__}.{name}" in MOVED:
+        return resolve(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
