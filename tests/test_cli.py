@@ -16,7 +16,9 @@ import zarr
 from PIL import Image
 
 from conftest import synthetic_photo as picture
+from dp_sam2.checkpoints.registry import DEFAULT_MODEL
 from dp_sam2.tools.cli import build_parser, main
+from test_cache import assert_zarr2_layout
 
 COMMANDS = ["demo", "download", "segment", "track", "viz", "cache-features", "info"]
 
@@ -69,22 +71,50 @@ def test_demo_writes_pictures(tmp_path, monkeypatch, capsys):
     with pytest.warns(UserWarning, match="RANDOM weights"):
         assert main(["demo", "--out", "out", "--quick", "--steps", "6", "--offline"]) == 0
     captured = capsys.readouterr()
-    assert "dp-sam2 download sam2_tiny" in captured.err  # the loud warning says how to get real weights
+    assert f"dp-sam2 download {DEFAULT_MODEL}" in captured.err  # the loud warning says how to get real weights
     for name in ("loss_curve.png", "actions.png", "features_pca.png", "mask_overlay.png", "track.png"):
         path = tmp_path / "out" / name
         assert path.is_file() and str(path.resolve()) in captured.out
         with Image.open(path) as img:
             assert img.width > 100 and img.height > 100 and np.asarray(img).std() > 1
+            assert_says_random_weights(img)  # random weights never look like a result (issue 26)
+        line = next(line for line in captured.out.splitlines() if str(path.resolve()) in line)
+        assert "RANDOM weights" in line  # and the summary line says so too
+    mask_line = next(line for line in captured.out.splitlines() if "mask_overlay.png" in line)
+    assert "% of the image" in mask_line and "mask of the block" not in mask_line  # what the picture shows
+    track_line = next(line for line in captured.out.splitlines() if "track.png" in line)
+    assert "a mask on " in track_line and " frames" in track_line
     root = zarr.open_group(str(tmp_path / "out" / "pusht_demo.zarr"), mode="r")
     assert root["data"]["img"].shape == (16, 96, 96, 3) and "dp_sam2_features" in root
+    assert_zarr2_layout(tmp_path / "out" / "pusht_demo.zarr")  # DP's zarr 2.x opens the buffer and its cache
 
 
 def test_demo_uses_official_weights_when_found(tmp_path, monkeypatch, ckpt_dir, recwarn):
     monkeypatch.setenv("DP_SAM2_CHECKPOINT_DIR", str(ckpt_dir))
     from dp_sam2.tools.commands import find_checkpoint
+    from dp_sam2.tools.demo import demo_weights
 
     assert find_checkpoint("sam2_tiny", None, random_weights=True) == ckpt_dir / "sam2_hiera_tiny.pt"
+    assert demo_weights(offline=True) == ckpt_dir / "sam2.1_hiera_tiny.pt"  # the default model's file
     assert not [w for w in recwarn if "RANDOM" in str(w.message)]
+
+
+def test_one_default_model_everywhere():
+    """The demo, segment, track and viz use one model, and the demo fetches that one (issue 26)."""
+    from dp_sam2.checkpoints.registry import DEFAULT_MODEL as default
+    from dp_sam2.tools import commands, demo
+
+    assert default == "sam2.1_tiny"
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert sub.choices["segment"].get_default("model") == default
+    assert sub.choices["track"].get_default("model") == default
+    assert sub.choices["viz"].get_default("obs_encoder") == default
+    assert f"`dp-sam2 download {default}`" in sub.choices["demo"].description
+    for fn in (commands.segment_image, commands.track_video, commands.visualize_features):
+        defaults = fn.__defaults__ + tuple((fn.__kwdefaults__ or {}).values())
+        assert default in defaults and not {"sam2_tiny", "sam2_large"} & set(defaults), fn.__name__
+    assert demo.DEFAULT_MODEL == default
 
 
 def test_segment(tmp_path, ckpt_dir, monkeypatch, capsys):
@@ -264,6 +294,8 @@ def test_info(tmp_path, ckpt_dir, monkeypatch, capsys):
     assert "not found (dp-sam2 download sam2_large)" in out or "sam2_hiera_large.pt" in out
     assert "Hydra sees the obs_encoder group: yes: sam2.1_base_plus" in out
     assert "Hydra sees the umi_obs_encoder group: " in out
+    # the line Troubleshooting names is the last one (issue 26)
+    assert out.rstrip("\n").splitlines()[-1].startswith("Hydra sees the obs_encoder group: yes: ")
     assert not GlobalHydra.instance().is_initialized()  # info leaves Hydra as it found it
     assert "official     https://dl.fbaipublicfiles.com" in out and "HF_ENDPOINT unset" in out
     monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080")
@@ -301,7 +333,7 @@ def test_demo_weights_fall_back_fast_or_download(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(dl, "check_reachable", _fail_if_called)
     assert demo_weights(offline=True) is None
-    assert "dp-sam2 download sam2_tiny" in capsys.readouterr().err
+    assert "dp-sam2 download sam2.1_tiny" in capsys.readouterr().err
     monkeypatch.undo()
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
@@ -341,17 +373,17 @@ def test_demo_weights_fall_back_fast_or_download(tmp_path, monkeypatch, capsys):
     finally:
         dropper.close()
         silent.close()
-    assert not (tmp_path / "cache" / "sam2_hiera_tiny.pt").exists()
+    assert not (tmp_path / "cache" / "sam2.1_hiera_tiny.pt").exists()
 
     import test_download
 
-    data = test_download._tiny_checkpoint_bytes(tmp_path)
-    server = _Server({"sam2_hiera_tiny.pt": data})
+    data = test_download._tiny21_bytes(tmp_path)
+    server = _Server({"sam2.1_hiera_tiny.pt": data})  # the demo downloads the default model's file
     try:
         path = demo_weights(base_url=server.url)
     finally:
         server.close()
-    assert path == tmp_path / "cache" / "sam2_hiera_tiny.pt" and path.read_bytes() == data
+    assert path == tmp_path / "cache" / "sam2.1_hiera_tiny.pt" and path.read_bytes() == data
 
 
 def _fail_if_called(*args, **kwargs):
@@ -463,3 +495,167 @@ def test_demo_log_fits_in_150_lines(tmp_path):
     assert len(lines) <= 150, f"{len(lines)} lines:\n{text[-3000:]}"
     assert "RANDOM weights" in text and "training the diffusion action head: 100%" in text
     assert "downloading" not in text  # --offline: no attempt
+
+
+# --------------------------------------------------------------------------- first contact (issue 26)
+def assert_says_random_weights(img) -> None:
+    """A picture made with random weights says so: its Title, and a red strip with the words on top."""
+    title = getattr(img, "text", {}).get("Title", "")
+    assert title.startswith("RANDOM WEIGHTS - not a result"), title
+    top = np.asarray(img.convert("RGB"))[:3, :3].reshape(-1, 3)
+    assert (top == (200, 0, 0)).all(), top
+
+
+@pytest.fixture
+def no_weights_anywhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("DP_SAM2_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _no_model_may_be_built(monkeypatch):
+    import hydra.utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built before the arguments were checked")
+
+    monkeypatch.setattr(hydra.utils, "instantiate", refuse)
+
+
+def test_random_weights_pictures_say_so(no_weights_anywhere, capsys):
+    tmp_path = no_weights_anywhere
+    image = picture(tmp_path / "photo.png")
+    args = ["--image-size", "128", "--device", "cpu", "--random-weights"]
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        assert main(["segment", str(image), "--point", "65,55", "--out", str(tmp_path / "m.png"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "% of the image" in out and "RANDOM weights" in out
+    with Image.open(tmp_path / "m.png") as img:
+        assert_says_random_weights(img)
+        assert img.width == 160 and img.height > 120  # the strip sits above the picture
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        picture(frames / f"{i}.png", size=(128, 96), shift=4 * i)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        assert main(["track", str(frames), "--point", "0,40,40", "--out", str(tmp_path / "t"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 3 files" in out and "a mask on " in out and "of 2 frames" in out and "RANDOM weights" in out
+    for name in ("00000.png", "00001.png", "track_sheet.png"):
+        with Image.open(tmp_path / "t" / name) as img:
+            assert_says_random_weights(img)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        assert main(["viz", str(image), "--out", str(tmp_path / "v.png"), *args]) == 0
+    assert "RANDOM weights" in capsys.readouterr().out
+    with Image.open(tmp_path / "v.png") as img:
+        assert_says_random_weights(img)
+
+
+def test_mask_notes_and_titles(tmp_path):
+    from dp_sam2.tools.draw import mask_note, save_picture, titled
+
+    assert "EMPTY" in mask_note(np.zeros((10, 10), bool))
+    assert "covers 90% of the image" in mask_note(np.arange(100).reshape(10, 10) >= 10)
+    assert mask_note(np.arange(100).reshape(10, 10) < 20) == ""
+    real = titled(np.zeros((20, 30, 3), np.uint8), "a mask", random_weights=False)
+    assert real.size == (30, 20) and real.info["title"] == "a mask"  # real weights: pixels unchanged
+    fake = titled(np.zeros((20, 30, 3), np.uint8), "a mask", random_weights=True)
+    assert fake.width == 30 and fake.height > 20 and fake.info["title"].startswith("RANDOM WEIGHTS")
+    with Image.open(save_picture(fake, tmp_path / "fake.png")) as img:
+        assert_says_random_weights(img)
+
+
+def test_segment_with_real_weights_has_no_warning_strip(tmp_path, ckpt_dir, capsys):
+    image = picture(tmp_path / "photo.png")
+    ckpt = str(ckpt_dir / "sam2.1_hiera_tiny.pt")
+    out = tmp_path / "m.png"
+    assert (
+        main(
+            ["segment", str(image), "--point", "65,55", "--image-size", "128", "--checkpoint", ckpt, "--out", str(out)]
+        )
+        == 0
+    )
+    assert "RANDOM" not in capsys.readouterr().out
+    with Image.open(out) as img:
+        assert img.size == (160, 120) and not img.text["Title"].startswith("RANDOM")
+
+
+def test_explicit_missing_checkpoint_is_an_error_whatever_else_is_given(no_weights_anywhere, monkeypatch, capsys):
+    tmp_path = no_weights_anywhere
+    _no_model_may_be_built(monkeypatch)
+    image = picture(tmp_path / "photo.png")
+    missing = str(tmp_path / "nope" / "sam2.1_hiera_tiny.pt")
+    for argv in (
+        ["segment", str(image), "--point", "5,5", "--out", "m.png"],
+        ["track", str(tmp_path), "--point", "0,5,5", "--out", "t"],
+        ["viz", str(image), "--out", "v.png"],
+        ["cache-features", "--zarr", str(tmp_path / "none.zarr")],
+    ):
+        for extra in (["--random-weights"], []):
+            monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")  # nor does the environment variable
+            if argv[0] == "track":
+                picture(tmp_path / "0.png")
+            assert main([*argv, "--checkpoint", missing, *extra]) == 1, argv
+            err = capsys.readouterr().err
+            assert f"SAM 2 checkpoint {missing!r} not found" in err, err
+            assert "dp-sam2 download sam2.1_tiny" in err and "--random-weights" in err, err
+    monkeypatch.delenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT")
+    # without --checkpoint and nothing found: the download command and --random-weights, no DP variable
+    assert main(["segment", str(image), "--point", "5,5", "--out", "m.png"]) == 1
+    err = capsys.readouterr().err
+    assert "dp-sam2 download sam2.1_tiny" in err and "add --random-weights" in err
+    assert "DP_SAM2_ALLOW_MISSING_CHECKPOINT" not in err
+    assert f"{Path.cwd() / 'checkpoints' / 'sam2.1_hiera_tiny.pt'}" in err  # every place tried
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, capsys):
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(photo)
+    image = picture(tmp_path / "photo.png")
+    argv = ["segment", str(image), "--point", "5,5", "--image-size", "64", "--device", "cpu", "--out", "m.png"]
+    assert main([*argv, "--checkpoint", str(photo)]) == 1
+    err = capsys.readouterr().err
+    assert f"{photo} is not a PyTorch checkpoint (it starts like a JPEG image)" in err, err
+    assert "weights_only" not in err
+    html = tmp_path / "sam2.1_hiera_tiny.pt"
+    html.write_text("<!DOCTYPE html><html><body>404</body></html>")
+    from dp_sam2.checkpoints.files import read_checkpoint_file
+
+    with pytest.raises(ValueError, match=r"is not a PyTorch checkpoint \(it starts like an HTML page"):
+        read_checkpoint_file(html)
+
+
+def test_argument_checks_run_before_any_model_is_built(tmp_path, ckpt_dir, monkeypatch, capsys):
+    _no_model_may_be_built(monkeypatch)
+    image = picture(tmp_path / "photo.png")
+    ckpt = str(ckpt_dir / "sam2.1_hiera_tiny.pt")
+    assert main(["segment", str(image), "--out", str(tmp_path / "m.png"), "--checkpoint", ckpt]) == 1
+    assert "give a prompt" in capsys.readouterr().err
+    for cmd in (
+        ["segment", str(image), "--point", "5,5", "--out", "m.png"],
+        ["track", str(tmp_path), "--point", "0,5,5", "--out", "t"],
+        ["viz", str(image), "--out", "v.png"],
+        ["cache-features", "--zarr", "x.zarr"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main([*cmd, "--image-size", "500"])
+        assert info.value.code == 2
+        assert "must be a positive multiple of 32 (e.g. 480 or 512), got 500" in capsys.readouterr().err
+    from dp_sam2.tools.commands import segment_image, track_video
+
+    with pytest.raises(ValueError, match="multiple of 32"):
+        segment_image(image, point=(5, 5), checkpoint=ckpt, image_size=500, out=tmp_path / "m.png")
+    with pytest.raises(ValueError, match="give a prompt"):
+        segment_image(image, checkpoint=ckpt, out=tmp_path / "m.png")
+    with pytest.raises(ValueError, match="the video has 1 frames"):
+        track_video(tmp_path, point=(3, 5, 5), checkpoint=ckpt, out_dir=tmp_path / "t")
+
+
+def test_near_miss_model_name(tmp_path, capsys):
+    image = picture(tmp_path / "photo.png")
+    assert main(["segment", str(image), "--point", "5,5", "--model", "sam2_larg", "--out", "m.png"]) == 1
+    assert "did you mean 'sam2_large'?" in capsys.readouterr().err
+    assert main(["download", "sam2.1_tinny", "--dest", str(tmp_path)]) == 1
+    assert "did you mean 'sam2.1_tiny'?" in capsys.readouterr().err

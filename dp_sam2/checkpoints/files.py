@@ -20,6 +20,46 @@ _SIZE_BY_TRUNK = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base_plus", (
 _KEYS_21_ONLY = ("no_obj_embed_spatial", "obj_ptr_tpos_proj.weight", "obj_ptr_tpos_proj.bias")
 
 
+# How files that are not PyTorch checkpoints start (what users pass by mistake, or what a failed download
+# leaves: an HTML error page, a JSON answer, a Git LFS pointer).
+_NOT_A_CHECKPOINT = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"RIFF", "a RIFF file (WebP image or AVI video)"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"version https://git-lfs", "a Git LFS pointer (the file itself was never fetched: git lfs pull)"),
+    (b"<!doctype html", "an HTML page (a failed download?)"),
+    (b"<html", "an HTML page (a failed download?)"),
+    (b"<?xml", "an XML document (a failed download?)"),
+    (b"{", "a JSON document (or a safetensors header)"),
+)
+
+
+def sniff_non_checkpoint(path: str | os.PathLike) -> str | None:
+    """What the file at ``path`` starts like when that is not a PyTorch checkpoint (``torch.save`` writes a
+    zip archive, ``PK``, or in its legacy format a pickle, ``0x80``), else ``None``."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return None
+    if len(head) >= 10 and head[8:10] == b'{"':  # safetensors: an 8-byte header length, then JSON
+        return "a safetensors file (convert it, or pass the official .pt file)"
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video"
+    lower = head.lstrip().lower()
+    for magic, what in _NOT_A_CHECKPOINT:
+        if head.startswith(magic) or lower.startswith(magic):
+            return what
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return "an unknown binary format"
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint file safely (``weights_only=True``) and return its model state dict."""
     path = Path(path)
@@ -27,6 +67,12 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
     if path.is_dir():
         raise FileNotFoundError(f"SAM 2 checkpoint path is a folder, not a file: {path}")
+    kind = sniff_non_checkpoint(path)
+    if kind is not None:
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (it starts like {kind}): the wrong file, or a damaged or "
+            f"truncated download? Expected an official SAM 2 .pt file (`dp-sam2 download <model name>` fetches one)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on damaged files (IndexError, EOFError, ...)

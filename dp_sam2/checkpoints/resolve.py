@@ -139,6 +139,14 @@ def resolve_checkpoint(path: str | os.PathLike, model: str | None = None) -> Pat
     )
 
 
+def locate_checkpoint(path: str | os.PathLike, model: str | None = None) -> Path:
+    """The file a builder loads for ``path``: an absolute path as given (its loader says if it is missing),
+    a bare or relative name found by :func:`resolve_checkpoint` (whose error lists every place tried)."""
+    if isinstance(path, (str, os.PathLike)) and Path(os.path.expanduser(os.fspath(path))).is_absolute():
+        return Path(os.path.expanduser(os.fspath(path)))
+    return resolve_checkpoint(path, model)
+
+
 class MissingCheckpointWarning(UserWarning):
     """No checkpoint was found and random weights are used instead (allowed by the caller)."""
 

@@ -13,7 +13,11 @@ def cache_features_command(args) -> str:
 
     from dp_sam2.cache import cache_features
     from dp_sam2.cache.dist import current_dist, torchrun_process_group
+    from dp_sam2.checkpoints.registry import get_spec
+    from dp_sam2.checkpoints.resolve import resolve_checkpoint
 
+    if args.checkpoint:  # an explicit file must exist, whatever else is given (--random-weights included)
+        resolve_checkpoint(args.checkpoint, get_spec(args.obs_encoder).name)
     with torchrun_process_group():
         dist = current_dist()
         device = args.device

@@ -40,6 +40,20 @@ def box_xyxy(text: str) -> tuple[float, float, float, float]:
     return _floats(text, 4, "a box x0,y0,x1,y1 in pixels, e.g. 10,10,200,150")
 
 
+def image_size_arg(text: str) -> int:
+    """A model input size: a positive multiple of 32 (checked here, before any model is built)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of pixels (a multiple of 32), got {text!r}"
+        ) from None
+    if value <= 0 or value % 32:
+        low, high = max(32, value // 32 * 32), (value // 32 + 1) * 32
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32 (e.g. {low} or {high}), got {value}")
+    return value
+
+
 def hw_pair(text: str) -> tuple[int, int]:
     h, w = _floats(text, 2, "H,W (pixels), e.g. 76,76")
     if h != int(h) or w != int(w) or h <= 0 or w <= 0:
@@ -92,14 +106,17 @@ def cmd_segment(args) -> int:
         image_size=args.image_size,
         random_weights=args.random_weights,
     )
-    print(f"wrote {out.path} (score {out.score:.3f}, {out.area} pixels)")
+    print(f"wrote {out.path} (score {out.score:.3f}, {out.area} pixels = {100 * out.fraction:.0f}% of the image)")
+    from dp_sam2.tools.commands import report_lines
+
+    print("\n".join(report_lines(out)))
     return 0
 
 
 def cmd_track(args) -> int:
     from dp_sam2.tools.commands import track_video
 
-    paths = track_video(
+    result = track_video(
         args.video,
         point=args.point,
         model=args.model,
@@ -110,9 +127,12 @@ def cmd_track(args) -> int:
         max_frames=args.max_frames,
         random_weights=args.random_weights,
     )
-    print(f"wrote {len(paths)} files to {Path(args.out).resolve()}")
-    for p in paths:
+    print(f"wrote {len(result.paths)} files to {Path(args.out).resolve()}: {result.summary()}")
+    for p in result.paths:
         print(f"  {p}")
+    from dp_sam2.tools.commands import report_lines
+
+    print("\n".join(report_lines(result)))
     return 0
 
 
@@ -128,7 +148,7 @@ def cmd_viz(args) -> int:
         device=args.device,
         random_weights=args.random_weights,
     )
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (" (RANDOM weights: the features are not a result)" if out.random_weights else ""))
     return 0
 
 
@@ -162,7 +182,8 @@ def _add_model_args(p, default_model: str, what: str = "--model") -> None:
     p.add_argument(
         "--random-weights",
         action="store_true",
-        help="use random weights when no checkpoint is found (pictures are then meaningless; for testing)",
+        help="use random weights when no checkpoint is found (pictures are then meaningless and say so; for "
+        "testing). Never replaces an explicit --checkpoint: a missing one is an error",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available, else CPU)")
 
@@ -208,6 +229,8 @@ def _add_metaworld_demos(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dp_sam2.checkpoints.registry import DEFAULT_MODEL
+
     parser = argparse.ArgumentParser(
         prog="dp-sam2",
         description="SAM 2 as a vision encoder for Diffusion Policy: demo, checkpoints, debugging pictures, "
@@ -219,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="end-to-end demo: encoder, replay buffer, feature cache, diffusion head training, pictures",
-        description="Builds the sam2_tiny obs encoder (official weights if found; else downloads "
-        "them, as `dp-sam2 download sam2_tiny`; without network, or with --offline, "
+        description=f"Builds the {DEFAULT_MODEL} obs encoder (official weights if found; else downloads "
+        f"them, as `dp-sam2 download {DEFAULT_MODEL}`; without network, or with --offline, "
         "random weights with a warning), writes a synthetic Push-T-style zarr replay "
         "buffer, caches its features, trains a small diffusion action head on them and "
         "writes "
@@ -236,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--offline",
         action="store_true",
-        help="never download: without a local sam2_tiny checkpoint, use random weights",
+        help=f"never download: without a local {DEFAULT_MODEL} checkpoint, use random weights",
     )
     p.set_defaults(func=cmd_demo)
 
@@ -285,9 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=box_xyxy, default=None, help="x0,y0,x1,y1 in pixels")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument(
-        "--image-size", type=int, default=None, help="model input size, multiple of 32 (default: the config's 1024)"
+        "--image-size",
+        type=image_size_arg,
+        default=None,
+        help="model input size, multiple of 32 (default: the config's 1024)",
     )
-    _add_model_args(p, "sam2.1_tiny")
+    _add_model_args(p, DEFAULT_MODEL)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser(
@@ -301,10 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", type=point_fxy, required=True, help="FRAME,X,Y: frame index and pixel position")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--image-size", type=int, default=None, help="model input size, multiple of 32 (default: the config's 1024)"
+        "--image-size",
+        type=image_size_arg,
+        default=None,
+        help="model input size, multiple of 32 (default: the config's 1024)",
     )
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
-    _add_model_args(p, "sam2.1_tiny")
+    _add_model_args(p, DEFAULT_MODEL)
     p.set_defaults(func=cmd_track)
 
     p = sub.add_parser(
@@ -316,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: the registry's obs size)")
-    _add_model_args(p, "sam2_large", what="--obs-encoder")
+    p.add_argument(
+        "--image-size", type=image_size_arg, default=None, help="encoder input size (default: the registry's obs size)"
+    )
+    _add_model_args(p, DEFAULT_MODEL, what="--obs-encoder")
     p.set_defaults(func=cmd_viz)
 
     p = sub.add_parser(
@@ -331,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zarr", required=True, help="the replay buffer (data/<key>, meta/episode_ends)")
     p.add_argument("--keys", nargs="+", default=None, help="rgb arrays under data/ (default: every (N,H,W,3) array)")
     p.add_argument("--out", default=None, help="zarr store for the cache (default: inside --zarr)")
-    p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: the registry's obs size)")
+    p.add_argument(
+        "--image-size", type=image_size_arg, default=None, help="encoder input size (default: the registry's obs size)"
+    )
     p.add_argument(
         "--crop-shape",
         type=hw_pair,
@@ -382,7 +415,9 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError, ImportError) as err:
         if args.debug:
             raise
-        print(f"dp-sam2 {args.command}: error: {err}", file=sys.stderr)
+        from dp_sam2.tools.commands import explain_error
+
+        print(f"dp-sam2 {args.command}: error: {explain_error(err, args)}", file=sys.stderr)
         return 1
 
 

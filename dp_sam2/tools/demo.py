@@ -1,15 +1,17 @@
 """``dp-sam2 demo``: the whole pipeline offline in a few minutes on a CPU.
 
-1. the ``sam2_tiny`` obs encoder: official weights when the resolver finds them, else downloaded
-   as ``dp-sam2 download sam2_tiny`` does; with ``offline=True``, or when the network fails
-   (5 s connect timeout), random weights and a loud warning that says how to get real ones;
-2. a small synthetic Push-T-style replay buffer (zarr, DP's layout: ``data/img`` float32 0-255,
-   ``data/state``, ``data/action``, ``meta/episode_ends``);
+1. the obs encoder of the default model (``DEFAULT_MODEL``, ``sam2.1_tiny``: the one ``segment``, ``track``
+   and ``viz`` use): official weights when the resolver finds them, else downloaded as ``dp-sam2 download
+   sam2.1_tiny`` does; with ``offline=True``, or when the network fails (5 s connect timeout), random
+   weights and a loud warning that says how to get real ones;
+2. a small synthetic Push-T-style replay buffer (zarr format 2, which DP's zarr 2.x reads; DP's layout:
+   ``data/img`` float32 0-255, ``data/state``, ``data/action``, ``meta/episode_ends``);
 3. its SAM 2 features, cached (:mod:`dp_sam2.cache`);
 4. a small diffusion action head (diffusers' ``DDPMScheduler``, an MLP noise predictor
    conditioned on the obs encoder's pooled features) trained on the cached features;
 5. pictures: the loss curve, predicted vs demonstrated actions, a mask overlay from the image
-   predictor, a short track from the video predictor, a PCA colouring of the feature map.
+   predictor, a short track from the video predictor, a PCA colouring of the feature map. Made with
+   random weights, every picture says so in its title, and so does its summary line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from dp_sam2.checkpoints.registry import DEFAULT_MODEL
 
 WORLD = 512.0  # Push-T's coordinate frame (pixels of its 512 x 512 window)
 TARGET = (256.0, 256.0, math.pi / 4)  # the goal pose of the T
@@ -94,8 +98,9 @@ def episode(rng: np.random.Generator, steps: int):
 
 
 def write_replay(path: Path, size: DemoSize, seed: int):
-    """DP's replay-buffer layout; actions are the agent's next position."""
-    import zarr
+    """DP's replay-buffer layout in zarr format 2 (DP's zarr 2.x reads it, whichever zarr is installed here);
+    actions are the agent's next position."""
+    from dp_sam2.cache.store import open_group
 
     rng = np.random.default_rng(seed)
     imgs, states, actions, ends, poses = [], [], [], [], []
@@ -109,7 +114,7 @@ def write_replay(path: Path, size: DemoSize, seed: int):
         ends.append(len(imgs))
     from dp_sam2.cache import write_array
 
-    root = zarr.open_group(str(path), mode="w")
+    root = open_group(path, "w")
     data, meta = root.require_group("data"), root.require_group("meta")
     states_arr, actions_arr = np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32)
     write_array(data, "img", np.stack(imgs), (16, 96, 96, 3))
@@ -234,7 +239,7 @@ def draw_actions(frame: np.ndarray, demo: np.ndarray, pred: np.ndarray, scale: i
 
 
 def demo_weights(offline: bool = False, base_url: str | None = None, timeout: float = 5.0):
-    """The ``sam2_tiny`` checkpoint: found locally, else downloaded (unless ``offline``), else
+    """The checkpoint of ``DEFAULT_MODEL``: found locally, else downloaded (unless ``offline``), else
     ``None`` (random weights) after a loud warning. A network that does not answer within
     ``timeout`` seconds, or drops the connection, means random weights, not an error."""
     from dp_sam2.checkpoints import download as dl
@@ -242,7 +247,7 @@ def demo_weights(offline: bool = False, base_url: str | None = None, timeout: fl
     from dp_sam2.checkpoints.resolve import candidates, default_checkpoint, find_weights
     from dp_sam2.tools.commands import random_weights_warning
 
-    spec = get_spec("sam2_tiny")
+    spec = get_spec(DEFAULT_MODEL)
     path = find_weights(spec.name, random_weights=True, warn=False)
     if path is None and not offline:
         url = dl.url_for(spec, base_url)
@@ -262,7 +267,7 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     ``offline=True`` never downloads the checkpoint (see :func:`demo_weights`)."""
     from dp_sam2 import cache as C
     from dp_sam2.encoders.sam2.build import resolve_device
-    from dp_sam2.tools.draw import grid, line_plot, pca_rgb
+    from dp_sam2.tools.draw import grid, line_plot, pca_rgb, save_picture, titled
 
     size = QUICK if quick else FULL
     steps = size.train_steps if steps is None else int(steps)
@@ -273,9 +278,11 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     dev = resolve_device(device)
     written = []
 
-    print("[1/5] sam2_tiny weights")
+    print(f"[1/5] {DEFAULT_MODEL} weights")
     ckpt = demo_weights(offline)
+    random = ckpt is None
     print(f"      {'official checkpoint ' + str(ckpt) if ckpt else 'RANDOM weights (see the warning above)'}")
+    tag = " (RANDOM weights: not a result)" if random else ""
 
     print("[2/5] synthetic Push-T replay buffer")
     zarr_path = out / "pusht_demo.zarr"
@@ -285,7 +292,7 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     print("[3/5] caching the SAM 2 features")
     res = C.cache_features(
         zarr_path,
-        "sam2_tiny",
+        DEFAULT_MODEL,
         str(ckpt) if ckpt else None,
         size.image_size,
         batch_size=16,
@@ -296,7 +303,7 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     feats = torch.from_numpy(np.asarray(handle.arrays()["img"][:]))
     per_frame = feats[0].numel() * 2 / 1024
     written.append(
-        (zarr_path / res.group, f"feature cache: {tuple(feats.shape)} float16, {per_frame:.0f} KiB per frame")
+        (zarr_path / res.group, f"feature cache: {tuple(feats.shape)} float16, {per_frame:.0f} KiB per frame{tag}")
     )
 
     print("[4/5] training a diffusion action head on the cached features")
@@ -310,13 +317,15 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     window = max(1, min(20, len(losses) // 5))
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     path = out / "loss_curve.png"
-    line_plot(
+    what = f"DDPM noise-prediction loss ({DEFAULT_MODEL} features, {steps} steps)"
+    plot = line_plot(
         {"loss": losses, f"moving average ({window})": np.concatenate([[np.nan] * (window - 1), smooth])},
-        title=f"DDPM noise-prediction loss (sam2_tiny features, {steps} steps)",
+        title=what + (" - RANDOM weights" if random else ""),
         ylabel="MSE",
         log_y=True,
-    ).save(path)
-    written.append((path, f"loss curve: {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}"))
+    )
+    save_picture(titled(plot, what, random), path)
+    written.append((path, f"loss curve: {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}{tag}"))
 
     show = np.linspace(0, len(states) - 1, 4).astype(int)
     sampled = sample_actions(encoder, head, scheduler, feats[show].to(dev), agent_pos[show].to(dev), seed)
@@ -324,21 +333,24 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     frames96 = zarr_open_frames(zarr_path)
     tiles = [draw_actions(frames96[i], from_unit(targets[i].numpy()), pred[k]) for k, i in enumerate(show)]
     path = out / "actions.png"
-    grid(tiles, [f"frame {i}: demo (green) vs sampled (red)" for i in show], columns=4, height=256).save(path)
-    written.append((path, "sampled action chunks vs the demonstration"))
+    sheet = grid(tiles, [f"frame {i}: demo (green) vs sampled (red)" for i in show], columns=4, height=256)
+    save_picture(titled(sheet, "sampled action chunks vs the demonstration", random), path)
+    written.append((path, f"sampled action chunks vs the demonstration{tag}"))
 
     pcas = []
     colours = pca_rgb(feats[show[:3]].float().numpy())  # one PCA for all three: comparable colours
     for k, i in enumerate(show[:3]):
         pcas += [frames96[i].astype(np.uint8), colours[k]]
     path = out / "features_pca.png"
-    grid(
+    sheet = grid(
         pcas,
         [f"frame {i}" if j % 2 == 0 else "PCA of features" for i in show[:3] for j in range(2)],
         columns=6,
         height=192,
-    ).save(path)
-    written.append((path, f"PCA colouring of the cached stride-16 feature maps ({feats.shape[2]}x{feats.shape[3]})"))
+    )
+    what = f"PCA colouring of the cached stride-16 feature maps ({feats.shape[2]}x{feats.shape[3]})"
+    save_picture(titled(sheet, what, random), path)
+    written.append((path, what + tag))
 
     print("[5/5] image and video predictors")
     written += predictor_pictures(out, ckpt, size, poses, dev)
@@ -358,9 +370,10 @@ def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     from dp_sam2.encoders.sam2.build import build_sam2, build_sam2_video_predictor
     from dp_sam2.predictors.image import SAM2ImagePredictor
     from dp_sam2.tools.commands import segment_array, track_frames
-    from dp_sam2.tools.draw import grid, overlay
+    from dp_sam2.tools.draw import grid, mask_note, overlay, save_picture, titled
 
-    spec = get_spec("sam2_tiny")
+    spec = get_spec(DEFAULT_MODEL)
+    random = ckpt is None
     overrides = [f"++model.image_size={size.predictor_size}"]
     written = []
     render_size = 256
@@ -372,10 +385,15 @@ def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     model = build_sam2(spec.config, str(ckpt) if ckpt else None, device=device, hydra_overrides_extra=overrides)
     mask, score = segment_array(SAM2ImagePredictor(model), frame, point=click)
     path = out / "mask_overlay.png"
-    overlay(frame, [mask], points=[click]).save(path)
-    written.append(
-        (path, f"image predictor: mask of the block from one click (score {score:.2f}, {int(mask.sum())} px)")
+    area = int(mask.sum())
+    what = (
+        f"image predictor: the mask for one click on the block covers {area} px, {100 * area / mask.size:.0f}% "
+        f"of the image (score {score:.2f})"
     )
+    note = mask_note(mask)
+    what += f"; {note}" if note else ""
+    save_picture(titled(overlay(frame, [mask], points=[click]), what, random), path)
+    written.append((path, ("RANDOM weights, not a result - " if random else "") + what))
     del model
 
     torch.manual_seed(0)
@@ -389,6 +407,11 @@ def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     masks = track_frames(video, frames, (0, *click))
     tiles = [overlay(f, [m], points=[click] if i == 0 else ()) for i, (f, m) in enumerate(zip(frames, masks))]
     path = out / "track.png"
-    grid(tiles, [f"t={i * step}" for i in range(len(tiles))], columns=4, height=192).save(path)
-    written.append((path, f"video predictor: the block tracked over {len(frames)} frames from one click on the first"))
+    with_mask = sum(int(np.asarray(m).any()) for m in masks)
+    big = sum(int(bool(mask_note(m)) and np.asarray(m).any()) for m in masks)
+    what = f"video predictor: {len(frames)} frames from one click on the block in the first; a mask on {with_mask}"
+    what += f" of {len(frames)} frames" + (f", {big} of them covering most of the image" if big else "")
+    sheet = grid(tiles, [f"t={i * step}" for i in range(len(tiles))], columns=4, height=192)
+    save_picture(titled(sheet, what, random), path)
+    written.append((path, ("RANDOM weights, not a result - " if random else "") + what))
     return written

@@ -1,5 +1,6 @@
 """Pictures for debugging: mask overlays, PCA of encoder features, grids, line plots (Pillow only;
-matplotlib is not a dependency), and the loud banner of a random-weights run."""
+matplotlib is not a dependency), titles (a picture made with random weights says so in a red strip on
+top and in the file's Title), mask sanity notes, and the loud banner of a random-weights run."""
 
 from __future__ import annotations
 
@@ -162,3 +163,93 @@ def loud_warning(lines) -> None:
     bar = "!" * 78
     print(f"\n{bar}\n{text}\n{bar}\n", file=sys.stderr, flush=True)
     warnings.warn(text.replace("\n", " "), stacklevel=3)
+
+
+# --------------------------------------------------------------------------- titles: random weights say so
+RANDOM_WEIGHTS_TITLE = "RANDOM WEIGHTS - not a result"
+
+
+def picture_title(what: str, random_weights: bool) -> str:
+    """The title of a picture of ``what``: led by :data:`RANDOM_WEIGHTS_TITLE` when made with random weights."""
+    return f"{RANDOM_WEIGHTS_TITLE}: {what}" if random_weights else what
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType
+    except (TypeError, OSError, AttributeError):
+        return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + ([line] if line else [])
+
+
+def titled(image, what: str, random_weights: bool):
+    """``image`` (PIL or ``(H, W, 3)`` uint8) titled ``what``: with random weights, a red strip above it that
+    says so (the text wrapped to the width) and the title led by :data:`RANDOM_WEIGHTS_TITLE`; with real
+    weights the pixels are left as they are. The title goes in ``info["title"]``, which :func:`save_picture`
+    writes into the file."""
+    from PIL import Image, ImageDraw
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    title = picture_title(what, random_weights)
+    if random_weights:
+        size = int(np.clip(img.width // 32, 10, 22))
+        font = _font(size)
+        probe = ImageDraw.Draw(img.copy())
+        pad = max(2, size // 4)
+        lines = _wrap(probe, title, font, img.width - 2 * pad) or [title]
+        line_h = size + max(2, size // 4)
+        strip = len(lines) * line_h + 2 * pad
+        out = Image.new("RGB", (img.width, img.height + strip), (200, 0, 0))
+        out.paste(img.convert("RGB"), (0, strip))
+        draw = ImageDraw.Draw(out)
+        for i, line in enumerate(lines):
+            draw.text((pad, pad + i * line_h), line, fill=(255, 255, 255), font=font)
+        img = out
+    else:
+        img = img.copy()
+    img.info["title"] = title
+    return img
+
+
+def save_picture(image, path) -> Path:
+    """Save a PIL image; its ``info["title"]`` (see :func:`titled`) becomes the PNG's ``Title`` text chunk
+    (the JPEG's comment), so the file says what it shows and with which weights."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    title = image.info.get("title")
+    if title and path.suffix.lower() == ".png":
+        meta = PngInfo()
+        meta.add_text("Title", title)
+        image.save(path, pnginfo=meta)
+    elif title and path.suffix.lower() in (".jpg", ".jpeg"):
+        image.save(path, comment=title.encode())
+    else:
+        image.save(path)
+    return path
+
+
+def mask_note(mask, most: float = 0.5) -> str:
+    """``""`` for a plausible mask, else what is wrong with it: empty, or covering most of the image
+    (more than ``most`` of its pixels: with random weights SAM 2 often answers with a dot pattern over the
+    whole image)."""
+    mask = np.asarray(mask, dtype=bool)
+    area = int(mask.sum())
+    if area == 0:
+        return "the mask is EMPTY (no pixel selected)"
+    if area > most * mask.size:
+        return f"the mask covers {100 * area / mask.size:.0f}% of the image: most likely not the object"
+    return ""

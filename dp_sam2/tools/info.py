@@ -1,6 +1,6 @@
-"""``dp-sam2 info``: versions, device, extension, checkpoints found, whether Hydra sees the groups,
-which optional parts can be used (found with ``importlib.util.find_spec``, never imported) and
-the download sources."""
+"""``dp-sam2 info``: versions, device, extension, checkpoints found, the download sources, which
+optional parts can be used (found with ``importlib.util.find_spec``, never imported), and last whether
+Hydra sees the groups: the report ends with the line ``Hydra sees the obs_encoder group: ...``."""
 
 from __future__ import annotations
 
@@ -167,7 +167,9 @@ def info_lines() -> list[str]:
         except CheckpointNotFoundError:
             where = f"not found (dp-sam2 download {spec.name})"
         lines.append(f"  {spec.name:16s} {spec.filename:26s} {where}")
-    lines += ["", *source_lines(), ""]
-    for group, (_, text) in hydra_group_options().items():
-        lines.append(f"Hydra sees the {group} group: {text}")
-    return lines + optional_lines()
+    lines += ["", *source_lines(), "", *optional_lines(), ""]
+    # the Hydra lines close the report, the obs_encoder group's last: the line Troubleshooting points to
+    found = hydra_group_options()
+    for group in sorted(found, key=lambda g: g == "obs_encoder"):
+        lines.append(f"Hydra sees the {group} group: {found[group][1]}")
+    return lines

@@ -105,14 +105,14 @@ def _build(config_file, ckpt_path, device, mode, overrides) -> torch.nn.Module:
     from hydra.utils import instantiate
 
     from dp_sam2.checkpoints.files import load_into
-    from dp_sam2.checkpoints.resolve import resolve_checkpoint
+    from dp_sam2.checkpoints.resolve import locate_checkpoint
 
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
     dev = resolve_device(device)
     cfg = load_model_config(config_file, overrides)
     if ckpt_path is not None:  # a bare or relative name is looked up where the obs encoder looks (DESIGN §2)
-        ckpt_path = resolve_checkpoint(ckpt_path, config_file if isinstance(config_file, str) else None)
+        ckpt_path = locate_checkpoint(ckpt_path, config_file if isinstance(config_file, str) else None)
     try:
         model = instantiate(cfg.model, _recursive_=True, _convert_="all")
     except InstantiationException as err:  # surface our own ValueError/TypeError, not Hydra's wrapper
