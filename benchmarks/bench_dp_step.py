@@ -3,7 +3,7 @@
     PYTHONPATH=/path/to/diffusion_policy python benchmarks/bench_dp_step.py \
         [--models large,tiny] [--cases frozen_live,frozen_cached,finetune,finetune_ckpt] [--steps 2]
 
-DESIGN ruling 13: DP's ``pusht_image`` policy defaults (``DiffusionUnetImagePolicy``, UNet
+docs/design.md, ruling 13: DP's ``pusht_image`` policy defaults (``DiffusionUnetImagePolicy``, UNet
 ``down_dims [512, 1024, 2048]``, ``n_obs_steps 2``, horizon 16, crop 76 of 96 px), batch 8, CPU,
 each model at its default ``image_size`` (large 256, tiny 224). A step is DP's: ``compute_loss``
 on a batch as DP's dataset returns it (16 frames; the policy keeps the first 2), ``backward``,

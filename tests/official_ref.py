@@ -1,6 +1,6 @@
 """Reference helpers shared by the tests and the benchmarks, without pytest: the official model
 (PyPI ``sam2``) built with perturbed weights, saved in the official format, and the error measure
-of DESIGN ruling 1. ``tests/conftest.py`` re-exports them; ``benchmarks/_common.py`` imports them."""
+of docs/design.md, ruling 1. ``tests/conftest.py`` re-exports them; ``benchmarks/_common.py`` imports them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 
 def rel_err(ours, ref) -> float:
-    """DESIGN ruling 1: max|ours - official| / max(1, max|official|)."""
+    """docs/design.md, ruling 1: max|ours - official| / max(1, max|official|)."""
     ours = torch.as_tensor(ours).detach().double().cpu()
     ref = torch.as_tensor(ref).detach().double().cpu()
     if ours.shape != ref.shape:

@@ -4,7 +4,7 @@ References: the official generator on the same perturbed random weights (``conft
 saved in the official format and loaded into ours). As in tests/test_image_predictor.py, the
 official predictor inside the official generator gets ``_bb_feat_sizes`` for the model's
 ``image_size`` (it hard-codes 1024's), and its connected components (a CUDA kernel, skipped with a
-warning on CPU) are replaced by an exact scipy stand-in (DESIGN ruling 2), so
+warning on CPU) are replaced by an exact scipy stand-in (docs/design.md, ruling 2), so
 ``min_mask_region_area`` acts on both sides. Ours computes components with ``dp_sam2.ext``.
 
 The official ``remove_small_regions`` needs OpenCV, which is not installed here: it gets a stand-in

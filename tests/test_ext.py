@@ -1,5 +1,5 @@
 """dp_sam2.ext: connected components against scipy's labelling, hole filling against the official
-functions (with an exact CPU stand-in for the official kernel, DESIGN ruling 2), bad inputs, the
+functions (with an exact CPU stand-in for the official kernel, docs/design.md, ruling 2), bad inputs, the
 CLI, the nvcc build and (on a GPU) the kernel against the CPU path."""
 
 from __future__ import annotations

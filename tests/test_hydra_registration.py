@@ -2,7 +2,7 @@
 
 The DP-shaped yamls in tests/fixtures/dp/config are our own small stand-ins for Diffusion
 Policy's (same defaults-list shape, same inline MultiImageObsEncoder keys). Composition runs
-in-process, and in subprocesses outside the checkout (DESIGN ruling 6) with the editable install
+in-process, and in subprocesses outside the checkout (docs/design.md, ruling 6) with the editable install
 of the current environment and with a wheel installed into a fresh virtualenv.
 """
 
@@ -224,7 +224,7 @@ def test_multi_camera_task_instantiates(checkpoint_dir, monkeypatch):
 
 
 def test_hybrid_workspace_selection_fails_clearly(checkpoint_dir, monkeypatch):
-    """DESIGN ruling 10: DP's hybrid policies ignore policy.obs_encoder; selecting it there fails."""
+    """docs/design.md, ruling 10: DP's hybrid policies ignore policy.obs_encoder; selecting it there fails."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 

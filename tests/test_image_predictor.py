@@ -13,7 +13,7 @@ official predictor's ``_bb_feat_sizes`` is set to the sizes of the model's ``ima
 (strides 4, 8, 16) — the only change; ours derives them from the model.
 
 Hole filling / sprinkle removal (``max_hole_area`` / ``max_sprinkle_area``): the official runs it
-only where its CUDA kernel loads. Per DESIGN ruling 2, the official
+only where its CUDA kernel loads. Per docs/design.md, ruling 2, the official
 ``sam2.utils.misc.get_connected_components`` is replaced by an exact scipy stand-in (8-connected
 ``ndimage.label``) so the official behaves on CPU as it does on a GPU; ours uses ``dp_sam2.ext``.
 """

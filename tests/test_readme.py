@@ -1,5 +1,5 @@
 """The README and docs/ are tests: every fenced ```bash command, ```python block and ```yaml block in
-README.md and docs/*.md is run or checked here (DESIGN.md rulings 18 and 27).
+README.md and docs/*.md is run or checked here (docs/design.md, rulings 18 and 27).
 
 * Python blocks: each runs alone, as written, in a fresh process started from a temporary folder
   outside the checkout, with HOME pointing at a temporary home whose user cache
@@ -207,7 +207,7 @@ def _requirements() -> dict:
     return {Requirement(r).name: Requirement(r) for r in _pyproject()["dependencies"]}
 
 
-# The pins DP needs (DESIGN §1); the README's recipe installs exactly these
+# The pins DP needs (docs/design.md §1); the README's recipe installs exactly these
 DP_PINS = {"hydra-core": ">=1.3,<1.4", "zarr": "<3", "diffusers": "<0.37"}
 
 
@@ -217,7 +217,7 @@ def h_pip(cmd, box):
       and the console script it declares resolves;
     * ``pip install ".[extra]"``: the extra exists;
     * ``pip install torch==X torchvision==Y``: meets dp_sam2's floors;
-    * DP's pins: exactly DESIGN's, and none of them excluded by dp_sam2's own requirements
+    * DP's pins: exactly docs/design.md's (§1), and none of them excluded by dp_sam2's own requirements
       (which carry no upper pins);
     * robomimic: as DP pins it, the command `dp-sam2 info` names."""
     import importlib
@@ -255,7 +255,7 @@ def h_pip(cmd, box):
 
         assert rest == ["--no-deps", "robomimic==0.2.0"], cmd
         assert any(cmd in how for *_, how in OPTIONAL_PARTS), "dp-sam2 info names another install command"
-    elif "h5py" in rest:  # robomimic 0.2.0's runtime imports, installed without its egl_probe (DESIGN ruling 22)
+    elif "h5py" in rest:  # robomimic 0.2.0's runtime imports, without its egl_probe (docs/design.md, ruling 22)
         assert set(rest) == {"six", "h5py", "psutil", "termcolor", "tensorboard", "tensorboardX", "imageio"} | {
             "imageio-ffmpeg"
         }, cmd
@@ -864,7 +864,7 @@ def test_environment_variables_are_exactly_the_three():
 
 def test_stated_versions_match_pyproject():
     """The README's and docs/tested_versions.md's "dp_sam2 needs" name every floor of pyproject.toml,
-    and DP's pins as DESIGN states them."""
+    and DP's pins as docs/design.md (§1) states them."""
     readme = " ".join(README.read_text().split())
     versions = readme[readme.index("**Versions.**") :][:1200]
     table = " ".join(" | ".join(r) for r in _table("| | needs | why |", DOCS / "tested_versions.md"))

@@ -1,6 +1,6 @@
 """Checkpoint resolution: absolute as given; relative in $DP_SAM2_CHECKPOINT_DIR, the DP repo
 root (found through the namespace package ``diffusion_policy``), the current directory, the user
-cache; an error listing every place tried and the download command (DESIGN section 2, ruling 9)."""
+cache; an error listing every place tried and the download command (docs/design.md §2 and ruling 9)."""
 
 from __future__ import annotations
 

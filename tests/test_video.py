@@ -1,7 +1,7 @@
 """Video predictor: parity with the official SAM2VideoPredictor, streaming, sources, bad input.
 
 Parity runs the official predictor (PyPI sam2 1.1.0) and ours on the same perturbed random weights
-on CPU in fp32, frame by frame (DESIGN ruling 1: rel_err <= 1e-4).
+on CPU in fp32, frame by frame (docs/design.md, ruling 1: rel_err <= 1e-4).
 
 How the official is run (ruling 3): it stores memories in bfloat16 and, on a frame whose memory
 bank holds no object pointer (e.g. a frame before the first prompt, or reverse tracking of an

@@ -9,7 +9,7 @@ CUDA and Python version, so a prebuilt library is loaded straight away, without 
   registered as ``torch.ops.dp_sam2_ext.connected_components``.
 
 Where no GPU is visible and ``TORCH_CUDA_ARCH_LIST`` is unset, the kernel is built for
-:data:`DEFAULT_CUDA_ARCH_LIST` (DESIGN ruling 12) instead of letting torch probe for a GPU.
+:data:`DEFAULT_CUDA_ARCH_LIST` (docs/design.md, ruling 12) instead of letting torch probe for a GPU.
 """
 
 from __future__ import annotations

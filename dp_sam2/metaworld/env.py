@@ -3,7 +3,7 @@ rendering, upright images.
 
 Nothing here runs at import time: :func:`load_metaworld` sets ``MUJOCO_GL=osmesa`` when it is unset
 (before MuJoCo is imported) and imports MetaWorld, or raises an ``ImportError`` that says how to
-install the ``metaworld`` extra. Facts used here (DESIGN.md, ruling 24):
+install the ``metaworld`` extra. Facts used here (docs/design.md, ruling 24):
 
 - the goal-observable class of each v3 task, with ``seeded_rand_vec`` on and ``_freeze_rand_vec``
   off, draws a fresh start state from its own seeded RNG at every ``reset``; ``seed(s)`` then

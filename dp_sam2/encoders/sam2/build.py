@@ -91,7 +91,7 @@ def load_model_config(config_file: str | os.PathLike, hydra_overrides_extra: Ite
 
 
 def resolve_device(device) -> torch.device:
-    """``None`` -> CUDA when available, else CPU (DESIGN ruling 4)."""
+    """``None`` -> CUDA when available, else CPU (docs/design.md, ruling 4)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -111,7 +111,7 @@ def _build(config_file, ckpt_path, device, mode, overrides) -> torch.nn.Module:
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
     dev = resolve_device(device)
     cfg = load_model_config(config_file, overrides)
-    if ckpt_path is not None:  # a bare or relative name is looked up where the obs encoder looks (DESIGN §2)
+    if ckpt_path is not None:  # a bare or relative name is looked up where the obs encoder looks (docs/design.md §2)
         ckpt_path = locate_checkpoint(ckpt_path, config_file if isinstance(config_file, str) else None)
     try:
         model = instantiate(cfg.model, _recursive_=True, _convert_="all")
