@@ -270,7 +270,7 @@ def h_git_clone(cmd, box):
     cmds = bash_commands()
     following = cmds[cmds.index(cmd) + 1]
     if args[-1] == "dp_sam2":
-        assert re.fullmatch(r"<[^<>]+>", args[2]), cmd
+        assert re.fullmatch(r"git clone <[^<>]+> dp_sam2", cmd), cmd
         assert following == "pip install ./dp_sam2", following
     else:
         assert args[2:] == ["https://github.com/real-stanford/diffusion_policy"], cmd
@@ -402,6 +402,8 @@ def h_train(cmd, box):
 
 
 UMI_CONFIG = ROOT / "tests" / "fixtures" / "umi" / "config"  # UMI-shaped stand-ins (tests/test_umi.py)
+# the umi_obs_encoder group's target: SAM2ObsEncoder in 0.2.x, its UMI-keyed subclass since
+UMI_TARGETS = ("dp_sam2.SAM2ObsEncoder", "dp_sam2.encoders.obs.umi.UMIObsEncoder")
 
 
 def h_umi_train(cmd, box):
@@ -412,6 +414,8 @@ def h_umi_train(cmd, box):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from dp_sam2 import SAM2ObsEncoder
 
     args = shlex.split(cmd)[2:]
     name = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
@@ -426,9 +430,10 @@ def h_umi_train(cmd, box):
                 name, overrides=overrides + ["policy.obs_encoder.pretrained=false", "policy.obs_encoder.image_size=64"]
             )
         node = cfg.policy.obs_encoder
-        assert node._target_ == "dp_sam2.SAM2ObsEncoder" and node.model_name == chosen[-1]
-        assert node.input_layout == "umi"
+        assert node._target_ in UMI_TARGETS and node.model_name == chosen[-1]
+        assert node.get("input_layout", "umi") == "umi"
         enc = instantiate(node).train()
+        assert isinstance(enc, SAM2ObsEncoder)
         meta = OmegaConf.to_container(cfg.task.shape_meta, resolve=True)
         obs = {k: torch.rand(1, a["horizon"], *a["shape"]) for k, a in meta["obs"].items()}
         out = enc(obs)
