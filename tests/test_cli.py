@@ -531,7 +531,7 @@ def test_random_weights_pictures_say_so(no_weights_anywhere, capsys):
     with pytest.warns(UserWarning, match="RANDOM weights"):
         assert main(["segment", str(image), "--point", "65,55", "--out", str(tmp_path / "m.png"), *args]) == 0
     out = capsys.readouterr().out
-    assert "% of the image" in out and "RANDOM weights" in out
+    assert "% of the image" in out and "RANDOM weights" in out and "`dp-sam2 download sam2.1_tiny`" in out
     with Image.open(tmp_path / "m.png") as img:
         assert_says_random_weights(img)
         assert img.width == 160 and img.height > 120  # the strip sits above the picture
@@ -610,7 +610,8 @@ def test_explicit_missing_checkpoint_is_an_error_whatever_else_is_given(no_weigh
     assert f"{Path.cwd() / 'checkpoints' / 'sam2.1_hiera_tiny.pt'}" in err  # every place tried
 
 
-def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, capsys):
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, monkeypatch, capsys):
+    _no_model_may_be_built(monkeypatch)  # named before any model is built
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (32, 32), (10, 20, 30)).save(photo)
     image = picture(tmp_path / "photo.png")

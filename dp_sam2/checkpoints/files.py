@@ -60,6 +60,17 @@ def sniff_non_checkpoint(path: str | os.PathLike) -> str | None:
     return "an unknown binary format"
 
 
+def check_is_checkpoint(path: str | os.PathLike) -> None:
+    """Raise a ValueError naming what the existing file ``path`` is when it is not a PyTorch checkpoint
+    (cheap: reads 64 bytes, so callers can check before they build a model)."""
+    kind = sniff_non_checkpoint(path)
+    if kind is not None:
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (it starts like {kind}): the wrong file, or a damaged or "
+            f"truncated download? Expected an official SAM 2 .pt file (`dp-sam2 download <model name>` fetches one)"
+        )
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint file safely (``weights_only=True``) and return its model state dict."""
     path = Path(path)
@@ -67,12 +78,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
     if path.is_dir():
         raise FileNotFoundError(f"SAM 2 checkpoint path is a folder, not a file: {path}")
-    kind = sniff_non_checkpoint(path)
-    if kind is not None:
-        raise ValueError(
-            f"{path} is not a PyTorch checkpoint (it starts like {kind}): the wrong file, or a damaged or "
-            f"truncated download? Expected an official SAM 2 .pt file (`dp-sam2 download <model name>` fetches one)"
-        )
+    check_is_checkpoint(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on damaged files (IndexError, EOFError, ...)

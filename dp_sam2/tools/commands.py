@@ -33,15 +33,19 @@ def find_checkpoint(model: str, checkpoint=None, random_weights: bool = False):
     caller named. Without one, ``checkpoints/<official file name>`` is looked up and, when no place has it,
     ``random_weights`` (or ``DP_SAM2_ALLOW_MISSING_CHECKPOINT=1``) allows random weights
     (:func:`dp_sam2.checkpoints.resolve.find_weights`)."""
+    from dp_sam2.checkpoints.files import check_is_checkpoint
     from dp_sam2.checkpoints.registry import get_spec
     from dp_sam2.checkpoints.resolve import candidates, default_checkpoint, find_weights, resolve_checkpoint
 
     spec = get_spec(model)
     if checkpoint is not None and not (isinstance(checkpoint, str) and not checkpoint.strip()):
-        return resolve_checkpoint(checkpoint, spec.name)
-    path = find_weights(spec.name, None, random_weights=random_weights, warn=False)
+        path = resolve_checkpoint(checkpoint, spec.name)
+    else:
+        path = find_weights(spec.name, None, random_weights=random_weights, warn=False)
     if path is None:
         random_weights_warning(spec, [c.path for c in candidates(default_checkpoint(spec.name))])
+    else:
+        check_is_checkpoint(path)  # a JPEG passed as --checkpoint is named before a model is built
     return path
 
 
@@ -104,6 +108,7 @@ class SegmentResult:
     mask: np.ndarray
     random_weights: bool = False  # the picture and the mask come from random weights: not a result
     note: str = ""  # what looks wrong with the mask (empty, covers most of the image), else ""
+    model: str = DEFAULT_MODEL
 
     @property
     def fraction(self) -> float:
@@ -160,7 +165,7 @@ def segment_image(
     area = int(mask.sum())
     what = f"{spec.name} mask, score {score:.2f}, {area} px ({100 * area / mask.size:.0f}% of the image)"
     save_picture(titled(overlay(rgb, [mask], points=[point] if point else (), box=box), what, path is None), out)
-    return SegmentResult(out, score, area, mask, path is None, mask_note(mask))
+    return SegmentResult(out, score, area, mask, path is None, mask_note(mask), spec.name)
 
 
 def _check_inside(point, box, shape) -> None:
@@ -237,6 +242,7 @@ class TrackResult:
     frames_with_mask: int  # frames whose mask has at least one pixel
     random_weights: bool
     notes: list  # (frame, what looks wrong with its mask), for the frames where something does
+    model: str = DEFAULT_MODEL
 
     def summary(self) -> str:
         """One line: how many frames have a mask, and whether the weights were random."""
@@ -289,7 +295,7 @@ def track_video(
     sheet = grid(tiles, [f"frame {i}" for i in range(len(tiles))])
     what = f"{spec.name} track from a click on frame {frame_idx}: a mask on {with_mask} of {len(frames)} frames"
     paths.append(save_picture(titled(sheet, what, random), out / "track_sheet.png"))
-    return TrackResult(paths, len(frames), with_mask, random, notes)
+    return TrackResult(paths, len(frames), with_mask, random, notes, spec.name)
 
 
 @dataclass(frozen=True)
@@ -359,7 +365,7 @@ def report_lines(result) -> list[str]:
     if getattr(result, "random_weights", False):
         lines.append(
             "note: made with RANDOM weights (the pictures say so in their title): masks mean nothing. "
-            "Get real weights with `dp-sam2 download <model>`."
+            f"Get real weights with `dp-sam2 download {getattr(result, 'model', DEFAULT_MODEL)}`."
         )
     return lines
 

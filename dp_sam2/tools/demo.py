@@ -320,7 +320,7 @@ def run_demo(out, steps: int | None = None, quick: bool = False, device=None, se
     what = f"DDPM noise-prediction loss ({DEFAULT_MODEL} features, {steps} steps)"
     plot = line_plot(
         {"loss": losses, f"moving average ({window})": np.concatenate([[np.nan] * (window - 1), smooth])},
-        title=what + (" - RANDOM weights" if random else ""),
+        title=what,
         ylabel="MSE",
         log_y=True,
     )
@@ -386,13 +386,12 @@ def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     mask, score = segment_array(SAM2ImagePredictor(model), frame, point=click)
     path = out / "mask_overlay.png"
     area = int(mask.sum())
-    what = (
-        f"image predictor: the mask for one click on the block covers {area} px, {100 * area / mask.size:.0f}% "
-        f"of the image (score {score:.2f})"
-    )
-    note = mask_note(mask)
-    what += f"; {note}" if note else ""
-    save_picture(titled(overlay(frame, [mask], points=[click]), what, random), path)
+    what = f"image predictor, one click on the block: a mask of {area} px, {100 * area / mask.size:.0f}% of the image"
+    if mask_note(mask):  # empty, or most of the image
+        what += ": EMPTY" if area == 0 else ": most likely not the block"
+    what += f" (score {score:.2f})"
+    short = f"mask for one click on the block: {100 * area / mask.size:.0f}% of the image"
+    save_picture(titled(overlay(frame, [mask], points=[click]), short, random), path)
     written.append((path, ("RANDOM weights, not a result - " if random else "") + what))
     del model
 
