@@ -669,7 +669,6 @@ SNIPPET_OUTPUT = {
     "predictor.propagate_in_video(state)": r"^3 frames tracked$",
     "SAM2AutomaticMaskGenerator.from_pretrained": r"^(0 masks; none|[1-9]\d* masks; \[.*'segmentation'.*\])$",
     "encoder = SAM2ObsEncoder(shape_meta": r"^torch\.Size\(\[4, 258\]\) \(258,\)$",
-    'SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny"': r"^\(3, 240, 320\)$",
 }
 
 # Makes Diffusion Policy, matplotlib and the official sam2 unimportable in the block's process: the
@@ -696,7 +695,10 @@ def test_python_blocks_are_whole_programs():
     spec = MODELS[model]
     allowed = {model, f"checkpoints/{spec.filename}", spec.config, Path(spec.config).name, spec.hf_repo}
     assert PY_BLOCKS
+    for key in SNIPPET_OUTPUT:  # no stale expectation, none that two blocks share
+        assert sum(key in b.text for b in PY_BLOCKS) == 1, key
     for block in PY_BLOCKS:
+        assert sum(key in block.text for key in SNIPPET_OUTPUT) == 1, f"{block.where} needs one SNIPPET_OUTPUT entry"
         strings = [n.value for n in ast.walk(ast.parse(block.text)) if isinstance(n, ast.Constant)]
         names = [v for v in strings if isinstance(v, str) and "sam2" in v]
         assert names and set(names) <= allowed, f"{block.where}: {names} (the default model is {model})"
