@@ -438,3 +438,36 @@ def test_from_pretrained_looks_locally_first_then_downloads(tmp_path, monkeypatc
     assert torch.equal(image.model.no_mem_embed.detach(), state["no_mem_embed"].float())
     with pytest.raises(ValueError, match="source must be one of"):
         SAM2ImagePredictor.from_pretrained("sam2_tiny", source="s3")
+
+
+def test_a_page_served_instead_of_the_file_is_named(tmp_path):
+    """A mirror or proxy that answers with an HTML page: the error says so (not 'damaged', no
+    weights_only hint) and the page never gets the checkpoint's name."""
+    page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>login required</body></html>"
+    srv = _Server({"sam2.1_hiera_tiny.pt": page})
+    try:
+        with pytest.raises(ValueError, match=r"is not a PyTorch checkpoint \(it starts like an HTML page") as info:
+            dl.download(["sam2.1_tiny"], dest=tmp_path, base_url=srv.url, progress=False)
+    finally:
+        srv.close()
+    assert "weights_only" not in str(info.value) and not (tmp_path / "sam2.1_hiera_tiny.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "head, kind",
+    [
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "a JPEG image"),
+        (b"\x89PNG\r\n\x1a\n\x00", "a PNG image"),
+        (b"version https://git-lfs.github.com/spec/v1\n", "a Git LFS pointer"),
+        (b"", "an empty file"),
+        (b"PK\x03\x04rest", None),  # torch.save's zip format
+        (b"\x80\x02\x8a\x0a", None),  # torch.save's legacy pickle format
+    ],
+)
+def test_sniffing_what_a_file_is(tmp_path, head, kind):
+    from dp_sam2.checkpoints.files import sniff_non_checkpoint
+
+    path = tmp_path / "f.pt"
+    path.write_bytes(head)
+    found = sniff_non_checkpoint(path)
+    assert found == kind if kind is None else found.startswith(kind)
