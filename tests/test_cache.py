@@ -534,3 +534,28 @@ def test_dataset_wrapper_in_dp_shaped_hydra_config(fake_dp, cached, ckpts, tmp_p
         instantiate(stale.task.dataset)
     with pytest.raises(Exception, match="set policy.obs_encoder.input_range: \\[0, 1\\]"):
         instantiate(default_range.task.dataset)
+
+
+def test_store_helpers_write_format_2_and_keep_an_older_v3_store_working(tmp_path):
+    """New groups are zarr format 2; a v3 store made by dp_sam2 0.2.x (zarr 3's default) is opened as it is
+    and extended in its own format, so an older cache keeps working with zarr 3."""
+    from dp_sam2.cache import store
+
+    new = store.open_group(tmp_path / "new.zarr", "a")  # missing: created, format 2
+    store.write_array(store.require_group(new, "data"), "x", np.arange(6, dtype=np.float32).reshape(3, 2), (1, 2))
+    assert_zarr2_layout(tmp_path / "new.zarr")
+    assert store.member_names(store.open_group(tmp_path / "new.zarr", "r")["data"]) == ["x"]
+    with pytest.raises(FileNotFoundError, match="no zarr group at"):
+        store.open_group(tmp_path / "missing.zarr", "r")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        store.open_group(tmp_path / "new.zarr", "x")
+    if store.zarr_major() < 3:
+        return
+    zarr.open_group(str(tmp_path / "old.zarr"), mode="w").require_group("data")  # zarr 3's default: v3
+    old = store.open_group(tmp_path / "old.zarr", "a")
+    group = store.require_group(old, "dp_sam2_features")
+    store.create_array(group, "f", (2, 3), (1, 3), "float16", 0)[...] = 1
+    assert store.group_format(old) == 3 and (tmp_path / "old.zarr" / "dp_sam2_features" / "f" / "zarr.json").is_file()
+    assert store.has_member(old, "dp_sam2_features") and not store.has_member(old, "nothing")
+    store.delete_member(old, "dp_sam2_features")
+    assert store.member_names(store.open_group(tmp_path / "old.zarr", "r")) == ["data"]
