@@ -228,6 +228,28 @@ def _add_metaworld_demos(sub) -> None:
     p.set_defaults(func=cmd_metaworld_demos)
 
 
+# --------------------------------------------------------------------------- compare (issue 25)
+def cmd_compare(args) -> int:
+    from dp_sam2.compare.run import run
+
+    return run(args)
+
+
+def _add_compare(sub) -> None:
+    from dp_sam2.compare.run import add_arguments  # argparse only: nothing heavy
+
+    p = sub.add_parser(
+        "compare",
+        help="compare encoders closed-loop on MetaWorld with DP's own train.py and eval.py",
+        description="Runs the grid tasks x encoder settings x seeds (demos collected once per task; DP's "
+        "unchanged train.py and eval.py in --dp-root), writing results.csv, results.md and results.png "
+        "to --out; resumable, shardable (--shard I/N), mergeable (--merge); --latency measures the "
+        "policy-call latency once. See docs/compare.md.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dp_sam2.checkpoints.registry import DEFAULT_MODEL
 
@@ -397,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         "obs_encoder group through dp_sam2's search-path plugin.",
     )
     p.set_defaults(func=cmd_info)
+    _add_compare(sub)
     _add_metaworld_demos(sub)
     return parser
 
