@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dp_sam2.checkpoints.registry import ModelSpec, get_spec
 
@@ -168,7 +169,7 @@ def _from_hub(spec: ModelSpec, final: Path, part: Path, *, verify: bool, force: 
         from huggingface_hub import hf_hub_download
     except ImportError as err:
         raise ImportError(f"--source huggingface needs the huggingface_hub package: {HF_INSTALL}") from err
-    kwargs = {"force_download": True} if force else {}
+    kwargs: dict[str, Any] = {"force_download": True} if force else {}
     if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
         from dp_sam2._progress import progress_class
 
