@@ -1,4 +1,4 @@
-"""Nothing breaks for users of 0.1.x (DESIGN ruling 17): every dotted path a shipped yaml or the
+"""Nothing breaks for users of 0.1.x (docs/design.md, ruling 17): every dotted path a shipped yaml or the
 README put into a DP config still imports, a DP-style config saved with the old paths
 instantiates, and the obs encoder's state dict has the 0.1.0 keys and shapes (recorded from the
 0.1.0 release in tests/fixtures/compat), so DP checkpoints made with it still load."""
@@ -105,3 +105,164 @@ def test_state_dict_keys_and_shapes_equal_0_1_0(case, monkeypatch):
     got = {k: list(v.shape) for k, v in encoder.state_dict().items()}
     assert got == RECORDED[case]["state_dict"]
     assert list(encoder.output_shape()) == RECORDED[case]["output_shape"]
+
+
+# ----------------------------------------------------------------------------- 0.2.2 configs and checkpoints
+def _fixture_script():
+    """tests/fixtures/compat/make_0_2_2_fixtures.py: the code that recorded the 0.2.2 fixtures (fill, obs, record)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_0_2_2_fixtures", FIXTURES / "make_0_2_2_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECORDED_0_2_2 = json.loads((FIXTURES / "obs_encoder_0.2.2_state_dicts.json").read_text())
+
+
+def _check_like_0_2_2(encoder, shape_meta: dict, case: str) -> None:
+    """Same state-dict keys (in order) and shapes, output shapes, and forward output given the same weights."""
+    want = RECORDED_0_2_2[case]
+    got = _fixture_script().record(encoder, shape_meta, encoder.input_layout)
+    assert list(got["state_dict"]) == list(want["state_dict"])
+    assert got["state_dict"] == want["state_dict"]
+    assert (got["output_shape"], got["forward_shape"]) == (want["output_shape"], want["forward_shape"])
+    ref = torch.tensor(want["forward_first"])
+    err = (torch.tensor(got["forward_first"]) - ref).abs().max() / max(1.0, ref.abs().max().item())
+    assert err <= 1e-4, (case, got["forward_first"][:4], want["forward_first"][:4])
+    assert got["forward_abs_mean"] == pytest.approx(want["forward_abs_mean"], rel=1e-4, abs=1e-6)
+
+
+CONFIGS_0_2_2 = sorted(k for k, v in RECORDED_0_2_2.items() if "config" in v)
+
+
+@pytest.mark.parametrize("case", CONFIGS_0_2_2)
+def test_config_saved_with_0_2_2_builds_the_same_encoder(case, monkeypatch):
+    """A DP / UMI config frozen into a 0.2.2 checkpoint (``_target_: dp_sam2.SAM2ObsEncoder`` with the keys of
+    0.2.2's group files, UMI's included) builds an encoder whose state dict the checkpoint fits and that
+    computes what 0.2.2 computed from the same weights."""
+    from hydra.utils import instantiate
+
+    from dp_sam2.encoders.obs.umi import UMIObsEncoder
+
+    monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
+    cfg = OmegaConf.load(FIXTURES / RECORDED_0_2_2[case]["config"])
+    assert cfg.policy.obs_encoder._target_ == "dp_sam2.SAM2ObsEncoder"
+    with pytest.warns(UserWarning):  # no SAM 2 file here: random weights, with a warning
+        encoder = instantiate(cfg.policy.obs_encoder)
+    assert isinstance(encoder, SAM2ObsEncoder)
+    assert isinstance(encoder, UMIObsEncoder) == case.startswith("umi")
+    _check_like_0_2_2(encoder, OmegaConf.to_container(cfg.shape_meta), case)
+
+
+@pytest.mark.parametrize("case", sorted(k for k, v in RECORDED_0_2_2.items() if "kwargs" in v))
+def test_direct_0_2_2_calls_build_the_same_encoder(case, monkeypatch):
+    monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
+    script = _fixture_script()
+    with pytest.warns(UserWarning):
+        encoder = SAM2ObsEncoder(script.DP_META, **RECORDED_0_2_2[case]["kwargs"])
+    _check_like_0_2_2(encoder, script.DP_META, case)
+
+
+@pytest.mark.parametrize("case", [c for c in CONFIGS_0_2_2 if c.startswith("umi")])
+def test_todays_umi_group_builds_what_0_2_2_built(case, monkeypatch):
+    """The same composition with today's umi_obs_encoder group (``_target_`` UMIObsEncoder) gives the
+    0.2.2 encoder: a checkpoint trained with either loads into the other."""
+    from hydra.utils import instantiate
+
+    script = _fixture_script()
+    config_dir, workspace, overrides = script.CONFIGS[case]
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.setenv("DP_SAM2_ALLOW_MISSING_CHECKPOINT", "1")
+    OmegaConf.register_new_resolver("eval", eval, replace=True)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            cfg = compose(config_name=workspace, overrides=overrides)
+        assert cfg.policy.obs_encoder._target_ == "dp_sam2.encoders.obs.umi.UMIObsEncoder"
+        with pytest.warns(UserWarning):
+            encoder = instantiate(cfg.policy.obs_encoder)
+        shape_meta = OmegaConf.to_container(cfg.shape_meta, resolve=True)
+    finally:
+        OmegaConf.clear_resolver("eval")
+    _check_like_0_2_2(encoder, shape_meta, case)
+
+
+# ----------------------------------------------------------------------------- one vocabulary, one table of old keys
+def test_obs_encoder_takes_at_most_22_named_parameters():
+    import inspect
+
+    params = inspect.signature(SAM2ObsEncoder.__init__).parameters
+    named = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    assert len(named) <= 22, named
+    from dp_sam2.encoders.obs.old_keys import OLD_KEYS
+
+    assert not set(named) & set(OLD_KEYS)  # an old key is never also a parameter
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ({"model_name": "sam2_tiny"}, {"model_cfg": "sam2_tiny"}),
+        ({"frozen": False}, {"freeze": False}),
+        ({"pretrained": False, "frozen": False}, {"random_weights": True, "checkpoint": None}),
+        ({"feature_aggregation": "avg"}, {"pooling": "mean"}),
+        ({"feature_aggregation": None}, {"pooling": "attention"}),
+        ({"transforms": [{"type": "RandomCrop", "ratio": 0.5}]}, {"augment": [{"type": "RandomCrop", "ratio": 0.5}]}),
+        ({"rgb_model": None, "use_group_norm": True, "imagenet_norm": False, "input_layout": "dp"}, {}),
+        ({"global_pool": "", "downsample_ratio": 16, "position_encording": "sinusoidal", "n_emb": None}, {}),
+    ],
+)
+def test_old_keys_translate(old, new):
+    import inspect
+
+    from dp_sam2.encoders.obs.encoder import _DEFAULTS
+    from dp_sam2.encoders.obs.old_keys import translate_old_keys
+
+    given = {k: v for k, v in _DEFAULTS.items() if v is not inspect.Parameter.empty}
+    given.update(shape_meta={}, checkpoint="checkpoints/x.pt", model_cfg=old.get("model_name", "sam2_large"))
+    out = translate_old_keys(given, old, _DEFAULTS)
+    assert {k: out[k] for k in new} == new
+    changed = {k for k in out if out[k] != given[k]}
+    assert changed <= set(new) | {"freeze"}
+
+
+@pytest.mark.parametrize(
+    "old, message",
+    [
+        ({"frozen": True, "pretrained": False}, "pretrained=false"),
+        ({"global_pool": "avg"}, "global_pool must be ''"),
+        ({"downsample_ratio": 32}, "downsample_ratio must be 16"),
+        ({"n_emb": 64}, "needs input_layout: umi"),
+        ({"model_name": "vit_base_patch16_clip_224.openai"}, "model_name must be a SAM 2 model"),
+        ({"model_name": "sam2_small"}, "disagree"),
+    ],
+)
+def test_old_keys_refuse_what_0_2_refused(old, message):
+    from dp_sam2.encoders.obs.encoder import _DEFAULTS
+    from dp_sam2.encoders.obs.old_keys import translate_old_keys
+
+    given = dict(_DEFAULTS, shape_meta={}, model_cfg="sam2_tiny")
+    with pytest.raises(ValueError, match=message):
+        translate_old_keys(given, old, _DEFAULTS)
+
+
+def test_rgb_model_must_be_null():
+    meta = {"obs": {"image": {"shape": [3, 64, 64], "type": "rgb"}}}
+    with pytest.raises(TypeError, match="rgb_model must be null"):
+        SAM2ObsEncoder(meta, model_cfg="sam2_tiny", random_weights=True, rgb_model=torch.nn.Identity())
+
+
+def test_unknown_keyword_is_a_type_error_naming_it():
+    meta = {"obs": {"image": {"shape": [3, 64, 64], "type": "rgb"}}}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'crop_size'") as err:
+        SAM2ObsEncoder(meta, model_cfg="sam2_tiny", random_weights=True, crop_size=[48, 48])
+    assert "crop_shape" in str(err.value) and "model_name" in str(err.value)  # lists what it accepts
+
+
+def test_old_keys_doc_equals_the_table():
+    from dp_sam2.encoders.obs.old_keys import table_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "obs_encoder_keys.md").read_text()
+    assert table_markdown() in doc

@@ -16,6 +16,7 @@ from torch import nn
 
 from conftest import build_official, perturb_, rel_err, requires_official, save_official_checkpoint
 from dp_sam2 import SAM2ObsEncoder
+from dp_sam2.checkpoints.registry import MODELS
 from dp_sam2.checkpoints.resolve import CheckpointNotFoundError
 from dp_sam2.encoders.obs.backbone import SAM2Backbone
 from dp_sam2.encoders.obs.finetune import LoRALinear, adamw_param_groups
@@ -514,6 +515,41 @@ def test_dp_group_files_state_their_input_convention(name):
     cfg = yaml.safe_load(text)
     assert (cfg["input_layout"], cfg["input_range"], cfg["compile"]) == ("dp", [-1, 1], False)
     assert "Input convention (DP's image policy): rgb (B*To, 3, H, W) in [-1, 1]" in text
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_dp_group_key_is_a_parameter_or_a_known_old_key(name):
+    """DP's leftover keys (rgb_model, use_group_norm, imagenet_norm) and input_layout go through the one
+    table of old keys; every other key is a named parameter."""
+    import inspect
+
+    import yaml
+
+    from dp_sam2.encoders.obs.old_keys import OLD_KEYS
+
+    path = Path(__file__).resolve().parents[1] / "dp_sam2" / "configs" / "obs_encoder" / f"{name}.yaml"
+    keys = set(yaml.safe_load(path.read_text())) - {"_target_"}
+    params = set(inspect.signature(SAM2ObsEncoder.__init__).parameters)
+    assert keys - params == {"rgb_model", "use_group_norm", "imagenet_norm", "input_layout"}
+    assert keys - params <= set(OLD_KEYS)
+
+
+@pytest.mark.parametrize(
+    "value, hw",
+    [(96, (96, 96)), ([76, 80], (76, 80)), ((3, 4), (3, 4)), ("5,6", (5, 6)), ("7 x 8", (7, 8)), ("[9, 10]", (9, 10))],
+)
+def test_parse_hw_reads_every_size_form(value, hw):
+    from dp_sam2.encoders.obs.inputs import parse_hw
+
+    assert parse_hw(value, "crop_shape") == hw
+
+
+@pytest.mark.parametrize("value", [0, -3, True, 2.5, [1.5, 2], [1, 2, 3], "a,b", "1,2,3", None, {"h": 1}])
+def test_parse_hw_refuses_what_is_not_a_size_and_says_what_came(value):
+    from dp_sam2.encoders.obs.inputs import parse_hw
+
+    with pytest.raises((ValueError, TypeError), match=r"crop_shape must be a size: .*got"):
+        parse_hw(value, "crop_shape")
 
 
 def test_imagenet_input_range_is_used_as_it_comes(ckpt):

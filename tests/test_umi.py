@@ -22,6 +22,7 @@ from torch import nn
 from conftest import rel_err
 from dp_sam2 import SAM2ObsEncoder
 from dp_sam2.checkpoints.registry import MODELS
+from dp_sam2.encoders.obs.umi import UMIObsEncoder
 from test_obs_encoder import file_state, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,15 +108,17 @@ def test_umi_group_file_contents(name):
     assert "Input convention (UMI's): input_layout umi = rgb (B, T, 3, H, W) in [0, 1]" in text
     cfg = yaml.safe_load(text)
     spec = MODELS[name]
-    assert cfg["_target_"] == "dp_sam2.SAM2ObsEncoder" and cfg["shape_meta"] == "${shape_meta}"
+    assert cfg["_target_"] == "dp_sam2.encoders.obs.umi.UMIObsEncoder" and cfg["shape_meta"] == "${shape_meta}"
     assert (cfg["input_layout"], cfg["input_range"], cfg["model_name"]) == ("umi", [0, 1], name)
     assert cfg["checkpoint"] == f"checkpoints/{spec.filename}" and cfg["image_size"] == spec.obs_image_size
     assert (cfg["pretrained"], cfg["frozen"], cfg["freeze"], cfg["compile"]) == (True, False, None, False)
     assert cfg["global_pool"] == "" and cfg["downsample_ratio"] == 16
     # every TimmObsEncoder key is set here except the two left as UMI's yaml has them
     assert set(TIMM_KEYS) - {"transforms"} <= set(cfg) and "transforms" not in cfg and "n_emb" not in cfg
-    params = inspect.signature(SAM2ObsEncoder.__init__).parameters
-    assert set(cfg) - {"_target_"} <= set(params)
+    # each key is UMIObsEncoder's (UMI's words) or SAM2ObsEncoder's (DP's), or DP's name of a UMI key
+    umi_params = set(inspect.signature(UMIObsEncoder.__init__).parameters)
+    dp_params = set(inspect.signature(SAM2ObsEncoder.__init__).parameters)
+    assert set(cfg) - {"_target_"} <= umi_params | dp_params | {"freeze"}
 
 
 # ----------------------------------------------------------------------------- composing
@@ -124,7 +127,7 @@ def test_composes_into_umis_inline_encoder(ckpt):
 
     cfg = compose(ckpt=ckpt)
     node = OmegaConf.to_container(cfg.policy.obs_encoder, resolve=True)
-    assert node["_target_"] == "dp_sam2.SAM2ObsEncoder" and node["model_name"] == "sam2_tiny"
+    assert node["_target_"] == "dp_sam2.encoders.obs.umi.UMIObsEncoder" and node["model_name"] == "sam2_tiny"
     assert (node["checkpoint"], node["image_size"]) == (str(ckpt), SIZE)
     assert (node["feature_aggregation"], node["downsample_ratio"], node["position_encording"]) == (None, 16, None)
     assert node["transforms"][0] == {"type": "RandomCrop", "ratio": 0.95}  # UMI's augmentation is kept
@@ -139,7 +142,8 @@ def test_instantiate_alone_train_forward_every_parameter_gets_a_gradient(ckpt):
     parameter in the graph."""
     cfg = compose(ckpt=ckpt)
     enc = build(cfg)
-    assert isinstance(enc, SAM2ObsEncoder) and enc.input_layout == "umi" and not enc.finetune.freeze
+    assert isinstance(enc, UMIObsEncoder) and isinstance(enc, SAM2ObsEncoder)
+    assert enc.input_layout == "umi" and not enc.finetune.freeze
     calls = []
     enc.key_model_map["camera0_rgb"].register_forward_hook(lambda *a: calls.append(1))
     assert enc.output_shape() == (UMI_WIDTH,) and calls == []  # no forward
@@ -212,7 +216,7 @@ def test_umi_layout_equals_dp_layout_per_frame(ckpt):
     meta = {"obs": {"cam": {"shape": [3, 80, 80], "horizon": 2, "type": "rgb"}, "pos": {"shape": [2], "horizon": 2}}}
     kw = dict(model_cfg="sam2_tiny", checkpoint=str(ckpt), image_size=SIZE, input_range=[0, 1], feature_dim=16)
     torch.manual_seed(3)
-    umi = SAM2ObsEncoder(meta, input_layout="umi", **kw).eval()
+    umi = UMIObsEncoder(meta, **kw).eval()
     torch.manual_seed(3)
     dp = SAM2ObsEncoder(meta, **kw).eval()
     obs = umi_obs(meta, batch=3)
@@ -254,15 +258,18 @@ def test_pretrained_true_loads_the_file_false_builds_random_weights_without_one(
         build(compose(ckpt=missing))
 
 
-def test_model_name_is_the_short_name():
+@pytest.mark.parametrize("build_as", ["UMIObsEncoder", "SAM2ObsEncoder with input_layout umi (0.2.x configs)"])
+def test_model_name_is_the_short_name(build_as):
     meta = {"obs": {"cam": {"shape": [3, 64, 64], "horizon": 1, "type": "rgb"}}}
     kw = dict(input_layout="umi", pretrained=False, frozen=False, image_size=SIZE)
-    assert SAM2ObsEncoder(meta, model_name="sam2.1_tiny", **kw).model_cfg == "sam2.1_tiny"
-    assert SAM2ObsEncoder(meta, model_name="sam2_tiny", model_cfg="sam2_hiera_t.yaml", **kw).model_cfg == "sam2_tiny"
+    cls = UMIObsEncoder if build_as == "UMIObsEncoder" else SAM2ObsEncoder
+    enc = cls(meta, model_name="sam2.1_tiny", **kw)
+    assert type(enc) is UMIObsEncoder and enc.model_cfg == "sam2.1_tiny"
+    assert cls(meta, model_name="sam2_tiny", model_cfg="sam2_hiera_t.yaml", **kw).model_cfg == "sam2_tiny"
     with pytest.raises(ValueError, match="name different models"):
-        SAM2ObsEncoder(meta, model_name="sam2_tiny", model_cfg="sam2_small", **kw)
+        cls(meta, model_name="sam2_tiny", model_cfg="sam2_small", **kw)
     with pytest.raises(ValueError, match="model_name must be a SAM 2 model"):
-        SAM2ObsEncoder(meta, model_name="vit_base_patch16_clip_224.openai", **kw)
+        cls(meta, model_name="vit_base_patch16_clip_224.openai", **kw)
 
 
 @pytest.mark.parametrize(
@@ -272,6 +279,7 @@ def test_model_name_is_the_short_name():
         ("policy.obs_encoder.downsample_ratio=32", "downsample_ratio must be 16"),
         ("policy.obs_encoder.feature_aggregation=transformer", "feature_aggregation must be null or one of"),
         ("policy.obs_encoder.input_layout=bt", "input_layout must be 'dp'"),
+        ("policy.obs_encoder.input_layout=dp", "UMIObsEncoder takes UMI's layout"),
         ("policy.obs_encoder.transforms=[{type:RandomCrop,ratio:1.5}]", r"ratio must be in \(0, 1\]"),
         ("policy.obs_encoder.transforms=[{type:Resize,size:5}]", "only the first entry may be"),
     ],

@@ -8,6 +8,8 @@ the contract, README.md's "## The feature cache" section the workflow.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 import os
 from collections.abc import Mapping
@@ -15,139 +17,169 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from dp_sam2.encoders.obs import inputs, umi
+from dp_sam2.encoders.obs import inputs
 from dp_sam2.encoders.obs.backbone import SAM2Backbone
 from dp_sam2.encoders.obs.finetune import FinetuneConfig, configure_backbone, tag_backbone_parameters
 from dp_sam2.encoders.obs.guard import _check_parent_accepts_obs_encoder
 from dp_sam2.encoders.obs.heads import build_head
-from dp_sam2.encoders.obs.inputs import IMAGENET, ObsKeys, parse_input_range, parse_shape_meta, random_crop, resize
-from dp_sam2.encoders.obs.tokens import build_token_head, check_n_emb, low_dim_projection
+from dp_sam2.encoders.obs.inputs import (
+    IMAGENET,
+    ObsKeys,
+    parse_flag,
+    parse_input_range,
+    parse_shape_meta,
+    random_crop,
+    resize,
+)
 from dp_sam2.encoders.sam2.precision import check_precision, precision_autocast
 
 __all__ = ["SAM2ObsEncoder", "SAM2Backbone", "ObsKeys", "parse_shape_meta", "parse_input_range"]
 
 
 class SAM2ObsEncoder(nn.Module):
-    """SAM 2's image encoder as Diffusion Policy's ``obs_encoder`` (DP's ``MultiImageObsEncoder``).
+    """SAM 2's image encoder as Diffusion Policy's ``obs_encoder`` (DP's ``MultiImageObsEncoder``), in DP's words.
 
     ``forward(obs_dict) -> (B, D)``: rgb ``(B, 3, H, W)`` images (``B = batch * n_obs_steps``) or cached features
     (:meth:`encode_images`), low_dim ``(B, *shape)``, keys from ``shape_meta``: rgb first, then low_dim, each
     sorted; ``D = n_rgb * feature_dim + sum(low_dim sizes)``, also ``output_shape()`` (no backbone run).
-    ``input_layout="umi"``: UMI's ``TimmObsEncoder``, ``(B, T, ...)`` -> ``(B, sum_k T_k * F_k)``, or tokens
-    ``(B, N, n_emb)`` with ``n_emb``; UMI's keys map as :mod:`dp_sam2.encoders.obs.umi` says.
     Per camera (DP's order): ``resize_shape`` -> ``crop_shape`` (random in training if ``random_crop``, else
-    centre) -> ``image_size`` (bilinear, antialiased) -> ``input_range`` to [0, 1] -> SAM 2's mean/std.
-    One backbone runs all cameras at once (``share_rgb_model=False``: a copy each) for the stride-16 FPN map
-    plus ``no_mem_embed``; a per-camera ``pooling`` head (attention, spatial_softmax, mean) -> ``feature_dim``.
+    centre) -> ``augment``'s crop -> ``image_size`` (bilinear, antialiased) -> ``input_range`` to [0, 1] ->
+    ``augment``'s modules (training) -> SAM 2's mean/std. One backbone runs all cameras at once
+    (``share_rgb_model=False``: a copy each) for the stride-16 FPN map plus ``no_mem_embed``; a per-camera
+    ``pooling`` head -> ``feature_dim``.
+
+    Other vocabularies are translated before they reach it: UMI's ``TimmObsEncoder`` keys by
+    :class:`dp_sam2.encoders.obs.umi.UMIObsEncoder` (the ``umi_obs_encoder`` group), LeRobot's config by the
+    plugin ``lerobot_policy_sam2``; both subclass this and run its preprocessing and backbone call. Keys that
+    0.2.x accepted here (UMI's, and DP's no-effect keys) go through one table,
+    :data:`dp_sam2.encoders.obs.old_keys.OLD_KEYS`; any other keyword is a ``TypeError``.
     """
+
+    input_layout = "dp"  # the input convention: rgb (B*To, 3, H, W); UMIObsEncoder: "umi"
+
+    def __new__(cls, *args, **kwargs):
+        # A 0.2.x config with `input_layout: umi` names this class: it is UMI's, built as UMIObsEncoder.
+        if cls is SAM2ObsEncoder and kwargs.get("input_layout") is not None:
+            if inputs.parse_input_layout(kwargs["input_layout"]) == "umi":
+                from dp_sam2.encoders.obs.umi import UMIObsEncoder
+
+                cls = UMIObsEncoder
+        return super().__new__(cls)
 
     def __init__(
         self,
         shape_meta: dict,
-        model_cfg: str | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        image_size: int | None = None,
-        freeze: bool | None = None,
-        feature_dim: int = 256,
-        pooling: str = "attention",
-        input_range="[-1,1]",
-        share_rgb_model: bool = True,
-        resize_shape=None,
-        crop_shape=None,
-        random_crop: bool = True,
-        trainable_blocks: int | None = None,
-        lora_rank: int = 0,
-        lora_alpha: float | None = None,
-        activation_checkpointing: bool = False,
-        rgb_model=None,
-        use_group_norm: bool = False,
-        imagenet_norm: bool = False,
-        precision: str = "fp32",
-        random_weights: bool = False,
-        input_layout: str = "dp",
-        compile: bool = False,
-        # UMI's TimmObsEncoder / TransformerObsEncoder keys: dp_sam2.encoders.obs.umi says what each becomes
-        model_name: str | None = None,
-        pretrained: bool | None = None,
-        frozen: bool | None = None,
-        global_pool: str | None = "",
-        feature_aggregation: str | None = None,
-        position_encording: str | None = None,
-        downsample_ratio: int | None = None,
-        transforms=None,
-        n_emb: int | None = None,
+        # --- which SAM 2, and its weights
+        model_cfg: str | os.PathLike = "sam2_large",  # short name (sam2_tiny .. sam2.1_large) or config name/file
+        checkpoint: str | os.PathLike | None = None,  # official .pt; None: checkpoints/<official file name>
+        random_weights: bool = False,  # True: random backbone weights, no file read (tests, timing, caches)
+        image_size: int | None = None,  # SAM 2 input side, a multiple of 32: cost grows ~ size^2; None: 224/256
+        # --- what trains (dp_sam2.encoders.obs.finetune); the heads always train
+        freeze: bool = True,  # True: backbone frozen, eval mode, no graph (cheap, cacheable); False: it trains
+        trainable_blocks: int | None = None,  # freeze=False: only the last N Hiera blocks (+ neck) train
+        lora_rank: int = 0,  # freeze=False, > 0: LoRA adapters on attention (few weights, full backward)
+        lora_alpha: float | None = None,  # LoRA scale numerator; None: = lora_rank (scale 1)
+        activation_checkpointing: bool = False,  # recompute block activations in backward: less memory, more time
+        # --- features
+        feature_dim: int = 256,  # per camera: the width of each camera's slice of the output
+        pooling: str = "attention",  # attention (learned query, best) | spatial_softmax | mean (cheapest)
+        # --- what comes in, and how it is cropped (DP's MultiImageObsEncoder keys)
+        input_range: str | list = "[-1,1]",  # [-1, 1] (DP's normaliser) | [0, 1] | imagenet (used as it comes)
+        resize_shape: int | list | dict | None = None,  # [h, w] (or per key) before the crop; None: none
+        crop_shape: int | list | dict | None = None,  # [h, w] (or per key) crop before image_size; None: none
+        random_crop: bool = True,  # crop_shape random in training (augmentation) or always centred
+        augment: list | None = None,  # UMI's transforms: [{type: RandomCrop, ratio}, modules...], training only
+        share_rgb_model: bool = True,  # one backbone for all cameras (one batched run) or a copy per camera
+        # --- how it runs
+        precision: str = "fp32",  # fp32 | bf16: backbone under autocast, faster on bf16 hardware, less exact
+        compile: bool = False,  # torch.compile the backbone: faster steps after a slow first (compiling) call
+        **old_keys,  # 0.2.x keys: translated by dp_sam2.encoders.obs.old_keys.OLD_KEYS, anything else: TypeError
     ) -> None:
-        """Every DP ``MultiImageObsEncoder`` / UMI ``TimmObsEncoder`` key is accepted; besides those above:
+        """Arguments as commented in the signature; in detail:
 
-        * ``model_cfg``: registry short name (``sam2_large``, ``sam2.1_tiny``) or official config name.
-        * ``checkpoint``: official ``.pt`` found by :func:`~dp_sam2.checkpoints.resolve.find_weights` (``None``:
-          ``checkpoints/<official file name>``); ``random_weights=True``: random backbone weights, no file read.
-        * ``image_size``: a multiple of 32; default 224 (tiny/small/base+) or 256 (large), window-aligned.
-        * ``freeze`` (default: no backbone grad, eval mode; the heads train), ``trainable_blocks``, ``lora_rank``,
-          ``lora_alpha``, ``activation_checkpointing``: see :mod:`dp_sam2.encoders.obs.finetune`.
-        * ``input_range``: ``[-1, 1]`` (default, DP's normaliser), ``[0, 1]`` or ``imagenet`` (used as it comes);
-          ``precision``: ``fp32`` or ``bf16`` (autocast); ``compile``: the backbone through ``torch.compile``.
-        * ``rgb_model`` must be ``None``; ``use_group_norm``, ``imagenet_norm``: no effect (UMI's keys: see above).
+        * ``model_cfg``: registry short name (``sam2_large``, ``sam2.1_tiny``), official config name or a ``.yaml``.
+        * ``checkpoint``: found by :func:`~dp_sam2.checkpoints.resolve.find_weights` (absolute, or relative to
+          ``$DP_SAM2_CHECKPOINT_DIR``, the DP repo root, the current directory, the user cache).
+        * ``image_size``: window-aligned sizes are cheapest (224 for tiny/small/base+, 256 for large).
+        * ``freeze``, ``trainable_blocks``, ``lora_rank``, ``lora_alpha``, ``activation_checkpointing``: see
+          :mod:`dp_sam2.encoders.obs.finetune`.
+        * ``resize_shape``, ``crop_shape``: a size (:func:`~dp_sam2.encoders.obs.inputs.parse_hw`) or
+          ``{rgb key: size}``; ``augment``: see :func:`~dp_sam2.encoders.obs.inputs.parse_augment`.
+        * DP's ``rgb_model`` (must be null), ``use_group_norm``, ``imagenet_norm`` and ``input_layout: dp`` are
+          accepted through :data:`~dp_sam2.encoders.obs.old_keys.OLD_KEYS` (DP group files set them: Hydra merges
+          a group file into DP's inline ``MultiImageObsEncoder`` dict, so leftover keys reach the constructor).
         """
+        if old_keys:  # translate once, then build with the new names only
+            from dp_sam2.encoders.obs.old_keys import translate_old_keys
+
+            given = {k: v for k, v in locals().items() if k in _DEFAULTS}
+            SAM2ObsEncoder.__init__(self, **translate_old_keys(given, old_keys, _DEFAULTS))
+            return
         super().__init__()
         _check_parent_accepts_obs_encoder()
-        if rgb_model is not None:
-            raise TypeError(
-                "SAM2ObsEncoder builds its own SAM 2 backbone; rgb_model must be null, got "
-                f"{type(rgb_model).__name__} (set `rgb_model: null` in the obs_encoder config)"
-            )
-        self.input_layout = inputs.parse_input_layout(input_layout)
-        self.keys = parse_shape_meta(shape_meta, self.input_layout)
-        self.n_emb = check_n_emb(n_emb)
-        if self.n_emb is not None and self.input_layout != "umi":
-            raise ValueError("n_emb (token mode, UMI's DiffusionTransformerTimmPolicy) needs input_layout: umi")
-        umi.check_timm_keys(global_pool, downsample_ratio, position_encording)
-        freeze, self.pretrained = umi.resolve_freeze(freeze, frozen, pretrained)
-        self.model_cfg, self.spec = inputs.lookup_model(umi.resolve_model(model_cfg, model_name))
+        self.keys = self._parse_shape_meta(shape_meta)
+        self.model_cfg, self.spec = inputs.lookup_model(model_cfg)
         self.image_size = inputs.check_image_size(image_size, self.spec)
+        freeze = parse_flag("freeze", freeze)
         self.finetune = FinetuneConfig(
-            freeze, trainable_blocks, int(lora_rank), lora_alpha, bool(activation_checkpointing)
+            freeze is not False,  # None: 0.2.x's "unset", frozen
+            trainable_blocks,
+            int(lora_rank),
+            lora_alpha,
+            bool(activation_checkpointing),
         )
         self.input_range = parse_input_range(input_range)
         self.random_crop = bool(random_crop)
-        self.resize_shape = inputs._per_key_hw(resize_shape, self.keys.rgb, "resize_shape")
-        self.crop_shape = inputs._per_key_hw(crop_shape, self.keys.rgb, "crop_shape")
+        self.resize_shape = inputs.per_key_hw(resize_shape, self.keys.rgb, "resize_shape")
+        self.crop_shape = inputs.per_key_hw(crop_shape, self.keys.rgb, "crop_shape")
         self._check_crops()
-        crop_ratio, self.augment = umi.parse_transforms(transforms)
-        self.ratio_crop = {k: umi.ratio_crop(self._cropped_hw(k), crop_ratio) for k in self.keys.rgb}
+        crop_ratio, self.augment = inputs.parse_augment(augment)
+        self.ratio_crop = {k: inputs.ratio_crop(self._cropped_hw(k), crop_ratio) for k in self.keys.rgb}
         self.share_rgb_model = bool(share_rgb_model)
         self.feature_dim = int(feature_dim) if isinstance(feature_dim, int) else feature_dim
-        self.pooling = umi.resolve_pooling(pooling, feature_aggregation, tokens=self.n_emb is not None)
+        self.pooling = pooling
         self.precision = check_precision(precision)
-        self.use_compile = bool(umi._flag("compile", compile))
+        self.use_compile = bool(parse_flag("compile", compile))
 
         backbone = SAM2Backbone(self.model_cfg, self.image_size)
-        if self.pretrained:
-            self.checkpoint = self._load_weights(backbone, checkpoint, random_weights)
-        else:  # UMI's pretrained: false: random SAM 2 weights on purpose; the group's checkpoint is not read
-            self.checkpoint = self._load_weights(backbone, None, True)
+        self.checkpoint = self._load_weights(backbone, checkpoint, bool(parse_flag("random_weights", random_weights)))
         configure_backbone(backbone, self.finetune)
         backbone.freeze_unused_neck_levels()
         backbone.activation_checkpointing = self.finetune.activation_checkpointing
-        module_keys = [_module_key(k) for k in self.keys.rgb]
-        if self.input_layout == "umi":  # UMI's name (its optimizer rule looks for it); one shared backbone
-            self.key_model_map = nn.ModuleDict({k: backbone for k in module_keys})
-        elif self.share_rgb_model:
-            self.backbone = backbone
-        else:
-            import copy
-
-            self.backbones = nn.ModuleDict({k: copy.deepcopy(backbone) for k in module_keys})
         self.feature_shape = (backbone.channels, self.image_size // 16, self.image_size // 16)
-        self.heads = self._build_heads(module_keys, backbone.channels)
-        if self.n_emb is not None:
-            self.low_dim_proj = nn.ModuleDict(
-                {_module_key(k): low_dim_projection(self.keys.shapes[k], self.n_emb) for k in self.keys.low_dim}
-            )
+        self._attach_backbone(backbone)
+        self.heads = self._build_heads(backbone.channels)
+        self._build_extra_modules()
         self.register_buffer("pixel_mean", torch.tensor(inputs.SAM2_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(inputs.SAM2_STD).view(1, 3, 1, 1), persistent=False)
         self._tag_backbones()
         self.train(self.training)
+
+    # ---------------------------------------------------------------- layout (subclasses change these)
+    def _parse_shape_meta(self, shape_meta) -> ObsKeys:
+        return parse_shape_meta(shape_meta, self.input_layout)
+
+    def _attach_backbone(self, backbone: SAM2Backbone) -> None:
+        """DP: ``self.backbone`` (shared by the cameras) or ``self.backbones[key]`` (``share_rgb_model=False``)."""
+        if self.share_rgb_model:
+            self.backbone = backbone
+        else:
+            self.backbones = nn.ModuleDict({_module_key(k): copy.deepcopy(backbone) for k in self.keys.rgb})
+
+    def _build_heads(self, channels: int) -> nn.Module:
+        """One pooling head per camera, ``heads[key]``."""
+        return nn.ModuleDict(
+            {
+                _module_key(k): build_head(self.pooling, channels, self.feature_shape[1:], self.feature_dim)
+                for k in self.keys.rgb
+            }
+        )
+
+    def _build_extra_modules(self) -> None:
+        """Modules a subclass adds after the heads (UMI's low_dim token projections)."""
+
+    def _head(self, key: str) -> nn.Module:
+        return self.heads[_module_key(key)]
 
     # ---------------------------------------------------------------- construction helpers
     def _check_crops(self) -> None:  # also for callers that set crop_shape after construction (policies/)
@@ -155,19 +187,6 @@ class SAM2ObsEncoder(nn.Module):
 
     def _cropped_hw(self, key: str) -> tuple[int, int]:
         return self.crop_shape[key] or self.resize_shape[key] or self.keys.shapes[key][1:]
-
-    def _build_heads(self, module_keys: list[str], channels: int) -> nn.ModuleDict:
-        """One head per camera; UMI layout with ``share_rgb_model``: one head under every camera."""
-
-        def make():
-            if self.n_emb is None:
-                return build_head(self.pooling, channels, self.feature_shape[1:], self.feature_dim)
-            return build_token_head(self.pooling, channels, self.feature_shape[1:], self.feature_dim, self.n_emb)
-
-        if self.input_layout == "umi" and self.share_rgb_model:
-            head = make()
-            return nn.ModuleDict({k: head for k in module_keys})
-        return nn.ModuleDict({k: make() for k in module_keys})
 
     def _load_weights(self, backbone: SAM2Backbone, checkpoint, random_weights: bool = False) -> str | None:
         """Load the SAM 2 checkpoint found by :func:`dp_sam2.checkpoints.resolve.find_weights`;
@@ -203,13 +222,9 @@ class SAM2ObsEncoder(nn.Module):
         return next(iter(self.parameters())).dtype
 
     def output_shape(self) -> tuple[int, ...]:
-        """DP: ``(D,)``; UMI: ``(sum_k T_k * F_k,)``; token mode: ``(N, n_emb)``. No forward is run."""
-        steps = {k: self.keys.horizons.get(k, 1) for k in self.keys.rgb + self.keys.low_dim}
-        if self.n_emb is not None:
-            n = sum(steps[k] * self.heads[_module_key(k)].n_tokens for k in self.keys.rgb)
-            return (n + sum(steps[k] for k in self.keys.low_dim), self.n_emb)
-        low_dim = sum(steps[k] * math.prod(self.keys.shapes[k]) for k in self.keys.low_dim)
-        return (sum(steps[k] for k in self.keys.rgb) * self.feature_dim + low_dim,)
+        """``(D,)`` with ``D = n_rgb * feature_dim + sum(low_dim sizes)``. No forward is run."""
+        low_dim = sum(math.prod(self.keys.shapes[k]) for k in self.keys.low_dim)
+        return (len(self.keys.rgb) * self.feature_dim + low_dim,)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -219,22 +234,16 @@ class SAM2ObsEncoder(nn.Module):
         return self
 
     def forward(self, obs_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``obs_dict`` (see the class docstring) -> ``(B, D)``."""
         batch = inputs.check_obs(obs_dict, self.keys, self.input_layout, self.feature_shape, self.input_range)
-        if self.input_layout == "umi":  # (B, T, ...) -> (B*T, ...)
-            obs_dict = {k: obs_dict[k].flatten(0, 1) for k in self.keys.rgb + self.keys.low_dim}
-        feats = self._rgb_features(obs_dict)
-        parts = [self.heads[_module_key(k)](feats[k].to(self._head_dtype(k))) for k in self.keys.rgb]
-        if self.n_emb is not None:
-            parts = [p.reshape(batch, -1, self.n_emb) for p in parts]
-            parts += [
-                self.low_dim_proj[_module_key(k)](
-                    obs_dict[k].reshape(batch, self.keys.horizons[k], -1).to(parts[0].dtype)
-                )
-                for k in self.keys.low_dim
-            ]
-            return torch.cat(parts, dim=1)
+        parts = self._pooled_features(obs_dict)
         parts += [obs_dict[k].to(parts[0].dtype) for k in self.keys.low_dim]
         return torch.cat([p.reshape(batch, -1) for p in parts], dim=-1)
+
+    def _pooled_features(self, obs_dict) -> list[torch.Tensor]:
+        """Each rgb key's head output ``(N, ...)``, in ``keys.rgb`` order: preprocessing, one backbone run, heads."""
+        feats = self._rgb_features(obs_dict)
+        return [self._head(k)(feats[k].to(self._head_dtype(k))) for k in self.keys.rgb]
 
     # ---------------------------------------------------------------- images -> features
     def preprocess(self, images: torch.Tensor, key: str | None = None, train: bool | None = None) -> torch.Tensor:
@@ -362,17 +371,15 @@ class SAM2ObsEncoder(nn.Module):
         return key
 
     def _all_backbones(self) -> list[SAM2Backbone]:
+        """Each distinct backbone once (``[]`` while the layout is being built)."""
         if "backbone" in self._modules:
             return [self.backbone]
-        for name in ("key_model_map", "backbones"):
-            if name in self._modules:  # key_model_map: the one backbone under every camera
-                return list({id(m): m for m in self._modules[name].values()}.values())
+        if "backbones" in self._modules:
+            return list(self.backbones.values())
         return []
 
     def _backbone(self, key: str) -> SAM2Backbone:
-        if "backbone" in self._modules:
-            return self.backbone
-        return (self.key_model_map if "key_model_map" in self._modules else self.backbones)[_module_key(key)]
+        return self.backbone if "backbone" in self._modules else self.backbones[_module_key(key)]
 
     def _backbone_trains(self, key: str) -> bool:
         return any(p.requires_grad for p in self._backbone(key).parameters())
@@ -381,16 +388,26 @@ class SAM2ObsEncoder(nn.Module):
         return self._all_backbones()[0].no_mem_embed.dtype
 
     def _head_dtype(self, key: str) -> torch.dtype:
-        return next(iter(self.heads[_module_key(key)].parameters())).dtype
+        return next(iter(self._head(key).parameters())).dtype
 
     def extra_repr(self) -> str:
         return (
             f"model_cfg={self.model_cfg!r}, image_size={self.image_size}, input_layout={self.input_layout!r}, "
             f"rgb={list(self.keys.rgb)}, low_dim={list(self.keys.low_dim)}, pooling={self.pooling!r}, "
-            f"feature_dim={self.feature_dim}, n_emb={self.n_emb}, compile={self.use_compile}, {self.finetune}"
+            f"feature_dim={self.feature_dim}, compile={self.use_compile}, {self.finetune}"
         )
 
 
 def _module_key(key: str) -> str:
     """ModuleDict keys cannot contain dots."""
     return key.replace(".", "__")
+
+
+module_key = _module_key  # public name (subclasses in umi.py and the LeRobot plugin use it)
+
+# SAM2ObsEncoder's named parameters and their defaults: the vocabulary old keys are translated into
+_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(SAM2ObsEncoder.__init__).parameters.items()
+    if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+}

@@ -1,7 +1,7 @@
 """What the obs encoder is given: DP's (or UMI's) ``shape_meta``, per-camera crop/resize settings, the input
 range and layout, and the image operations of DP's preprocessing order (resize, crop, resize to SAM 2's size).
 
-Input conventions (DESIGN ruling 20: each group file says which one it expects, nothing is guessed from shapes):
+Input conventions (each group file says which one it expects; nothing is guessed from shapes or values):
 
 * ``input_layout: dp``: rgb ``(B*To, 3, H, W)``, low_dim ``(B*To, *shape)`` (DP's image policy);
 * ``input_layout: umi``: rgb ``(B, T, 3, H, W)``, low_dim ``(B, T, *shape)`` with
@@ -111,6 +111,15 @@ def _plain(value):
     return value
 
 
+def parse_flag(name: str, value):
+    """A config switch: ``True``/``False`` (also 1/0) or ``None`` (unset) as given; anything else a ``TypeError``."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be true or false, got {value!r}")
+
+
 def parse_hw(value, what: str) -> tuple[int, int]:
     """A size -> ``(height, width)`` positive ints; the one size parser of the package.
 
@@ -160,6 +169,53 @@ def per_key_hw(value, keys: Sequence[str], name: str) -> dict[str, tuple[int, in
 
 
 _per_key_hw = per_key_hw  # the 0.2 private name (other modules now use per_key_hw)
+
+
+def parse_augment(augment) -> tuple[float | None, torch.nn.Module | None]:
+    """``augment`` -> ``(crop ratio or None, the training-time modules as one module or None)``.
+
+    ``augment``: ``None`` or a list (UMI's ``transforms``): first, optionally, ``{type: RandomCrop, ratio: r}``
+    (an ``int(H*r) x int(W*r)`` crop after ``crop_shape``: random in training, centred in eval), then torch
+    modules (torchvision transforms; a ``{_target_: ...}`` dict is instantiated by Hydra) run on [0, 1]
+    images after the resize to ``image_size``, in training only."""
+    from torch import nn
+
+    augment = _plain(augment)
+    if augment is None:
+        return None, None
+    if isinstance(augment, (str, bytes)) or not isinstance(augment, Sequence):
+        raise TypeError(f"augment (UMI's transforms) must be null or a list, got {type(augment).__name__}")
+    ratio, modules = None, []
+    for i, item in enumerate(list(augment)):
+        if isinstance(item, Mapping) and "_target_" in item:
+            from hydra.utils import instantiate
+
+            item = instantiate(item)
+        if isinstance(item, Mapping):
+            if i != 0 or item.get("type") != "RandomCrop" or set(item) != {"type", "ratio"}:
+                raise ValueError(
+                    f"augment[{i}] (UMI's transforms[{i}]): only the first entry may be a "
+                    f"{{type: RandomCrop, ratio: r}} dict (as in UMI's transforms); got {dict(item)!r}"
+                )
+            ratio = item["ratio"]
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+                raise ValueError(f"augment[0] (UMI's transforms[0]): RandomCrop ratio must be in (0, 1], got {ratio!r}")
+            ratio = float(ratio)
+        elif isinstance(item, nn.Module):
+            modules.append(item)
+        else:
+            raise TypeError(
+                f"augment[{i}] must be a torch.nn.Module (a torchvision transform, instantiated by "
+                f"Hydra from its _target_), got {type(item).__name__}"
+            )
+    return ratio, (nn.Sequential(*modules) if modules else None)
+
+
+def ratio_crop(hw: tuple[int, int], ratio: float | None) -> tuple[int, int] | None:
+    """The ``(h, w)`` of a ``ratio`` crop of an ``hw`` image (at least 1 pixel); ``None`` without a ratio."""
+    if ratio is None:
+        return None
+    return max(1, int(hw[0] * ratio)), max(1, int(hw[1] * ratio))
 
 
 def parse_input_range(value) -> tuple[float, float] | str:

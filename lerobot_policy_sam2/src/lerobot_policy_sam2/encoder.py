@@ -1,11 +1,14 @@
-"""The cameras' encoder of ``sam2_diffusion``: one SAM 2 backbone shared by every camera, one
-pooling head per camera, in place of LeRobot's ``DiffusionRgbEncoder`` (ResNet + spatial softmax).
+"""The cameras' encoder of ``sam2_diffusion``: dp_sam2's :class:`~dp_sam2.encoders.obs.encoder.SAM2ObsEncoder`
+told in LeRobot's words, in place of LeRobot's ``DiffusionRgbEncoder`` (ResNet + spatial softmax).
 
-Input: ``(N, n_cameras, 3, H, W)`` images as LeRobot's normaliser hands them, i.e. ImageNet
-mean/std-normalised, which is SAM 2's own normalisation. Preprocessing, LeRobot's order:
-``resize_shape`` (optional) -> ``crop_shape`` (random per image in training when
-``crop_is_random``, centre otherwise) -> resize to ``image_size`` (bilinear, antialiased, as SAM 2's
-transform). Output: ``(N, n_cameras * feature_dim)``, cameras in ``config.image_features`` order.
+The plugin translates LeRobot's config (``sam2_model``, ``sam2_checkpoint``, ``image_size``, ``resize_shape``,
+``crop_shape``, ``crop_is_random``, ``pooling``, ``spatial_softmax_num_keypoints``, ``feature_dim``, the finetune
+fields, ``precision``) into the DP encoder's keys; the preprocessing (``resize_shape`` -> ``crop_shape``, random
+per image in training when ``crop_is_random``, centre otherwise -> ``image_size``) and the backbone call are the
+DP encoder's. Input: ``(N, n_cameras, 3, H, W)`` images as LeRobot's normaliser hands them (ImageNet mean/std,
+SAM 2's own normalisation: ``input_range: imagenet``). Output: ``(N, n_cameras * feature_dim)``, cameras in
+``config.image_features`` order. State dict (what saved policies hold): ``backbone.*`` under the official
+names, ``heads.<camera index>.*``.
 """
 
 from __future__ import annotations
@@ -17,11 +20,8 @@ import torch
 from torch import nn
 
 from dp_sam2.checkpoints.registry import get_spec
-from dp_sam2.encoders.obs.backbone import SAM2Backbone
-from dp_sam2.encoders.obs.finetune import configure_backbone
+from dp_sam2.encoders.obs.encoder import SAM2ObsEncoder
 from dp_sam2.encoders.obs.heads import SpatialSoftmax, build_head
-from dp_sam2.encoders.obs.inputs import center_crop, random_crop, resize
-from dp_sam2.encoders.sam2.precision import precision_autocast
 
 
 class SAM2WeightsNotFoundError(FileNotFoundError):
@@ -62,7 +62,7 @@ def find_sam2_file(config, reloading: bool) -> Path | None:
         ) from err
 
 
-class SAM2CameraEncoder(nn.Module):
+class SAM2CameraEncoder(SAM2ObsEncoder):
     """SAM 2 backbone (stride-16 map + ``no_mem_embed``) shared by the cameras, one head each.
 
     ``saved_keys``: ``None`` for a new policy; when a saved policy is being loaded, the backbone
@@ -70,74 +70,68 @@ class SAM2CameraEncoder(nn.Module):
     them (see :func:`find_sam2_file`)."""
 
     def __init__(self, config, saved_keys: frozenset[str] | None = None) -> None:
-        super().__init__()
-        spec = get_spec(config.sam2_model)
-        self.image_size = config.sam2_image_size
-        self.precision = config.precision
-        self.finetune = config.finetune_config()
-        self.resize_shape = tuple(config.resize_shape) if config.resize_shape else None
-        self.crop_shape = tuple(config.crop_shape) if config.crop_shape else None
-        self.crop_is_random = bool(config.crop_is_random)
         self.camera_keys = list(config.image_features)
+        # read by the hooks below while SAM2ObsEncoder.__init__ runs; dropped after it
+        self._building = (config, saved_keys)
+        finetune = config.finetune_config()
+        meta = {k: {"shape": list(config.image_features[k].shape), "type": "rgb"} for k in self.camera_keys}
+        super().__init__(
+            {"obs": meta},
+            model_cfg=get_spec(config.sam2_model).name,
+            checkpoint=config.sam2_checkpoint,
+            image_size=config.sam2_image_size,
+            freeze=finetune.freeze,
+            trainable_blocks=finetune.trainable_blocks,
+            lora_rank=finetune.lora_rank,
+            lora_alpha=finetune.lora_alpha,
+            activation_checkpointing=finetune.activation_checkpointing,
+            feature_dim=config.feature_dim,
+            pooling=config.pooling,
+            input_range="imagenet",
+            resize_shape=config.resize_shape,
+            crop_shape=config.crop_shape,
+            random_crop=bool(config.crop_is_random),
+            precision=config.precision,
+        )
+        del self._building
 
-        self.backbone = SAM2Backbone(spec.name, self.image_size)
-        whole = saved_keys is not None and set(self.backbone.state_dict()) <= saved_keys
+    def _load_weights(self, backbone, checkpoint, random_weights: bool = False) -> str | None:
+        """The SAM 2 file as :func:`find_sam2_file` finds it, unless the saved policy holds the whole backbone."""
+        config, saved_keys = self._building
+        whole = saved_keys is not None and set(backbone.state_dict()) <= saved_keys
         path = None if whole else find_sam2_file(config, reloading=saved_keys is not None)
         if path is not None:
-            self.backbone.load_official(path, spec.name)
+            backbone.load_official(path, self.model_cfg)
         # True when the backbone's weights are those of a SAM 2 file that a reload can read again
         self.trunk_from_file = path is not None
         self.sam2_file = str(path) if path is not None else None
-        configure_backbone(self.backbone, self.finetune)
-        self.backbone.freeze_unused_neck_levels()
-        self.backbone.activation_checkpointing = self.finetune.activation_checkpointing
+        return self.sam2_file
 
-        side = self.image_size // 16
-        channels = self.backbone.channels
-        if config.pooling == "spatial_softmax":
+    def _build_heads(self, channels: int) -> nn.ModuleList:
+        """One head per camera, in ``config.image_features`` order (``heads.<index>``)."""
+        config = self._building[0]
+        hw = self.feature_shape[1:]
+        if self.pooling == "spatial_softmax":
             kp = config.spatial_softmax_num_keypoints
-            heads = [SpatialSoftmax(channels, (side, side), config.feature_dim, num_kp=kp) for _ in self.camera_keys]
-        else:
-            heads = [build_head(config.pooling, channels, (side, side), config.feature_dim) for _ in self.camera_keys]
-        self.heads = nn.ModuleList(heads)
-        self.feature_dim = config.feature_dim
+            return nn.ModuleList(SpatialSoftmax(channels, hw, self.feature_dim, num_kp=kp) for _ in self.camera_keys)
+        return nn.ModuleList(build_head(self.pooling, channels, hw, self.feature_dim) for _ in self.camera_keys)
+
+    def _head(self, key: str) -> nn.Module:
+        return self.heads[self.camera_keys.index(key)]
 
     @property
     def backbone_trains(self) -> bool:
         return any(p.requires_grad for p in self.backbone.parameters())
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if not self.backbone_trains:
-            self.backbone.eval()  # a frozen backbone always runs as at inference
-        return self
-
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resize_shape is not None:
-            x = resize(x, self.resize_shape)
-        if self.crop_shape is not None:
-            x = (
-                random_crop(x, self.crop_shape)
-                if (self.training and self.crop_is_random)
-                else center_crop(x, self.crop_shape)
-            )
-        return resize(x, (self.image_size, self.image_size))
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 5 or images.shape[1] != len(self.heads) or images.shape[2] != 3:
+        """``(N, n_cameras, 3, H, W)`` ImageNet-normalised images -> ``(N, n_cameras * feature_dim)``."""
+        if images.ndim != 5 or images.shape[1] != len(self.camera_keys) or images.shape[2] != 3:
             raise ValueError(
-                f"expected images (N, {len(self.heads)} cameras, 3, H, W) for cameras {self.camera_keys}, "
+                f"expected images (N, {len(self.camera_keys)} cameras, 3, H, W) for cameras {self.camera_keys}, "
                 f"got {tuple(images.shape)}"
             )
-        n, cams = images.shape[:2]
-        x = self.preprocess(images.flatten(0, 1))
-        with (
-            torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_trains),
-            precision_autocast(x.device, self.precision),
-        ):
-            feats = self.backbone(x)
-        feats = feats.to(images.dtype).unflatten(0, (n, cams))
-        return torch.cat([head(feats[:, i]) for i, head in enumerate(self.heads)], dim=-1)
+        feats = self._rgb_features({k: images[:, i] for i, k in enumerate(self.camera_keys)})
+        return torch.cat([self._head(k)(feats[k].to(self._head_dtype(k))) for k in self.camera_keys], dim=-1)
 
     def frozen_file_keys(self, prefix: str = "") -> list[str]:
         """State-dict keys of backbone weights that never train and equal the SAM 2 file: the keys a
