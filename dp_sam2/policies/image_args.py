@@ -16,14 +16,14 @@ import warnings
 def apply_hybrid_image_args(encoder, crop_shape=None, obs_encoder_group_norm=False, eval_fixed_crop=False) -> str:
     """Set ``encoder``'s crop from the hybrid kwargs; returns a one-line account of what they became."""
     from dp_sam2.encoders.obs.encoder import SAM2ObsEncoder
-    from dp_sam2.encoders.obs.inputs import _per_key_hw
+    from dp_sam2.encoders.obs.inputs import per_key_hw
 
     if not isinstance(encoder, SAM2ObsEncoder):
         raise TypeError(
             "the hybrid policy's crop_shape is applied to SAM2ObsEncoder; policy.obs_encoder built a "
             f"{type(encoder).__name__} (select it with +sam2_policy@policy=<model>)"
         )
-    wanted = _per_key_hw(crop_shape, encoder.keys.rgb, "policy.crop_shape")
+    wanted = per_key_hw(crop_shape, encoder.keys.rgb, "policy.crop_shape")
     clash = {k: v for k, v in encoder.crop_shape.items() if v is not None and v != wanted[k]}
     if clash:
         key, got = next(iter(clash.items()))
