@@ -56,6 +56,8 @@ def load_metaworld():
     if "MUJOCO_GL" not in os.environ:
         _STATE["mujoco_before_default"] = "mujoco" in sys.modules
         os.environ["MUJOCO_GL"] = "osmesa"
+    if "mujoco" not in sys.modules:
+        _load_triton_first()
     try:
         import metaworld  # noqa: F401
         import metaworld.env_dict
@@ -139,6 +141,20 @@ class Step:
 def step(env, action) -> Step:
     obs, _reward, _terminated, _truncated, info = env.step(np.asarray(action, dtype=np.float32))
     return Step(obs=obs, success=bool(info.get("success", 0.0) >= 1.0))
+
+
+def _load_triton_first() -> None:
+    """Import triton (when installed) before MuJoCo loads Mesa's OpenGL: both carry their own LLVM,
+    and loading triton's after Mesa's crashes the process (measured: a segfault when ``torch._dynamo``
+    first imports triton after ``import mujoco`` with MUJOCO_GL=osmesa). DP's train.py and eval.py
+    import it early; other callers may not."""
+    import importlib.util
+
+    if "triton" not in __import__("sys").modules and importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # a broken triton is torch's business, not the renderer's
+            pass
 
 
 class SceneRenderer:
