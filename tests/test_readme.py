@@ -30,8 +30,9 @@ What is not run for real, and where it is checked instead:
   `python ray_train_multirun.py ...` need DP too: their configs are composed here the same way
   (Ray's through `hydra.initialize` + `hydra.compose`, as DP's script does); the workspace itself
   runs under torchrun on a stand-in DP checkout in tests/test_ddp.py.
-* `sam2_large` commands run with DP_SAM2_ALLOW_MISSING_CHECKPOINT=1 (random weights) on a
-  two-frame replay buffer.
+* sandbox commands run with DP_SAM2_ALLOW_MISSING_CHECKPOINT=1, for a model without a file there
+  (random weights), on a two-frame replay buffer.
+* `lerobot-train ...` needs LeRobot (Python >= 3.12): lerobot_policy_sam2/tests runs the README's line.
 """
 
 from __future__ import annotations
