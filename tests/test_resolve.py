@@ -222,6 +222,9 @@ def test_builder_error_lists_places_and_the_download_command(only_in_user_cache)
     assert str(Path.cwd() / "checkpoints/sam2.1_hiera_tiny.pt") in text  # current folder
     assert str(only_in_user_cache) in text  # the user cache, by file name
     assert info.value.download_command == "dp-sam2 download sam2.1_tiny" and len(info.value.tried) >= 3
+    # an absolute path is used as given, and its error names the download command too
+    with pytest.raises(FileNotFoundError, match=r"not found: .*elsewhere.*`dp-sam2 download sam2.1_tiny`"):
+        build_sam2("sam2.1_tiny", str(Path.cwd() / "model.pt"), device="cpu")
 
 
 def test_from_pretrained_resolves_a_relative_checkpoint(only_in_user_cache, monkeypatch):

@@ -71,11 +71,17 @@ def check_is_checkpoint(path: str | os.PathLike) -> None:
         )
 
 
-def read_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a checkpoint file safely (``weights_only=True``) and return its model state dict."""
+def read_checkpoint_file(path: str | os.PathLike, model: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file safely (``weights_only=True``) and return its model state dict (``model``, a
+    registry or config name, only names the download command in the error for a missing file)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
+        from dp_sam2.checkpoints.resolve import download_hint
+
+        raise FileNotFoundError(
+            f"SAM 2 checkpoint not found: {path} (a path used as given); download the official file with "
+            f"`{download_hint(path, model)}`"
+        )
     if path.is_dir():
         raise FileNotFoundError(f"SAM 2 checkpoint path is a folder, not a file: {path}")
     check_is_checkpoint(path)
@@ -147,7 +153,7 @@ def load_checkpoint_state_dict(path: str | os.PathLike, config_file: str | None 
     """Read ``path`` and check it fits ``config_file`` (any official config name or short name)."""
     from dp_sam2.checkpoints.registry import get_spec
 
-    state = read_checkpoint_file(path)
+    state = read_checkpoint_file(path, config_file)
     if config_file is not None:
         try:
             expected = get_spec(config_file)
