@@ -120,7 +120,7 @@ _COMPARED = (
 )
 
 
-def _check_attrs(found: dict, wanted: dict, where: str, hint: str) -> None:
+def check_attrs(found: dict, wanted: dict, where: str, hint: str) -> None:
     diffs = [
         f"{name}: cache has {found.get(name)!r}, wanted {wanted.get(name)!r}"
         for name in _COMPARED

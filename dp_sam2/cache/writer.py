@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .dist import Dist, current_dist
-from .key import GROUP, RANDOM_INIT, CacheKey, _check_attrs, make_key
+from .key import GROUP, RANDOM_INIT, CacheKey, check_attrs, make_key
 from .store import (
     Source,
     create_array,
@@ -103,7 +103,7 @@ def _prepare_group(store, key: CacheKey, source: Source, feature_shape, overwrit
     }
     attrs = dict(group.attrs)
     if attrs:
-        _check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint="pass --overwrite to recompute it")
+        check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint="pass --overwrite to recompute it")
     else:
         group.attrs.update({**wanted, "complete": False, "keys": list(source.keys)})
     feats, done = require_group(group, "features"), require_group(group, "done")
@@ -158,7 +158,7 @@ def cache_features(
     dist.barrier()
     group = open_group(store, "a")[GROUP][key.name]
     if dist.rank != 0:
-        _check_attrs(dict(group.attrs), {**key.as_dict(), "n_frames": source.n_frames}, str(store), "")
+        check_attrs(dict(group.attrs), {**key.as_dict(), "n_frames": source.n_frames}, str(store), "")
     data = open_group(zarr_path, "r")["data"]
     computed = 0
     for k in source.keys:
@@ -254,7 +254,7 @@ def open_cache(store, key: CacheKey, n_frames: int | None = None, checkpoint=Non
     group = root[GROUP][key.name]
     attrs = dict(group.attrs)
     wanted = key.as_dict() | ({"n_frames": n_frames} if n_frames is not None else {})
-    _check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint=f"recompute it with `{cmd} --overwrite`")
+    check_attrs(attrs, wanted, f"{store}/{GROUP}/{key.name}", hint=f"recompute it with `{cmd} --overwrite`")
     if not attrs.get("complete"):
         raise ValueError(
             f"the SAM 2 feature cache {store}/{GROUP}/{key.name} is incomplete (interrupted?); "
