@@ -1,8 +1,9 @@
 """The data-parallel workspace (dp_sam2.workspaces.data_parallel) on 2 CPU processes (gloo).
 
-CI has no Diffusion Policy: tests/fixtures/dp/ddp_checkout is a tiny stand-in checkout (train.py,
-eval.py and small versions of the DP classes the workspace uses), copied to a temporary folder with
-a random-weight sam2_tiny file in the official format at checkpoints/. The shipped
+CI has no Diffusion Policy: a tiny stand-in checkout is built in a temporary folder from the one DP
+stand-in package (tests/fixtures/fake_dp: small versions of the DP classes the workspace uses) and
+tests/fixtures/dp/ddp_checkout (train.py, eval.py, DP's config/ and the test's dataset, runner and
+policy), with a random-weight sam2_tiny file in the official format at checkpoints/. The shipped
 train_diffusion_unet_sam2_ddp_workspace.yaml runs there under `torchrun`, as on real DP (by hand:
 benchmarks/ddp_run/README.md).
 """
@@ -27,6 +28,7 @@ from dp_sam2 import dist as D
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = ROOT / "tests" / "fixtures" / "dp" / "ddp_checkout"
+FAKE_DP = ROOT / "tests" / "fixtures" / "fake_dp"
 CONFIG = "train_diffusion_unet_sam2_ddp_workspace"
 SMALL = [
     "task=pusht_image",
@@ -71,12 +73,25 @@ GLOBAL_BATCH = 4
 def checkout(tmp_path_factory):
     from dp_sam2 import build_sam2
 
-    box = tmp_path_factory.mktemp("ddp") / "dp"
-    shutil.copytree(CHECKOUT, box)
+    box = build_checkout(tmp_path_factory.mktemp("ddp") / "dp")
     (box / "checkpoints").mkdir()
     torch.manual_seed(3)
     state = build_sam2("sam2_tiny", device="cpu", apply_postprocessing=False).state_dict()
     torch.save({"model": {k: v.half() for k, v in state.items()}}, box / "checkpoints" / "sam2_hiera_tiny.pt")
+    return box
+
+
+def build_checkout(box: Path) -> Path:
+    """A DP-checkout-shaped folder: the stand-in package as ``diffusion_policy/`` (without its
+    ``__init__.py``: DP has none), ``config/`` inside it, ``train.py``, ``eval.py`` and
+    ``ddp_fixtures.py`` beside it."""
+    shutil.copytree(
+        FAKE_DP / "diffusion_policy", box / "diffusion_policy", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (box / "diffusion_policy" / "__init__.py").unlink()
+    shutil.copytree(CHECKOUT / "config", box / "diffusion_policy" / "config")
+    for name in ("train.py", "eval.py", "ddp_fixtures.py"):
+        shutil.copy2(CHECKOUT / name, box / name)
     return box
 
 
@@ -383,7 +398,7 @@ def test_transformer_policies_get_their_own_optimizer(monkeypatch, tmp_path):
     DP's transformer workspaces do; otherwise instantiate(cfg.optimizer, params=...)."""
     from omegaconf import OmegaConf
 
-    monkeypatch.syspath_prepend(str(CHECKOUT))
+    monkeypatch.syspath_prepend(str(FAKE_DP))
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     for name in D.LAUNCHER_ENV:
         monkeypatch.delenv(name, raising=False)
