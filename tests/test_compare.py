@@ -384,11 +384,11 @@ def test_compare_end_to_end_resume_and_rerun_skips(fake_dp, tmp_path):
     pytest.importorskip("matplotlib")
     root, calls = fake_dp
     out = tmp_path / "out"
-    argv = ["--tasks", "reach,hammer", "--encoders", "lowdim,sam2_tiny", "--modes", "frozen,lora", "--seeds", "0,1"]
+    argv = ["--tasks", "reach-v3", "--encoders", "lowdim,sam2_tiny", "--modes", "frozen,lora", "--seeds", "0,1"]
     argv += ["--protocol", "cpu", "--dp-root", str(root), "--out", str(out)]
     assert compare(*argv) == 0
     rows = results.read_csv(out / "results.csv")
-    assert len(rows) == 2 * 3 * 2 and len(calls_of(calls)) == 12
+    assert len(rows) == 3 * 2 and len(calls_of(calls)) == 6
     assert {r["weights"] for r in rows if r["encoder"] == "sam2_tiny"} == {"random"}
     assert {r["weights"] for r in rows if r["encoder"] == "lowdim"} == {"n/a"}
     r0 = next(r for r in rows if r["task"] == "reach" and r["encoder"] == "lowdim" and r["seed"] == "0")
@@ -406,7 +406,7 @@ def test_compare_end_to_end_resume_and_rerun_skips(fake_dp, tmp_path):
     assert (out / "results.png").is_file() and "random weights" in (out / "results.md").read_text()
     # a rerun skips every finished cell: no train.py call
     assert compare(*argv) == 0
-    assert len(calls_of(calls)) == 12
+    assert len(calls_of(calls)) == 6
     assert results.read_csv(out / "results.csv") == rows
 
 
@@ -522,4 +522,25 @@ def test_docs_commands_run_against_a_fake_dp(fake_dp, tmp_path, monkeypatch):
         assert compare(*argv) == 0, line
         ran += 1
     assert ran >= 5
-    assert len(results.read_csv(tmp_path / "compare_merged" / "results.csv")) == 8
+    assert len(results.read_csv(tmp_path / "compare_merged" / "results.csv")) == 4
+
+
+def test_random_weights_file_loads_as_an_official_checkpoint(tmp_path):
+    """Without the official file, every SAM 2 cell of a folder (and its feature cache) loads one random-init file
+    written in the official format, through the real loading path."""
+    import torch
+
+    from dp_sam2 import SAM2ObsEncoder
+
+    path = tmp_path / "sam2_hiera_tiny.random-init-seed0.pt"
+    cells_mod.write_random_weights("sam2_tiny", path)
+    state = torch.load(path, weights_only=True)["model"]
+    shape_meta = {"obs": {"image": {"shape": [3, 64, 64], "type": "rgb"}}, "action": {"shape": [4]}}
+    enc = SAM2ObsEncoder(shape_meta, model_cfg="sam2_tiny", checkpoint=str(path), image_size=64)
+    w = enc.backbone.image_encoder.trunk.patch_embed.proj.weight
+    assert torch.equal(w, state["image_encoder.trunk.patch_embed.proj.weight"])
+    before = path.stat().st_mtime_ns
+    cells_mod.write_random_weights("sam2_tiny", tmp_path / "again.pt")  # seed 0: the same weights every time
+    again = torch.load(tmp_path / "again.pt", weights_only=True)["model"]
+    assert all(torch.equal(state[k], again[k]) for k in ("image_encoder.trunk.patch_embed.proj.weight", "no_mem_embed"))
+    assert path.stat().st_mtime_ns == before

@@ -222,7 +222,10 @@ def run_cell(ctx: Context, cell: grid.Cell, dataset_target=None) -> dict:
     spec = {"cell": cell.name, "protocol": p.as_dict(), "train_overrides": overrides, "weights": weights}
     (tmp / "cell.json").write_text(json.dumps(spec, indent=2))
 
-    ctx.log(f"[compare] {cell.name}: training ({grid.describe_budget(p, cell.setting.kind)})")
+    budget = grid.describe_budget(p, cell.setting.kind)
+    if ctx.extra_overrides:
+        budget += ", then " + " ".join(ctx.extra_overrides)
+    ctx.log(f"[compare] {cell.name}: training ({budget})")
     train_s = run_logged([ctx.python, "train.py", *overrides], ctx.dp_root, tmp / "train.log", ctx.env, "train.py")
     log = read_dp_log(_find(run_dir, "logs.json.txt"))
     periodic = periodic_scores(log)
