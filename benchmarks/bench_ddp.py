@@ -63,7 +63,7 @@ def build_policy(args):
 
 
 def worker(args) -> None:
-    from dp_sam2.workspaces import dist as D
+    from dp_sam2 import dist as D
     from dp_sam2.workspaces.data_parallel import wrap_ddp
 
     torch.set_num_threads(args.threads)
