@@ -884,6 +884,8 @@ def test_stated_versions_match_pyproject():
     assert f"Python >= {_pyproject()['requires-python'].removeprefix('>=')}" in versions
     for pin in ("`zarr<3`", "`diffusers<0.37`", "hydra-core 1.3"):
         assert pin in versions, pin
+    extras = set(_pyproject()["optional-dependencies"]) - {"test"}
+    assert {e for e in extras if f'".[{e}]"' not in readme} == set(), "the README names every extra"
 
 
 def test_troubleshooting_names_the_last_line_of_info():
