@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,9 @@ class ExpertPolicy(torch.nn.Module):
 
     def predict_action(self, obs):
         latest = obs["obs"][:, -1].numpy().astype(np.float64)
-        actions = np.stack([np.clip(self.expert.get_action(o), -1, 1) for o in latest]).astype(np.float32)
+        with warnings.catch_warnings():  # the experts warn that their gains exceed the clipped range
+            warnings.simplefilter("ignore", UserWarning)
+            actions = np.stack([np.clip(self.expert.get_action(o), -1, 1) for o in latest]).astype(np.float32)
         return {"action": torch.from_numpy(np.repeat(actions[:, None], self.n_action_steps, axis=1))}
 
 
@@ -138,6 +141,7 @@ def test_demo_images_are_upright_and_match_mujocos_renderer():
     assert grey[SIZE // 2 :].mean() != grey[: SIZE // 2].mean()
 
 
+@pytest.mark.slow
 def test_same_seed_same_file_and_interrupted_run_leaves_nothing(buffer, tmp_path, monkeypatch):
     from dp_sam2.metaworld import demos
 
@@ -265,6 +269,7 @@ def _alone(seed: int, chunks: list[np.ndarray], n_obs: int, max_steps: int, rend
     return stacks, success
 
 
+@pytest.mark.slow
 def test_lockstep_gives_each_episode_what_stepping_it_alone_gives(tmp_path):
     runner = image_runner(tmp_path, n_test=3, n_obs_steps=2, n_action_steps=3, max_steps=7, stop_at_success=False)
     policy = RecordingPolicy(n_action_steps=3)
@@ -279,6 +284,7 @@ def test_lockstep_gives_each_episode_what_stepping_it_alone_gives(tmp_path):
         assert log[f"test/sim_steps_{seed}"] == 7
 
 
+@pytest.mark.slow
 def test_lowdim_runner_expert_succeeds_stops_early_and_saves_a_gif(tmp_path):
     from diffusion_policy.env_runner.base_lowdim_runner import BaseLowdimRunner
 
@@ -314,6 +320,7 @@ class _ToyEncoder(torch.nn.Module):
         return (8,)
 
 
+@pytest.mark.slow
 def test_dp_policy_stand_in_trains_on_the_dataset_and_runs_through_the_runner(buffer, tmp_path):
     from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
     from diffusion_policy.policy.diffusion_unet_image_policy import DiffusionUnetImagePolicy
@@ -442,6 +449,7 @@ def test_no_opengl_names_the_packages_and_mujoco_gl_values():
         assert text in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_without_the_extra_the_command_and_the_task_say_how_to_install(tmp_path):
     block = "import sys; sys.modules['metaworld'] = None\n"  # as if MetaWorld were not installed
     cli = _python(block + "from dp_sam2.tools.cli import main; sys.exit(main(['metaworld-demos', '--task', 'reach', "
@@ -471,6 +479,7 @@ def doc_commands() -> list[str]:
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_docs_commands_run(tmp_path, monkeypatch):
     """Every ```bash line of docs/metaworld.md, in order, in one folder: `dp-sam2 metaworld-demos` runs
     as written with a smaller size appended (argparse keeps the last value); `python train.py` needs
