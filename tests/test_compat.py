@@ -55,10 +55,15 @@ def test_shipped_yaml_targets_import():
     assert "dp_sam2.SAM2ObsEncoder" in targets
     for target in sorted(targets):
         module, _, name = target.rpartition(".")
-        if module == "dp_sam2.workspaces.data_parallel":  # subclasses DP's BaseWorkspace: built on lookup
-            assert name == importlib.import_module(module).CLASS_NAME, target
+        try:
+            obj = _resolve(target)
+        except ImportError as err:  # a subclass of a DP base class, made on lookup: DP is not importable here
+            if "Diffusion Policy" not in str(err):
+                raise
+            mod = importlib.import_module(module)
+            assert name in getattr(mod, "__all__", ()) or name == getattr(mod, "CLASS_NAME", None), target
             continue
-        assert callable(_resolve(target)), target
+        assert callable(obj), target
 
 
 @pytest.fixture
