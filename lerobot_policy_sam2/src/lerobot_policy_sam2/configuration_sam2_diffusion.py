@@ -88,12 +88,13 @@ class SAM2DiffusionConfig(DiffusionConfig):
     def _check_sam2_fields(self) -> None:
         from dp_sam2.checkpoints.registry import get_spec
         from dp_sam2.encoders.obs.heads import HEADS
+        from dp_sam2.encoders.obs.inputs import check_image_size
         from dp_sam2.encoders.sam2.precision import check_precision
 
-        self.sam2_model = get_spec(self.sam2_model).name  # ValueError listing the known names
-        size = self.image_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32):
-            raise ValueError(f"image_size must be null or a positive multiple of 32, got {size!r}")
+        spec = get_spec(self.sam2_model)  # ValueError listing the known names
+        self.sam2_model = spec.name
+        if self.image_size is not None:  # null: the model's default (224, or 256 for large)
+            check_image_size(self.image_size, spec)
         if self.pooling not in HEADS:
             raise ValueError(f"pooling must be one of {', '.join(HEADS)}; got {self.pooling!r}")
         if isinstance(self.feature_dim, bool) or not isinstance(self.feature_dim, int) or self.feature_dim <= 0:
