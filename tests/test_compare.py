@@ -242,6 +242,7 @@ def test_overrides_cpu_protocol_per_setting():
     assert (
         "task.image_size" not in kv and kv["logging.mode"] == "disabled" and kv["hydra.run.dir"] == "/o/cells/x/train"
     )
+    assert kv["checkpoint.topk.k"] == "0"
 
     res = _kv(grid.train_overrides(grid.Cell("reach", grid.Setting("resnet18", "scratch"), 0), p, _paths()))
     assert res["task"] == "metaworld" and res["policy.down_dims"] == "[64,128,256]"

@@ -353,6 +353,7 @@ def train_overrides(cell: Cell, protocol: Protocol, paths: CellPaths, extra: lis
         f"val_dataloader.batch_size={budget.batch_size}",
         f"dataloader.num_workers={protocol.num_workers}",
         f"val_dataloader.num_workers={protocol.num_workers}",
+        "checkpoint.topk.k=0",  # only latest.ckpt (the final evaluation's); DP's top-k copies would fill the disk
         "logging.mode=disabled",
         f"hydra.run.dir={paths.run_dir}",
     ]
