@@ -4,6 +4,7 @@ cache; an error listing every place tried and the download command (docs/design.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,19 @@ def test_dp_repo_root_from_the_namespace_package(places):
 
     assert not hasattr(sys.modules["diffusion_policy"], "__file__") or sys.modules["diffusion_policy"].__file__ is None
     assert dp_repo_root() == places["dp_repo"].resolve()
+
+
+def test_dp_repo_root_is_the_current_dp_checkout_when_dp_is_not_importable(tmp_path, monkeypatch):
+    """A console script (``dp-sam2 download``) run in a DP checkout cannot import ``diffusion_policy``
+    (the current folder is not on its ``sys.path``); the checkout is still DP's repo root."""
+    monkeypatch.delitem(sys.modules, "diffusion_policy", raising=False)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", os.getcwd())])
+    monkeypatch.chdir(tmp_path)
+    assert dp_repo_root() is None  # an empty folder is no DP checkout
+    (tmp_path / "diffusion_policy").mkdir()
+    assert dp_repo_root() is None  # a package folder without DP's train.py beside it is not either
+    (tmp_path / "train.py").write_text("")
+    assert dp_repo_root() == tmp_path.resolve()
 
 
 def test_lookup_order(places, monkeypatch):

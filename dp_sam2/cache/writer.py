@@ -10,7 +10,7 @@ model, checkpoint sha256, image size, crop, resize, precision; the source; a com
 format 2 (DP's zarr 2.x reads it) with zarr 2 or 3 installed (:mod:`dp_sam2.cache.store`).
 :func:`open_cache` refuses a cache whose key differs from the config's (a ValueError naming both). Under
 ``torchrun`` (gloo is enough) each rank writes whole done-mask blocks, with the same result as one process.
-:class:`~dp_sam2.cache.CachedFeatureDataset` serves them; README.md's "## The feature cache" has the crop trade-off.
+:class:`~dp_sam2.cache.CachedFeatureDataset` serves them; docs/feature_cache.md has the crop trade-off.
 """
 
 from __future__ import annotations

@@ -51,7 +51,10 @@ def cache_dir() -> Path:
 
 
 def dp_repo_root() -> Path | None:
-    """The folder that holds the ``diffusion_policy`` package, or ``None`` if it is not importable.
+    """The folder that holds the ``diffusion_policy`` package: where it is importable from, else
+    the current folder when it is a DP checkout (``diffusion_policy/`` beside ``train.py``: a
+    console script such as ``dp-sam2`` does not put the current folder on ``sys.path``, while DP's
+    ``python train.py`` does); ``None`` otherwise.
 
     ``diffusion_policy`` has no ``__init__.py``; its location comes from ``__path__`` (of the
     imported module, or of its import spec without importing it)."""
@@ -63,7 +66,10 @@ def dp_repo_root() -> Path | None:
         except (ImportError, ValueError):
             spec = None
         locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    return Path(locations[0]).resolve().parent if locations else None
+    if locations:
+        return Path(locations[0]).resolve().parent
+    cwd = Path.cwd()
+    return cwd.resolve() if (cwd / "diffusion_policy").is_dir() and (cwd / "train.py").is_file() else None
 
 
 def allow_missing_checkpoint() -> bool:

@@ -10,7 +10,12 @@ from pathlib import Path
 
 # (what, our module, the third-party module it needs, how to get that)
 OPTIONAL_PARTS = (
-    ("hybrid DP policies", "dp_sam2.policies", "robomimic", "pip install --no-deps robomimic==0.2.0 (see the README)"),
+    (
+        "hybrid DP policies",
+        "dp_sam2.policies",
+        "robomimic",
+        "pip install --no-deps robomimic==0.2.0 (see docs/hybrid.md)",
+    ),
     ("multi-process workspace", "dp_sam2.workspaces", "torch.distributed", "a torch build with torch.distributed"),
     (
         "  launched by accelerate",
