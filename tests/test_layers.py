@@ -1,4 +1,4 @@
-"""Data flows down the layers (README "Code map"): no module of dp_sam2 imports a layer listed
+"""Data flows down the layers (docs/code_map.md): no module of dp_sam2 imports a layer listed
 after its own, at module level or inside a function."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ LAYERS = [
     ("checkpoints",),
     ("encoders.sam2", "ext"),
     ("predictors", "encoders.obs"),
-    ("cache",),
+    ("cache", "metaworld"),  # DP-shaped data: the feature cache, MetaWorld's buffers / tasks / runner
     ("policies",),
     ("workspaces",),
-    ("tools",),
+    ("tools", "compare"),  # the command line and the closed-loop comparison it drives
 ]
 # the old paths kept for saved DP configs (CHANGELOG.md) sit above everything and only re-export
 ALIASES = {"__init__", "cli", "encoders.obs_encoder", "encoders.finetune", "encoders.heads", "encoders.__init__"}
