@@ -1,6 +1,6 @@
 """Hiera's fast route block by block, one column per linear backend (and the official's block).
 
-    python benchmarks/bench_blocks.py [--case tiny@1024x1] [--backends mkl,mixed,onednn] [--rounds 5]
+    python benchmarks/bench_blocks.py [--case tiny@1024x1] [--backends mkl,onednn] [--rounds 5]
         [--official] [--bf16]
 
 Every block gets the same input (the official trunk's map before it) and runs once per backend in
@@ -25,18 +25,18 @@ from _common import build_official, rel_err, save_official_checkpoint
 from bench_encoder import CONFIGS
 from dp_sam2 import build_sam2
 from dp_sam2.encoders.sam2 import hiera_fast
-from dp_sam2.encoders.sam2.linear import BACKENDS, LinearBackend, can_pack
+from dp_sam2.encoders.sam2.linear import BACKENDS, can_pack
 
 
-def block_runner(trunk, backend: LinearBackend, block, x: torch.Tensor):
+def block_runner(trunk, backend: str, block, x: torch.Tensor):
     """One block of the fast route on the map ``x`` (cut into windows first where they tile it, as
     the route passes them): returns the timed call and a function turning its output into a map."""
     h, w = x.shape[1:3]
     windows = hiera_fast.window_partition(x, block.window_size)[0] if hiera_fast.windows_fit(block, h, w) else None
 
     def run():
-        trunk.linear = backend
-        route = hiera_fast._Route(trunk, x.dtype, pack=can_pack(x))
+        trunk.fast_route.backend = backend
+        route = hiera_fast._Run(trunk.fast_route, x.dtype, pack=can_pack(x))
         if windows is None:
             return hiera_fast.block_on_map(route, block, x)
         return hiera_fast.block_on_windows(route, block, windows)
@@ -62,7 +62,7 @@ def _without_autocast(run, as_map):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", default="tiny@1024x1")
-    ap.add_argument("--backends", default="mkl,mixed,onednn")
+    ap.add_argument("--backends", default="mkl,onednn")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--official", action="store_true", help="also time the official's block")
     ap.add_argument("--bf16", action="store_true", help="the bf16 route (official: under bf16 autocast)")
@@ -80,7 +80,7 @@ def main() -> None:
             CONFIGS[size], ckpt_path=str(path), device="cpu", hydra_overrides_extra=[f"++model.image_size={image_size}"]
         )
     theirs, trunk = official.image_encoder.trunk, ours.image_encoder.trunk
-    backends = {name: LinearBackend("mkl" if args.bf16 else name) for name in names}
+    backends = {name: "mkl" if args.bf16 else name for name in names}
     dtype, tolerance = (torch.bfloat16, 5e-2) if args.bf16 else (torch.float32, 1e-5)
     times: dict[tuple[str, int], list[float]] = {}
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):

@@ -1,7 +1,7 @@
 """Encoder path (forward_image + _prepare_backbone_features): ours vs the official, side by side.
 
     python benchmarks/bench_encoder.py [--cases tiny@1024x1,tiny@224x8,large@256x4] [--rounds 5]
-        [--linear mkl|onednn|mixed|auto[,...]] [--bf16]
+        [--linear mkl|onednn[,...]] [--bf16]
 
 Same perturbed weights and inputs on both sides; outputs are checked equal (rel <= 1e-4) before
 any time counts. Reports the median of alternating runs, the FLOP count (attention included:
@@ -33,7 +33,7 @@ from _common import (
     save_official_checkpoint,
 )
 from dp_sam2 import build_sam2
-from dp_sam2.encoders.sam2.linear import BACKENDS, LinearBackend
+from dp_sam2.encoders.sam2.linear import BACKENDS, default_backend
 
 CONFIGS = {
     "tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -56,12 +56,12 @@ def bf16(fn):
     return run
 
 
-def _with_backend(trunk, backend, fn):
-    """``fn`` run with the trunk on the linear backend ``backend`` (a LinearBackend, kept between
-    calls, so "auto" keeps its choices)."""
+def _with_backend(trunk, backend: str, fn):
+    """``fn`` run with the trunk on the linear backend ``backend``. Switching is a name change
+    only (``fast_route.backend``): the packed copies of each backend stay cached between calls."""
 
     def run():
-        trunk.linear = backend
+        trunk.fast_route.backend = backend
         return fn()
 
     return run
@@ -85,14 +85,14 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
         )
     trunk = ours.image_encoder.trunk
     backends = args.linear or [None]  # None: the machine's default
-    columns = {"ours" if len(backends) == 1 else f"ours_{name}": LinearBackend(name) for name in backends}
+    columns = {"ours" if len(backends) == 1 else f"ours_{name}": name or default_backend() for name in backends}
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     name = f"{size_name}@{image_size}x{batch}"
     with torch.inference_mode():
         ref = encoder_path(official, x)
         err = 0.0
         for backend in columns.values():  # every column's output is checked, not only the first
-            trunk.linear = backend
+            trunk.fast_route.backend = backend
             got = encoder_path(ours, x)
             err = max(err, *(rel_err(a, b) for a, b in zip(got[1] + got[2], ref[1] + ref[2])))
         if err > 1e-4:
@@ -113,19 +113,15 @@ def run_case(size_name: str, image_size: int, batch: int, rounds: int, peak: flo
             f"{name}: {flops / 1e9:.1f} GFLOP, of which attention "
             f"{(flops - no_attn) / 1e9:.1f} (torch's counter alone: {no_attn / 1e9:.1f})"
         )
-        times = alternate(fns, rounds=rounds, settled=lambda: all(b.settled() for b in columns.values()))
+        times = alternate(fns, rounds=rounds)
     peak = max(peak, matmul_peak_gflops())  # the machine is shared: take the better of two probes
     row = report(name, times, flops, peak)
     row["max_rel_err"] = err
-    row["linear_backend"] = ",".join(backend.name for backend in columns.values())
-    auto = next((backend for backend in columns.values() if backend.name == "auto"), None)
-    if auto is not None:
-        row["onednn_shapes"] = f"{sum(v is True for v in auto.choices.values())}/{len(auto.choices)}"
+    row["linear_backend"] = ",".join(columns.values())
     if args.bf16:
         row["bf16_ours_vs_official_bf16"] = round(row["official_bf16_s"] / row["ours_bf16_s"], 3)
     print(
         f"{name}: linear backend {row['linear_backend']}"
-        + (f" (oneDNN for {row['onednn_shapes']} layer shapes)" if "onednn_shapes" in row else "")
         + (f"; bf16: ours / official-under-autocast speed {row['bf16_ours_vs_official_bf16']}x" if args.bf16 else ""),
         flush=True,
     )

@@ -49,7 +49,7 @@ def test_bf16_features_close_to_official_fp32_and_plain_autocast():
         ref, _ = _encode(official, x, bf16=False)
         off_bf16, off_pos = _encode(official, x, bf16=True)
         got, got_pos = _encode(ours, x, bf16=True)
-        assert trunk._lowp_cache, "the bf16 route did not run"
+        assert trunk.fast_route.weight_copies, "the bf16 route did not run"
         trunk.set_inference_route("reference")
         plain, _ = _encode(ours, x, bf16=True)  # plain autocast over the reference blocks
     assert [t.dtype for t in got] == [t.dtype for t in off_bf16]  # the official's dtypes under autocast
@@ -68,11 +68,12 @@ def test_bf16_weight_copies_follow_the_weights():
     saved = copy.deepcopy(model.state_dict())
     with torch.inference_mode():
         first, _ = _encode(model, x, bf16=True)
-    copies = {k: v[2] for k, v in trunk._lowp_cache.items()}
+    cache = trunk.fast_route.weight_copies
+    copies = {k: v[2] for k, v in cache.items()}
     assert copies and set(model.state_dict()) == set(saved)
     with torch.inference_mode():
         again, _ = _encode(model, x, bf16=True)
-    assert all(trunk._lowp_cache[k][2] is v for k, v in copies.items())  # made once, reused
+    assert all(cache[k][2] is v for k, v in copies.items())  # made once, reused
     assert all(rel_err(a, b) == 0 for a, b in zip(again, first))
     with torch.no_grad():  # an in-place update (as an optimizer step makes) of every trunk weight
         for p in trunk.parameters():
@@ -88,7 +89,9 @@ def test_bf16_weight_copies_follow_the_weights():
     with torch.inference_mode():
         back, _ = _encode(model, x, bf16=True)
     assert all(rel_err(a, b) <= 1e-6 for a, b in zip(back, first))
-    assert not copy.deepcopy(trunk)._lowp_cache  # EMA copies / pickles carry no caches
+    clone = copy.deepcopy(trunk)  # EMA copies / pickles carry the route, not its caches
+    assert clone.fast_route is not trunk.fast_route and not clone.fast_route.weight_copies
+    assert clone.fast_route.backend == trunk.fast_route.backend
 
 
 def _obs_encoder(monkeypatch, **kwargs):

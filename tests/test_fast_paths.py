@@ -11,8 +11,7 @@ from conftest import rel_err
 from dp_sam2 import build_sam2
 from dp_sam2.encoders.sam2 import hiera_fast
 from dp_sam2.encoders.sam2.linear import (
-    NARROW,
-    LinearBackend,
+    BACKENDS,
     linear_act_residual,
     linear_backend,
     machine_default_backend,
@@ -50,20 +49,15 @@ def test_fast_route_equals_reference_route(size):
         reference = _encode(model, x)
         trunk.set_inference_route("fast")
         runs = {}
-        for name in ("mkl", "onednn", "mixed"):
+        for name in BACKENDS:
             trunk.set_linear_backend(name)
-            runs[name] = [_encode(model, x)]
-        if size == 224:  # "auto" at one size: it alternates the two above while it tunes
-            trunk.set_linear_backend("auto")
-            runs["auto"] = [_encode(model, x) for _ in range(2 * LinearBackend.TUNE_CALLS + 1)]
-            assert trunk.linear.settled() and trunk.linear.choices
+            runs[name] = _encode(model, x)
     with torch.enable_grad():  # autograd: the fast-route trunk falls back to the reference blocks
         autograd = [t.detach() for t in _encode(model, x)]
-    for name, per_run in runs.items():
-        for run in per_run:  # for "auto": while tuning (backends alternate) and after
-            assert [t.shape for t in run] == [t.shape for t in reference]
-            for a, c in zip(run, reference):
-                assert rel_err(a, c) <= 1e-5, name
+    for name, run in runs.items():
+        assert [t.shape for t in run] == [t.shape for t in reference]
+        for a, c in zip(run, reference):
+            assert rel_err(a, c) <= 1e-5, name
     for a, c in zip(autograd, reference):
         assert rel_err(a, c) <= 1e-6
 
@@ -72,8 +66,8 @@ def test_route_is_a_setting_not_grad_mode(monkeypatch):
     model = _tiny(128)
     trunk = _trunk(model)
     calls = []
-    fast = hiera_fast.forward_trunk
-    monkeypatch.setattr(hiera_fast, "forward_trunk", lambda *a: (calls.append(1), fast(*a))[1])
+    fast = hiera_fast.FastRoute.__call__
+    monkeypatch.setattr(hiera_fast.FastRoute, "__call__", lambda *a: (calls.append(1), fast(*a))[1])
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         _encode(model, x)
@@ -90,17 +84,61 @@ def test_route_is_a_setting_not_grad_mode(monkeypatch):
     assert calls == [1, 1] and out[0].requires_grad  # a graph is needed: reference route
     with pytest.raises(ValueError, match=r"inference_route must be one of \('fast', 'reference'\), got 'quick'"):
         trunk.set_inference_route("quick")
+    trunk.set_inference_route("reference")
+    assert trunk.fast_route is None  # the reference route holds no fast-route state
+
+
+def test_hiera_imports_nothing_of_the_fast_route():
+    """hiera.py is the paper's Hiera: importing it loads neither the fast route nor the GEMM
+    backends, and its top level names neither (the fast route is imported when a trunk takes it)."""
+    import ast
+    import subprocess
+    import sys
+
+    from dp_sam2.encoders.sam2 import hiera
+
+    tree = ast.parse(open(hiera.__file__).read())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name for n in top for a in n.names} | {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
+    assert not names & {"hiera_fast", "linear", "FastRoute"}, names
+    code = (
+        "import sys; import dp_sam2.encoders.sam2.hiera; "
+        "print([m for m in sys.modules if m.endswith(('.hiera_fast', '.linear')) and m.startswith('dp_sam2')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_grad_checkpointing_same_gradients():
+    """``Hiera.set_grad_checkpointing``: the trunk recomputes block activations in backward; the
+    gradients are the plain ones."""
+    model = _tiny(64)
+    trunk = _trunk(model)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for enable in (False, True):
+        assert trunk.set_grad_checkpointing(enable) is trunk and trunk.grad_checkpointing is enable
+        trunk.zero_grad()
+        sum(t.square().sum() for t in trunk(x)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trunk.parameters()]))
+    assert rel_err(grads[1], grads[0]) <= 1e-6 and grads[0].abs().sum() > 0
 
 
 def test_linear_backend_is_per_trunk_with_a_default_context():
     with linear_backend("onednn"):
         inside = _tiny(64)
     outside = _tiny(64)
-    assert _trunk(inside).linear.name == "onednn"
-    assert _trunk(outside).linear.name == machine_default_backend()
-    _trunk(outside).set_linear_backend("auto")
-    assert _trunk(inside).linear.name == "onednn" and _trunk(outside).linear.name == "auto"
-    want = r"linear backend must be one of \('mkl', 'onednn', 'mixed', 'auto'\), got 'fast'"
+    assert _trunk(inside).linear_backend == _trunk(inside).fast_route.backend == "onednn"
+    assert _trunk(outside).linear_backend == machine_default_backend()
+    _trunk(outside).set_linear_backend("mkl")
+    _trunk(inside).set_inference_route("reference").set_linear_backend("mkl").set_inference_route("fast")
+    assert _trunk(inside).fast_route.backend == "mkl"  # kept while on the reference route
+    _trunk(inside).set_linear_backend("onednn")
+    assert _trunk(inside).fast_route.backend == "onednn" and _trunk(outside).fast_route.backend == "mkl"
+    want = r"linear backend must be one of \('mkl', 'onednn'\), got 'mixed'"
+    with pytest.raises(ValueError, match=want):
+        _trunk(outside).set_linear_backend("mixed")
+    want = r"linear backend must be one of \('mkl', 'onednn'\), got 'fast'"
     with pytest.raises(ValueError, match=want):
         _trunk(outside).set_linear_backend("fast")
     with pytest.raises(ValueError, match="got True"), linear_backend(True):
@@ -112,8 +150,7 @@ def test_linear_act_residual_matches_plain_ops():
     x = torch.randn(3, 5, 48)
     res = torch.randn(3, 5, 96)
     w, b = layer.weight, layer.bias
-    for name in ("mkl", "onednn", "mixed"):
-        backend = LinearBackend(name)
+    for backend in BACKENDS:
         with torch.no_grad():
             assert rel_err(linear_act_residual(x, w, b, backend=backend), layer(x)) <= 1e-6
             want = torch.nn.functional.gelu(layer(x))
@@ -139,6 +176,8 @@ def test_linear_act_residual_matches_plain_ops():
         linear_act_residual(x, w, b, gelu=True, residual=res)
     with pytest.raises(ValueError, match="into out only with a residual"):
         linear_act_residual(x, w, b, out=res)
+    with pytest.raises(ValueError, match="got 'auto'"):
+        linear_act_residual(x, w, b, backend="auto")
 
 
 @pytest.mark.skipif(not onednn_bf16(), reason="this CPU's oneDNN has no bf16 kernels (AVX2: no AVX512-BW/VL/DQ)")
@@ -174,107 +213,48 @@ def test_bf16_route_without_onednn_bf16_kernels(monkeypatch):
         trunk.clear_caches()
         with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(UserWarning, match="5x slower than fp32"):
             got = model.forward_image(x)["vision_features"]
-    bf16_copies = [v[2] for k, v in trunk._lowp_cache.items() if k[1] == torch.bfloat16]
+    bf16_copies = [v[2] for k, v in trunk.fast_route.weight_copies.items() if k[1] == torch.bfloat16]
     assert bf16_copies and not any(c.is_mkldnn for c in bf16_copies)
     assert torch.nn.functional.cosine_similarity(got.float().flatten(), ref.flatten(), dim=0) >= 0.999
 
 
 def test_machine_default_backend_per_cpu_class(monkeypatch):
-    """``"onednn"`` on AVX-512 and AVX2 CPUs (measured on both), MKL on the rest."""
-    for capability, want in (
-        ("AVX512", "onednn"),
-        ("AVX512_BF16", "onednn"),
-        ("AVX2", "onednn"),
-        ("DEFAULT", "mkl"),
-        ("SVE256", "mkl"),
-    ):
+    """``"mkl"`` on every class: the backend that holds video parity (docs/speed.md)."""
+    for capability in ("AVX512", "AVX512_BF16", "AVX512_AMX", "AVX2", "DEFAULT", "SVE256"):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
-        assert machine_default_backend() == want, capability
-        assert LinearBackend().name == want
+        assert machine_default_backend() == "mkl", capability
+        assert hiera_fast.FastRoute().backend == "mkl"
 
 
-def test_mixed_and_onednn_pack_fp32_weights_once():
-    """``"mixed"`` packs the narrow layers' fp32 weights (no residual) for oneDNN, ``"onednn"`` all of
-    them; the copies are made once, kept apart from the bf16 ones, and never saved."""
+def test_onednn_packs_fp32_weights_once():
+    """``"onednn"`` packs every trunk linear's fp32 weight for oneDNN, ``"mkl"`` none; the copies are
+    made once, kept apart from the bf16 ones, and never saved."""
     model = _tiny(64)
     trunk = _trunk(model)
     keys = set(model.state_dict())
     x = torch.randn(1, 3, 64, 64)
-    linears = {id(m.weight): m for m in trunk.modules() if isinstance(m, torch.nn.Linear)}
-    for name in ("mkl", "mixed", "onednn"):
+    linears = {id(m.weight) for m in trunk.modules() if isinstance(m, torch.nn.Linear)}
+    for name in BACKENDS:
         trunk.clear_caches()
         trunk.set_linear_backend(name)
+        copies = trunk.fast_route.weight_copies
         with torch.no_grad():
             _encode(model, x)
-            packed = {k[0] for k, v in trunk._lowp_cache.items() if k[1:] == (torch.float32, True)}
-            first = {k: v[2] for k, v in trunk._lowp_cache.items()}
+            packed = {k[0] for k in copies if k[1:] == (torch.float32, True)}
+            first = {k: v[2] for k, v in copies.items()}
             _encode(model, x)
-            assert all(trunk._lowp_cache[k][2] is v for k, v in first.items())  # reused, not rebuilt
-        assert all(trunk._lowp_cache[(i, torch.float32, True)][2].is_mkldnn for i in packed)
-        residual_layers = {id(b.attn.proj.weight) for b in trunk.blocks} | {
-            id(b.mlp.layers[1].weight) for b in trunk.blocks
-        }
-        if name == "mkl":
-            assert not packed
-        elif name == "mixed":
-            want = {i for i, m in linears.items() if min(m.weight.shape) <= NARROW and i not in residual_layers}
-            assert packed == want and want
-        else:
-            assert packed == set(linears)
+            assert all(copies[k][2] is v for k, v in first.items())  # reused, not rebuilt
+        assert all(copies[(i, torch.float32, True)][2].is_mkldnn for i in packed)
+        assert packed == (linears if name == "onednn" else set())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         _encode(model, x)  # bf16 copies join the fp32 ones instead of replacing them
-    dtypes = {k[1] for k in trunk._lowp_cache}
-    assert dtypes == {torch.float32, torch.bfloat16}
+    copies = trunk.fast_route.weight_copies
+    assert {k[1] for k in copies} == {torch.float32, torch.bfloat16}
     assert set(model.state_dict()) == keys
     trunk.set_linear_backend("mkl")  # switching drops the packed fp32 copies (their memory), keeps the bf16 ones
-    assert not any(k[1:] == (torch.float32, True) for k in trunk._lowp_cache)
-    assert any(k[1] == torch.bfloat16 for k in trunk._lowp_cache)
-
-
-@pytest.mark.parametrize("onednn_faster", [True, False])
-def test_auto_backend_tuned_per_shape(monkeypatch, onednn_faster):
-    """``"auto"``: a shape's first calls alternate between MKL's addmm and oneDNN's fused linear,
-    timing each; then the faster is kept. Every call returns the right numbers."""
-    import dp_sam2.encoders.sam2.linear as linear
-
-    used = []
-    mkl, onednn = linear._mkl, linear._onednn
-    monkeypatch.setattr(linear, "_mkl", lambda *a: (used.append("mkl"), mkl(*a))[1])
-    monkeypatch.setattr(linear, "_onednn", lambda *a: (used.append("onednn"), onednn(*a))[1])
-    now = [0.0]
-
-    def fake_clock():  # each timed call of the backend meant to win takes 1 s, the other 2 s
-        if used:
-            now[0] += 1.0 if (used[-1] == "onednn") == onednn_faster else 2.0
-        return now[0]
-
-    backend = LinearBackend("auto", clock=fake_clock)
-    layer = torch.nn.Linear(32, 64)
-    w, b = layer.weight, layer.bias
-    x, res = torch.randn(7, 32), torch.randn(7, 64)
-    n = LinearBackend.TUNE_CALLS
-    with torch.no_grad():
-        for _ in range(2 * n + 3):
-            got = linear_act_residual(x, w, b, gelu=True, backend=backend)
-            assert rel_err(got, torch.nn.functional.gelu(layer(x))) <= 1e-6
-        key = next(iter(backend.choices))
-        assert backend.choices[key] is onednn_faster
-        tuning, after = used[: 2 * n], used[2 * n :]
-        assert tuning.count("mkl") == tuning.count("onednn") == n
-        assert set(after) == {"onednn" if onednn_faster else "mkl"}
-        used.clear()  # more rows: the same layer keeps its backend (no switch with the batch size)
-        linear_act_residual(torch.randn(40, 32), w, b, gelu=True, backend=backend)
-        assert used == after[:1] and len(backend.choices) == 1
-        # the residual form (or another layer shape) is tuned on its own
-        assert rel_err(linear_act_residual(x, w, b, residual=res, backend=backend), res + layer(x)) <= 1e-6
-        other = torch.nn.Linear(64, 64)
-        linear_act_residual(torch.randn(7, 64), other.weight, other.bias, backend=backend)
-        assert len(backend.choices) == 3
-        assert LinearBackend("auto").choices == {}  # another module's backend starts afresh
-    with torch.enable_grad():  # autograd never goes through oneDNN
-        used.clear()
-        y = linear_act_residual(x, w, b, gelu=True, backend=backend)
-        assert y.requires_grad and used == ["mkl"]
+    copies = trunk.fast_route.weight_copies
+    assert not any(k[1:] == (torch.float32, True) for k in copies)
+    assert any(k[1] == torch.bfloat16 for k in copies)
 
 
 @pytest.mark.slow

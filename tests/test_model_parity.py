@@ -14,6 +14,7 @@ import torch
 
 from conftest import build_official, rel_err, requires_official, save_official_checkpoint
 from dp_sam2 import build_sam2
+from dp_sam2.encoders.sam2.linear import BACKENDS, linear_backend
 
 pytestmark = requires_official
 
@@ -25,13 +26,83 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{c.split('/')[-1]}@{s}" for c, s in CASES])
+def _case_id(config: str, size: int) -> str:
+    return f"{config.split('/')[-1].removesuffix('.yaml')}@{size}"
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[_case_id(c, s) for c, s in CASES])
 def pair(request, tmp_path_factory):
     config, size = request.param
     official = build_official(config, image_size=size, seed=1)
     path = save_official_checkpoint(official, tmp_path_factory.mktemp("p") / "ckpt.pt")
     ours = build_sam2(config, ckpt_path=str(path), device="cpu", hydra_overrides_extra=[f"++model.image_size={size}"])
     return official, ours, size
+
+
+def _packed_fp32(trunk) -> bool:
+    """Whether the trunk's fast route ran oneDNN on packed fp32 weights (the "onednn" backend)."""
+    return any(k[1:] == (torch.float32, True) for k in trunk.fast_route.weight_copies)
+
+
+# one small case per backend in the quick loop, every case per backend in the full run
+BACKEND_CASES = [
+    pytest.param(c, s, b, id=f"{_case_id(c, s)}-{b}", marks=() if i == 0 else pytest.mark.slow)
+    for i, (c, s) in enumerate(CASES)
+    for b in BACKENDS
+]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("config,size,backend", BACKEND_CASES)
+def test_image_encoder_per_backend(tmp_path, config, size, backend):
+    """forward_image + _prepare_backbone_features on the fast route with each linear backend,
+    named whatever this machine's default (the backend is chosen when the model is built)."""
+    official = build_official(config, image_size=size, seed=1)
+    path = save_official_checkpoint(official, tmp_path / "ckpt.pt")
+    with linear_backend(backend):
+        ours = build_sam2(
+            config, ckpt_path=str(path), device="cpu", hydra_overrides_extra=[f"++model.image_size={size}"]
+        )
+    trunk = ours.image_encoder.trunk
+    assert trunk.fast_route.backend == backend
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    ref, got = _features(official, x), _features(ours, x)
+    assert _packed_fp32(trunk) == (backend == "onednn")
+    pairs = [(got[0]["vision_features"], ref[0]["vision_features"])]
+    pairs += list(zip(got[0]["backbone_fpn"], ref[0]["backbone_fpn"])) + list(zip(got[1] + got[2], ref[1] + ref[2]))
+    worst = max(rel_err(a, b) for a, b in pairs)
+    assert worst <= 1e-4, f"{backend}: rel_err {worst:.2e}"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "size,batch,backend",
+    [pytest.param(128, 2, b, id=f"tiny@128x2-{b}") for b in BACKENDS]
+    + [pytest.param(224, 4, b, id=f"tiny@224x4-{b}", marks=pytest.mark.slow) for b in BACKENDS],
+)
+def test_dp_features_per_backend(tmp_path, monkeypatch, size, batch, backend):
+    """The Diffusion Policy obs encoder's features (DP's [-1, 1] images in) against the official
+    SAM2Transforms + forward_image + no_mem_embed, with each linear backend."""
+    from sam2.utils.transforms import SAM2Transforms
+
+    from dp_sam2 import SAM2ObsEncoder
+    from dp_sam2.encoders.sam2.hiera import Hiera
+
+    config = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    official = build_official(config, image_size=size, seed=2)
+    path = save_official_checkpoint(official, tmp_path / "sam2.1_hiera_tiny.pt")
+    meta = {"obs": {"image": {"shape": [3, 100, 120], "type": "rgb"}}, "action": {"shape": [2]}}
+    with linear_backend(backend):
+        enc = SAM2ObsEncoder(meta, model_cfg=config, checkpoint=str(path), image_size=size).eval()
+    trunks = [m for m in enc.modules() if isinstance(m, Hiera)]
+    assert trunks and all(t.fast_route.backend == backend for t in trunks)
+    img = torch.rand(batch, 3, 100, 120, generator=torch.Generator().manual_seed(0))
+    ref_in = torch.stack([SAM2Transforms(size, 0.0).transforms(im) for im in img])
+    _, feats, _, sizes = official._prepare_backbone_features(official.forward_image(ref_in))
+    ref = (feats[-1] + official.no_mem_embed).permute(1, 2, 0).reshape(batch, 256, *sizes[-1])
+    got = enc.encode_images(img * 2 - 1)
+    assert all(_packed_fp32(t) == (backend == "onednn") for t in trunks)
+    assert rel_err(got, ref) <= 1e-4, f"{backend}: rel_err {rel_err(got, ref):.2e}"
 
 
 def _features(model, x):

@@ -8,8 +8,6 @@ import os
 import torch
 from torch import nn
 
-from dp_sam2.encoders.obs.finetune import run_block
-
 
 class SAM2Backbone(nn.Module):
     """SAM 2's image encoder (Hiera trunk + FPN neck) and ``no_mem_embed``, under their official
@@ -27,7 +25,15 @@ class SAM2Backbone(nn.Module):
         self.channels = int(self.image_encoder.neck.d_model)
         self.add_no_mem_embed = bool(cfg.model.get("directly_add_no_mem_embed", True))
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, self.channels))
-        self.activation_checkpointing = False
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """The trunk's activation checkpointing (``Hiera.set_grad_checkpointing``)."""
+        return self.image_encoder.trunk.grad_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, enable: bool) -> None:
+        self.image_encoder.trunk.set_grad_checkpointing(bool(enable))
 
     def load_official(self, path: str | os.PathLike, model_cfg: str) -> None:
         """Load the ``image_encoder.*`` and ``no_mem_embed`` weights of an official ``.pt``."""
@@ -72,25 +78,7 @@ class SAM2Backbone(nn.Module):
         return state
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        encoder = self.image_encoder
-        if self.activation_checkpointing and torch.is_grad_enabled():
-            feats = self._forward_checkpointed(images)
-        else:
-            feats = encoder.forward_lowest_kept_level(images)
+        feats = self.image_encoder.forward_lowest_kept_level(images)
         if self.add_no_mem_embed:
             feats = feats + self.no_mem_embed.view(1, -1, 1, 1).to(feats.dtype)
         return feats
-
-    def _forward_checkpointed(self, images: torch.Tensor) -> torch.Tensor:
-        """The trunk block by block with activation checkpointing, then the neck's needed levels."""
-        trunk, neck = self.image_encoder.trunk, self.image_encoder.neck
-        x = trunk.patch_embed(images)
-        x = x + trunk._get_pos_embed(tuple(x.shape[1:3]))
-        outputs = []
-        for i, block in enumerate(trunk.blocks):
-            x = run_block(block, x, use_checkpoint=True)
-            if i in trunk.stage_ends:
-                outputs.append(x.permute(0, 3, 1, 2))
-        level = len(outputs) - 1 - self.image_encoder.scalp
-        features, _ = neck(outputs, min_level=level)
-        return features[level]

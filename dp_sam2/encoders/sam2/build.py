@@ -83,6 +83,8 @@ _MISSING = object()
 def load_model_config(config_file: str | os.PathLike, hydra_overrides_extra: Iterable[str] = ()) -> DictConfig:
     """The config of ``config_file`` with the overrides applied (resolved, not instantiated)."""
     cfg = OmegaConf.load(config_path(config_file))
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"config {config_file!r} must be a mapping with a 'model' node, got a list")
     apply_overrides(cfg, hydra_overrides_extra)
     OmegaConf.resolve(cfg)
     if "model" not in cfg:

@@ -3,21 +3,21 @@
 Four stages of transformer blocks; each stage after the first starts with a block that pools the
 queries 2x2 (halving the resolution) and widens the channels. Blocks attend inside windows except
 a few global ones. Checkpoint keys follow the official model (``trunk.blocks.<i>.attn.qkv`` ...).
-The modules below are the reference computation; :mod:`.hiera_fast` is the same arithmetic
-reorganised for inference, chosen per trunk by :meth:`Hiera.set_inference_route`.
+The modules below are the reference computation. A faster route for inference (the same
+arithmetic reorganised, :mod:`.hiera_fast`) is chosen per trunk by :meth:`Hiera.set_inference_route`
+and lives there with its state; this file only holds the setting.
 """
 
 from __future__ import annotations
 
-import weakref
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from . import hiera_fast
 from .layers import MLP, DropPath
-from .linear import LinearBackend, pack_weight
 from .windows import max_pool_nhwc, padded_size, window_partition, window_unpartition
 
 ROUTES = ("fast", "reference")
@@ -96,13 +96,13 @@ class MultiScaleBlock(nn.Module):
                 shortcut = max_pool_nhwc(shortcut, self.q_stride)
         window = self.window_size
         if window > 0:
-            hw = x.shape[1:3]
+            hw = (x.shape[1], x.shape[2])
             x, padded_hw = window_partition(x, window)
         x = self.attn(x)
         if window > 0:
             if self.q_stride is not None:  # the pooled windows are q_stride times smaller
                 window = window // self.q_stride[0]
-                hw = shortcut.shape[1:3]
+                hw = (shortcut.shape[1], shortcut.shape[2])
                 padded_hw = padded_size(hw, window)
             x = window_unpartition(x, window, padded_hw, hw)
         x = shortcut + self.drop_path(x)
@@ -112,8 +112,11 @@ class MultiScaleBlock(nn.Module):
 class Hiera(nn.Module):
     """The Hiera trunk. ``forward`` returns the last block of each stage as NCHW maps, highest
     resolution first (strides 4, 8, 16, 32). ``inference_route`` ("fast" | "reference") and
-    ``linear_backend`` ("mkl" | "onednn" | "mixed" | "auto", default :func:`.linear.default_backend`) are
-    per-trunk settings; see :meth:`set_inference_route` and :meth:`set_linear_backend`."""
+    ``linear_backend`` ("mkl" | "onednn", ``None``: :func:`.linear.default_backend`) are per-trunk
+    settings; see :meth:`set_inference_route`, :meth:`set_linear_backend` and
+    :meth:`set_grad_checkpointing`."""
+
+    fast_route: Any  # a .hiera_fast.FastRoute on the fast route, else None
 
     def __init__(
         self,
@@ -139,7 +142,7 @@ class Hiera(nn.Module):
         if weights_path is not None:
             raise ValueError("Hiera(weights_path=...) is not supported; load a SAM 2 checkpoint instead")
         self.window_spec = tuple(window_spec)
-        self.q_stride = tuple(q_stride)
+        self.q_stride = (q_stride[0], q_stride[1])
         self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
         if not 0 <= q_pool <= len(stages) - 1:
             raise ValueError(f"q_pool must be in [0, {len(stages) - 1}], got {q_pool}")
@@ -177,32 +180,52 @@ class Hiera(nn.Module):
         ends = self.stage_ends[::-1] if return_interm_layers else [self.stage_ends[-1]]
         self.channel_list = [self.blocks[i].dim_out for i in ends]
         self.kept_blocks = set(self.stage_ends) if return_interm_layers else {self.stage_ends[-1]}
-        self._pos_cache: dict = {}
-        self._lowp_cache: dict = {}  # (id(param), dtype, pack) -> (weakref, stamp, copy); never saved
+        self.grad_checkpointing = False
+        self.linear_backend = linear_backend  # None: .linear.default_backend() when the fast route is made
+        self.fast_route = None
         self.set_inference_route(inference_route)
-        self.set_linear_backend(linear_backend)
 
     def set_inference_route(self, route: str) -> Hiera:
         """``"fast"`` (default): inference runs :mod:`.hiera_fast` (same numbers, rel <= 1e-5).
-        Whenever an autograd graph is needed (grad enabled and ``x`` or a parameter requires grad),
-        or drop-path is active in training mode, the trunk falls back to the reference route, so
-        gradients are the reference ones. ``"reference"``: always the plain blocks."""
+        Whenever an autograd graph is needed (grad enabled and the input or a parameter requires
+        grad), or drop-path is active in training mode, the trunk runs the reference blocks, so
+        gradients are the reference ones. ``"reference"``: always the reference blocks."""
         if route not in ROUTES:
             raise ValueError(f"inference_route must be one of {ROUTES}, got {route!r}")
         self.inference_route = route
+        if route == "reference":
+            self.fast_route = None
+        elif self.fast_route is None:
+            from .hiera_fast import FastRoute  # the fast route, its backend and its caches live there
+
+            self.fast_route = FastRoute(self.linear_backend)
+            self.linear_backend = self.fast_route.backend
         return self
 
     def set_linear_backend(self, name: str | None) -> Hiera:
-        """The fast route's GEMM backend, ``"mkl"`` | ``"onednn"`` | ``"mixed"`` | ``"auto"`` (:mod:`.linear`);
-        ``None`` takes :func:`.linear.default_backend`. ``"auto"`` starts its timings afresh. The
-        previous backend's packed fp32 weight copies are dropped (the new one packs what it needs)."""
-        self.linear = LinearBackend(name)
-        self._lowp_cache = {k: v for k, v in self._lowp_cache.items() if k[1:] != (torch.float32, True)}
+        """The fast route's GEMM backend, ``"mkl"`` | ``"onednn"`` (:mod:`.linear`); ``None`` takes
+        :func:`.linear.default_backend`. The old backend's packed weight copies are dropped."""
+        from .linear import check_backend, default_backend
+
+        self.linear_backend = check_backend(default_backend() if name is None else name)
+        if self.fast_route is not None:
+            self.fast_route.set_backend(self.linear_backend)
         return self
 
-    def _get_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
-        """Background embedding interpolated to ``hw`` plus the window embedding tiled over it
-        (channels-last). Cached per size while the embeddings are not being trained."""
+    def set_grad_checkpointing(self, enable: bool = True) -> Hiera:
+        """Recompute each block's activations in the backward pass instead of storing them (less
+        memory, one more forward per block), for blocks that build an autograd graph."""
+        self.grad_checkpointing = bool(enable)
+        return self
+
+    def clear_caches(self) -> None:
+        """Free the fast route's weight copies and position embedding (rebuilt on the next call)."""
+        if self.fast_route is not None:
+            self.fast_route.clear()
+
+    def position_embedding(self, hw: tuple[int, int]) -> torch.Tensor:
+        """The background embedding interpolated to the token grid ``hw`` plus the window embedding
+        tiled over it: ``[1, H, W, C]`` (channels-last, added to the patch embedding)."""
         h, w = hw
         win = self.pos_embed_window.shape[-1]
         if h % win or w % win:
@@ -210,74 +233,24 @@ class Hiera(nn.Module):
                 f"Hiera needs a token grid that is a multiple of {win} (image sides a multiple of "
                 f"{4 * win}); got a {h}x{w} grid (image {4 * h}x{4 * w})"
             )
-        trains = torch.is_grad_enabled() and (self.pos_embed.requires_grad or self.pos_embed_window.requires_grad)
-        cacheable = not torch.compiler.is_compiling() and not trains
-        key = (
-            h,
-            w,
-            self.pos_embed.device,
-            self.pos_embed.dtype,
-            self.pos_embed._version,
-            self.pos_embed_window._version,
-        )
-        if cacheable and key in self._pos_cache:
-            return self._pos_cache[key]
         pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
         pos = pos + self.pos_embed_window.tile(1, 1, h // win, w // win)
-        pos = pos.permute(0, 2, 3, 1)
-        if cacheable:
-            self._pos_cache = {key: pos.detach()}
-        return pos
-
-    def lowp_weight(self, t: torch.Tensor | None, dtype: torch.dtype, pack: bool = False) -> torch.Tensor | None:
-        """``t`` in ``dtype`` (``pack``: in oneDNN's GEMM layout, :func:`.linear.pack_weight`).
-        For a parameter the copy is made once and kept until the parameter changes (in-place update,
-        ``load_state_dict``, ``.to()``: keyed on ``_version``, storage and device). Not a buffer:
-        never in ``state_dict``. (``p.data.copy_(...)`` bypasses ``_version``: use ``p.copy_``.)"""
-        if t is None or (t.dtype == dtype and not pack):
-            return t
-        if torch.compiler.is_compiling() or not isinstance(t, nn.Parameter) or t.is_inference():
-            return pack_weight(t, dtype) if pack else t.detach().to(dtype)
-        stamp = (t._version, t.data_ptr(), t.device, t.dtype, t.shape)
-        key = (id(t), dtype, pack)
-        entry = self._lowp_cache.get(key)
-        if entry is not None and entry[0]() is t and entry[1] == stamp:
-            return entry[2]
-        copy = pack_weight(t, dtype) if pack else t.detach().to(dtype)
-        self._lowp_cache[key] = (weakref.ref(t), stamp, copy)
-        return copy
-
-    def clear_caches(self) -> None:
-        """Drop the position-embedding and low-precision weight caches (rebuilt on the next call)."""
-        self._pos_cache, self._lowp_cache = {}, {}
-
-    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .float(): the copies would be stale
-        self.clear_caches()
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.clear_caches()
-        return super()._load_from_state_dict(*args, **kwargs)
-
-    def __getstate__(self):  # deepcopy (EMA) and pickling copy the module without its caches
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_pos_cache": {}, "_lowp_cache": {}}
-
-    def _use_fast_route(self, x: torch.Tensor) -> bool:
-        if self.inference_route != "fast":
-            return False
-        if self.training and any(not isinstance(b.drop_path, nn.Identity) for b in self.blocks):
-            return False
-        return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+        return pos.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.patch_embed(x)
-        x = x + self._get_pos_embed(tuple(x.shape[1:3]))
-        if self._use_fast_route(x):
-            return hiera_fast.forward_trunk(self, x)
+        """``x [B, 3, H, W]`` (normalised images, sides multiples of 32) -> the kept stage maps,
+        NCHW, highest resolution first."""
+        fast = self.fast_route  # read once per forward
+        if fast is not None and fast.applies(self, x):
+            return fast(self, x)
+        x = self.patch_embed(x)  # [B, H/4, W/4, C]
+        x = x + self.position_embedding((x.shape[1], x.shape[2]))
         outputs = []
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            if self.grad_checkpointing and _builds_graph(block, x):
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
             if i in self.kept_blocks:
                 outputs.append(x.permute(0, 3, 1, 2))
         return outputs
@@ -293,3 +266,7 @@ class Hiera(nn.Module):
         if "blocks" in layer_name:
             return int(layer_name.split("blocks")[1].split(".")[1]) + 1
         return n + 1
+
+
+def _builds_graph(block: nn.Module, x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters()))

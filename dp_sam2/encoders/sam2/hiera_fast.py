@@ -6,46 +6,145 @@
   where the window size changes, at global blocks and at stage outputs;
 * where windows do not tile the map, only real tokens go through ``qkv`` / ``proj`` and the
   padding gets ``qkv``'s bias (what a zero token projects to);
-* global blocks run their MLP in row chunks; linears go through the trunk's :class:`LinearBackend`.
-Equal to the reference within rel 1e-5 in fp32 (tests/test_fast_paths.py).
+* global blocks run their MLP in row chunks; linears go through the trunk's linear backend
+  (:mod:`.linear`).
+
+A trunk on this route holds one :class:`FastRoute` (``Hiera.set_inference_route("fast")``): the
+backend's name and the route's caches (weight copies, the position embedding). Equal to the
+reference within rel 1e-5 in fp32 (tests/test_fast_paths.py).
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .linear import can_pack, linear_act_residual, onednn_bf16
+from .linear import can_pack, check_backend, default_backend, linear_act_residual, onednn_bf16, onednn_runs, pack_weight
 from .windows import max_pool_nhwc, padded_size, window_partition, window_unpartition
+
+if TYPE_CHECKING:
+    from .hiera import Hiera
 
 CHUNK_ELEMENTS = 1 << 22  # MLP-hidden elements per chunk of tokens (16 MB in fp32)
 
 
-class _Route:
-    """One forward's settings: the trunk (for its weight copies and linear backend) and the dtype
-    everything runs in (fp32, or bf16 under bf16 autocast; LayerNorm and softmax statistics are
-    accumulated in fp32 by the kernels either way). ``pack``: bf16 linears on packed weights."""
+class FastRoute:
+    """One trunk's fast route: its linear backend (``"mkl"`` | ``"onednn"``) and its caches, none of
+    them in ``state_dict``, deep copies or pickles.
 
-    def __init__(self, trunk, dtype: torch.dtype, pack: bool = False) -> None:
-        self.trunk, self.dtype, self.pack = trunk, dtype, pack
+    ``weight_copies``: ``(id(param), dtype, packed) -> (weakref, stamp, copy)``, a parameter cast to
+    the route's dtype (bf16 under autocast) and/or packed into oneDNN's GEMM layout
+    (:func:`.linear.pack_weight`; fp32 for ``"onednn"``, bf16 on CPUs with oneDNN bf16 kernels). A
+    copy is made once and kept until its parameter changes (in-place update, ``load_state_dict``,
+    ``.to()``: keyed on ``_version``, storage and device; ``p.data.copy_(...)`` bypasses
+    ``_version``: use ``p.copy_``). ``pos_embed``: the trunk's position embedding at the last size."""
+
+    def __init__(self, backend: str | None = None) -> None:
+        self.backend = check_backend(default_backend() if backend is None else backend)
+        self.weight_copies: dict[tuple, tuple] = {}
+        self.pos_embed: dict[tuple, torch.Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"FastRoute(backend={self.backend!r}, {len(self.weight_copies)} weight copies)"
+
+    def set_backend(self, name: str) -> None:
+        """Switch the GEMM backend; the packed fp32 copies the old one made are dropped."""
+        self.backend = check_backend(name)
+        self.weight_copies = {k: v for k, v in self.weight_copies.items() if k[1:] != (torch.float32, True)}
+
+    def clear(self) -> None:
+        self.weight_copies, self.pos_embed = {}, {}
+
+    def __getstate__(self) -> dict:  # deepcopy (DP's EMA) and pickles carry the setting, not the caches
+        return {**self.__dict__, "weight_copies": {}, "pos_embed": {}}
+
+    def applies(self, trunk: Hiera, images: torch.Tensor) -> bool:
+        """Whether this forward can take the route: no autograd graph needed (grad off, or neither
+        the input nor any parameter requires grad) and no drop-path active in training."""
+        if trunk.training and any(not isinstance(b.drop_path, nn.Identity) for b in trunk.blocks):
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not (images.requires_grad or any(p.requires_grad for p in trunk.parameters()))
+
+    def weight(self, t: torch.Tensor | None, dtype: torch.dtype, pack: bool = False) -> torch.Tensor | None:
+        """``t`` in ``dtype`` (``pack``: in oneDNN's GEMM layout), cached in ``weight_copies``."""
+        if t is None or (t.dtype == dtype and not pack):
+            return t
+        if torch.compiler.is_compiling() or not isinstance(t, nn.Parameter) or t.is_inference():
+            return pack_weight(t, dtype) if pack else t.detach().to(dtype)
+        stamp = (t._version, t.data_ptr(), t.device, t.dtype, t.shape)
+        key = (id(t), dtype, pack)
+        entry = self.weight_copies.get(key)
+        if entry is not None and entry[0]() is t and entry[1] == stamp:
+            return entry[2]
+        copy = pack_weight(t, dtype) if pack else t.detach().to(dtype)
+        self.weight_copies[key] = (weakref.ref(t), stamp, copy)
+        return copy
+
+    def position_embedding(self, trunk: Hiera, hw: tuple[int, int]) -> torch.Tensor:
+        """``trunk.position_embedding(hw)``, kept while the embeddings do not change."""
+        key = (
+            *hw,
+            trunk.pos_embed.device,
+            trunk.pos_embed.dtype,
+            trunk.pos_embed._version,
+            trunk.pos_embed_window._version,
+        )
+        if torch.compiler.is_compiling():
+            return trunk.position_embedding(hw)
+        if key not in self.pos_embed:
+            self.pos_embed = {key: trunk.position_embedding(hw).detach()}
+        return self.pos_embed[key]
+
+    def __call__(self, trunk: Hiera, images: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk on ``images [B, 3, H, W]`` -> the kept stage maps (NCHW), as ``Hiera.forward``.
+
+        Under ``torch.autocast(<device>, bfloat16)`` the blocks run in bf16 with autocast off:
+        weights cast (on CPU: packed for oneDNN) once per parameter version, not per call;
+        attention by SDPA in bf16; the stage maps come out in bf16, as the official's do under
+        autocast (the neck, still under autocast, then returns the official's dtypes)."""
+        x = trunk.patch_embed(images)
+        x = x + self.position_embedding(trunk, (x.shape[1], x.shape[2]))
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+            if device == "cpu" and not torch.compiler.is_compiling() and not onednn_bf16():
+                warnings.warn(
+                    "bf16 on this CPU runs about 5x slower than fp32 (oneDNN has no bf16 kernels "
+                    "here: they need AVX-512 or AVX-NE-CONVERT; docs/speed.md): use fp32 on it",
+                    stacklevel=3,
+                )
+            x = x.to(torch.bfloat16)
+            with torch.autocast(device, enabled=False):
+                return _run_blocks(_Run(self, torch.bfloat16, pack=can_pack(x)), trunk, x)
+        return _run_blocks(_Run(self, x.dtype), trunk, x)
+
+
+class _Run:
+    """One forward's settings: the route (weight copies, backend) and the dtype everything runs in
+    (fp32, or bf16 under bf16 autocast; LayerNorm and softmax statistics are accumulated in fp32 by
+    the kernels either way). ``pack``: bf16 linears on packed weights."""
+
+    def __init__(self, route: FastRoute, dtype: torch.dtype, pack: bool = False) -> None:
+        self.route, self.dtype, self.pack = route, dtype, pack
 
     def weights(self, layer):
-        return (
-            self.trunk.lowp_weight(layer.weight, self.dtype, pack=self.pack),
-            self.trunk.lowp_weight(layer.bias, self.dtype),
-        )
+        return self.route.weight(layer.weight, self.dtype, pack=self.pack), self.route.weight(layer.bias, self.dtype)
 
     def linear(self, x, layer, **kwargs):
         weight, bias = self.weights(layer)
-        backend = self.trunk.linear
-        if not self.pack and backend.packs(x, weight, residual=kwargs.get("residual") is not None):
-            weight = self.trunk.lowp_weight(layer.weight, weight.dtype, pack=True)
+        backend = self.route.backend
+        if not self.pack and backend == "onednn" and onednn_runs(x, weight):
+            weight = self.route.weight(layer.weight, weight.dtype, pack=True)
         return linear_act_residual(x, weight, bias, backend=backend, **kwargs)
 
     def norm(self, x, ln):
-        weight, bias = self.trunk.lowp_weight(ln.weight, x.dtype), self.trunk.lowp_weight(ln.bias, x.dtype)
+        weight, bias = self.route.weight(ln.weight, x.dtype), self.route.weight(ln.bias, x.dtype)
         return F.layer_norm(x, ln.normalized_shape, weight, bias, ln.eps)
 
 
@@ -66,27 +165,27 @@ def out_window(block) -> int:
     return block.window_size // block.q_stride[0] if block.q_stride is not None else block.window_size
 
 
-def _shortcut(route: _Route, block, x, normed):
+def _shortcut(route: _Run, block, x, normed):
     if block.dim == block.dim_out:
         return x
     shortcut = route.linear(normed, block.proj)
     return max_pool_nhwc(shortcut, block.q_stride) if block.q_stride is not None else shortcut
 
 
-def _attention_residual(route: _Route, block, x):
+def _attention_residual(route: _Run, block, x):
     """``shortcut + attn(norm1(x))`` on windows (or a whole map, for a global block)."""
     normed = route.norm(x, block.norm1)
     qkv = route.linear(normed, block.attn.qkv)
     return route.linear(block.attn.attend(qkv), block.attn.proj, residual=_shortcut(route, block, x, normed))
 
 
-def _mlp_residual(route: _Route, block, x, out=None):
+def _mlp_residual(route: _Run, block, x, out=None):
     fc1, fc2 = block.mlp.layers
     hidden = route.linear(route.norm(x, block.norm2), fc1, gelu=True)
     return route.linear(hidden, fc2, residual=x, out=out)
 
 
-def block_on_windows(route: _Route, block, windows: torch.Tensor) -> torch.Tensor:
+def block_on_windows(route: _Run, block, windows: torch.Tensor) -> torch.Tensor:
     """The whole block on windows ``[B * nW, window, window, C]`` (no padding), one cache-sized
     group of windows at a time. Returns windows of :func:`out_window` side."""
     side = out_window(block)
@@ -98,7 +197,7 @@ def block_on_windows(route: _Route, block, windows: torch.Tensor) -> torch.Tenso
     return out
 
 
-def _padded_attention_residual(route: _Route, block, x):
+def _padded_attention_residual(route: _Run, block, x):
     """Windowed attention on a map whose sides are not multiples of the window."""
     attn, window = block.attn, block.window_size
     normed = route.norm(x, block.norm1)
@@ -119,7 +218,7 @@ def _padded_attention_residual(route: _Route, block, x):
     return route.linear(window_unpartition(out, window, (hp, wp), (h, w)), attn.proj, residual=shortcut)
 
 
-def block_on_map(route: _Route, block, x: torch.Tensor) -> torch.Tensor:
+def block_on_map(route: _Run, block, x: torch.Tensor) -> torch.Tensor:
     """The whole block on a map ``[B, H, W, C]`` (global block, or windows that need padding)."""
     x = _padded_attention_residual(route, block, x) if block.window_size > 0 else _attention_residual(route, block, x)
     flat = x.reshape(-1, x.shape[-1])
@@ -132,7 +231,7 @@ def block_on_map(route: _Route, block, x: torch.Tensor) -> torch.Tensor:
     return out.view(x.shape)
 
 
-def _run_blocks(route: _Route, trunk, x: torch.Tensor) -> list[torch.Tensor]:
+def _run_blocks(route: _Run, trunk, x: torch.Tensor) -> list[torch.Tensor]:
     outputs = []
     window = 0  # > 0 while x holds windows of this side
     h, w = x.shape[1:3]
@@ -155,24 +254,3 @@ def _run_blocks(route: _Route, trunk, x: torch.Tensor) -> list[torch.Tensor]:
             fmap = window_unpartition(x, window, (h, w), (h, w)) if window else x
             outputs.append(fmap.permute(0, 3, 1, 2))
     return outputs
-
-
-def forward_trunk(trunk, x: torch.Tensor) -> list[torch.Tensor]:
-    """The trunk's blocks on the embedded map ``x [B, H, W, C]`` -> the kept stage maps (NCHW).
-
-    Under ``torch.autocast(<device>, bfloat16)`` the whole route runs in bf16 with autocast off:
-    weights cast (on CPU: packed for oneDNN) once per parameter version, not per call; attention
-    by SDPA in bf16; the stage maps come out in bf16, as the official's do under autocast (the
-    neck, still under autocast, then returns the official's dtypes)."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
-        if device == "cpu" and not torch.compiler.is_compiling() and not onednn_bf16():
-            warnings.warn(
-                "bf16 on this CPU runs about 5x slower than fp32 (oneDNN has no bf16 kernels "
-                "here: they need AVX-512 or AVX-NE-CONVERT; README, Speed): use fp32 on it",
-                stacklevel=2,
-            )
-        x = x.to(torch.bfloat16)
-        with torch.autocast(device, enabled=False):
-            return _run_blocks(_Route(trunk, torch.bfloat16, pack=can_pack(x)), trunk, x)
-    return _run_blocks(_Route(trunk, x.dtype), trunk, x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .hiera import Hiera
 from .neck import FpnNeck
 
 
@@ -13,7 +14,7 @@ class ImageEncoder(nn.Module):
     ``vision_pos_enc`` and ``backbone_fpn`` (highest resolution first), after dropping the
     ``scalp`` lowest-resolution levels."""
 
-    def __init__(self, trunk: nn.Module, neck: FpnNeck, scalp: int = 0) -> None:
+    def __init__(self, trunk: Hiera, neck: FpnNeck, scalp: int = 0) -> None:
         super().__init__()
         if list(trunk.channel_list) != list(neck.backbone_channel_list):
             raise ValueError(

@@ -1,9 +1,8 @@
-"""Small layers shared by the SAM 2 modules: MLP, LayerNorm2d, DropPath, activations."""
+"""Small layers shared by the SAM 2 modules: MLP, LayerNorm2d, DropPath."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -57,28 +56,15 @@ class LayerNorm2d(nn.Module):
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample while training."""
 
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         self.drop_prob = drop_prob
-        self.scale_by_keep = scale_by_keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        if keep > 0.0 and self.scale_by_keep:
+        if keep > 0.0:  # scale the kept samples so the expectation is unchanged
             mask.div_(keep)
         return x * mask
-
-
-def activation_from_name(name: str) -> type[nn.Module]:
-    """``"relu"`` / ``"gelu"`` / ``"glu"`` -> the activation module class."""
-    table = {"relu": nn.ReLU, "gelu": nn.GELU, "glu": nn.GLU}
-    if name not in table:
-        raise ValueError(f"activation must be one of {sorted(table)}, got {name!r}")
-    return table[name]
-
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x)

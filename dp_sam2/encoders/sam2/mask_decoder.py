@@ -118,6 +118,8 @@ class MaskDecoder(nn.Module):
     def _upscale(self, src: torch.Tensor, high_res_features: list[torch.Tensor] | None) -> torch.Tensor:
         if not self.use_high_res_features:
             return self.output_upscaling(src)
+        if high_res_features is None:
+            raise ValueError("a mask decoder with use_high_res_features needs high_res_features (the stride-4/8 maps)")
         deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
         feat_s0, feat_s1 = high_res_features
         x = act1(norm1(deconv1(src) + feat_s1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch import nn
 
 from .transformer import Attention
 
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
 
 
 def axial_rope_angles(head_dim: int, side_x: int, side_y: int, theta: float = 10000.0) -> torch.Tensor:
@@ -136,6 +137,12 @@ class MemoryAttentionLayer(nn.Module):
         self.pos_enc_at_cross_attn_queries = pos_enc_at_cross_attn_queries
         self.pos_enc_at_cross_attn_keys = pos_enc_at_cross_attn_keys
 
+    @staticmethod
+    def _with_pos(memory: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        if pos is None:
+            raise ValueError("this memory attention adds position encodings to the memory keys: pass memory_pos")
+        return memory + pos
+
     def forward(
         self,
         tgt: torch.Tensor,
@@ -155,7 +162,7 @@ class MemoryAttentionLayer(nn.Module):
             raise TypeError("object-pointer tokens need a RoPEAttention cross-attention")
         x = self.cross_attn_image(
             q=x + query_pos if self.pos_enc_at_cross_attn_queries else x,
-            k=memory + pos if self.pos_enc_at_cross_attn_keys else memory,
+            k=self._with_pos(memory, pos) if self.pos_enc_at_cross_attn_keys else memory,
             v=memory,
             **extra,
         )

@@ -77,9 +77,11 @@ class Fuser(nn.Module):
         self, layer: nn.Module, num_layers: int, dim: int | None = None, input_projection: bool = False
     ) -> None:
         super().__init__()
-        if input_projection and dim is None:
-            raise ValueError("Fuser(input_projection=True) needs dim")
-        self.proj = nn.Conv2d(dim, dim, kernel_size=1) if input_projection else nn.Identity()
+        self.proj: nn.Module = nn.Identity()
+        if input_projection:
+            if dim is None:
+                raise ValueError("Fuser(input_projection=True) needs dim")
+            self.proj = nn.Conv2d(dim, dim, kernel_size=1)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

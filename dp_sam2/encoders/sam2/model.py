@@ -91,8 +91,21 @@ class SAMHeadsOutput(NamedTuple):
 
 
 class SAM2Base(SAM2TrackingMixin, nn.Module):
+    # flags of SAM2Flags set as attributes in __init__ (the official names) that the heads read
+    image_size: int
+    backbone_stride: int
+    use_high_res_features_in_sam: bool
+    iou_prediction_use_sigmoid: bool
+    pred_obj_scores: bool
+    pred_obj_scores_mlp: bool
+    use_multimask_token_for_obj_ptr: bool
+    use_mlp_for_obj_ptr_proj: bool
+    sam_mask_decoder_extra_args: dict | None
+    fixed_no_obj_ptr: bool
+    soft_no_obj_ptr: bool
+
     def __init__(
-        self, image_encoder: nn.Module, memory_attention: nn.Module, memory_encoder: nn.Module, **flags
+        self, image_encoder: ImageEncoder, memory_attention: nn.Module, memory_encoder: nn.Module, **flags
     ) -> None:
         super().__init__()
         unknown = set(flags) - _FLAG_NAMES
@@ -106,8 +119,8 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
                 setattr(self, name, getattr(cfg, name))
         self.num_feature_levels = 3 if cfg.use_high_res_features_in_sam else 1
         self.hidden_dim = image_encoder.neck.d_model
-        out_proj = getattr(memory_encoder, "out_proj", None)
-        self.mem_dim = out_proj.weight.shape[0] if hasattr(out_proj, "weight") else self.hidden_dim
+        out_weight = getattr(getattr(memory_encoder, "out_proj", None), "weight", None)  # memories narrower than c
+        self.mem_dim = int(out_weight.shape[0]) if out_weight is not None else self.hidden_dim
 
         # own parameters first: their order is the official state-dict order
         self.maskmem_tpos_enc = nn.Parameter(trunc_normal_(torch.zeros(cfg.num_maskmem, 1, 1, self.mem_dim), std=0.02))
@@ -127,9 +140,7 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
         self.memory_encoder = memory_encoder
         self._build_sam_heads()
         if cfg.compile_image_encoder:
-            self.image_encoder.forward = torch.compile(
-                self.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
-            )
+            self.image_encoder.compile(mode="max-autotune", fullgraph=True, dynamic=False)
 
     # ------------------------------------------------------------------ construction
     def _build_sam_heads(self) -> None:
@@ -156,10 +167,9 @@ class SAM2Base(SAM2TrackingMixin, nn.Module):
             use_multimask_token_for_obj_ptr=self.use_multimask_token_for_obj_ptr,
             **(self.sam_mask_decoder_extra_args or {}),
         )
+        self.obj_ptr_proj: nn.Module = nn.Identity()
         if self.use_obj_ptrs_in_encoder:
             self.obj_ptr_proj = MLP(c, c, c, 3) if self.use_mlp_for_obj_ptr_proj else nn.Linear(c, c)
-        else:
-            self.obj_ptr_proj = nn.Identity()
         self.obj_ptr_tpos_proj = nn.Linear(c, self.mem_dim) if self.proj_tpos_enc_in_obj_ptrs else nn.Identity()
 
     @property

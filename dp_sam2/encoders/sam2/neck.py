@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,8 +57,8 @@ class FpnNeck(nn.Module):
         projections = projections or {}
         for i in range(n - 1, min_level - 1, -1):
             if i in projections and self._can_compose(i):
-                out[i] = _composed_1x1(self.convs[n - 1 - i].conv, projections[i], xs[i])
-                pos[i] = self.position_encoding(out[i]).to(out[i].dtype)
+                composed = _composed_1x1(self._conv(i), projections[i], xs[i])
+                out[i], pos[i] = composed, self.position_encoding(composed).to(composed.dtype)
                 prev = None
                 continue
             lateral = self.convs[n - 1 - i](xs[i])
@@ -79,8 +81,12 @@ class FpnNeck(nn.Module):
                 out[i] = projections[i](prev)
         return out, pos
 
+    def _conv(self, level: int) -> nn.Conv2d:
+        """The lateral convolution of trunk level ``level`` (``convs`` run lowest resolution first)."""
+        return cast(nn.Conv2d, self.convs[len(self.convs) - 1 - level].conv)
+
     def _can_compose(self, level: int) -> bool:
-        conv = self.convs[len(self.convs) - 1 - level].conv
+        conv = self._conv(level)
         pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
         return pointwise and level not in self.fpn_top_down_levels and (level - 1) not in self.fpn_top_down_levels
 
@@ -89,7 +95,9 @@ def _composed_1x1(first: nn.Conv2d, second: nn.Conv2d, x: torch.Tensor) -> torch
     """``second(first(x))`` for two 1x1 convolutions, as one 1x1 convolution."""
     w2 = second.weight.flatten(1)
     weight = (w2 @ first.weight.flatten(1))[:, :, None, None]
-    bias = w2 @ first.bias + second.bias
+    bias = w2 @ first.bias if first.bias is not None else None
+    if second.bias is not None:
+        bias = second.bias if bias is None else bias + second.bias
     return F.conv2d(x, weight, bias)
 
 

@@ -96,6 +96,8 @@ class PositionEmbeddingRandom(nn.Module):
     The one persistent buffer of SAM 2: ``positional_encoding_gaussian_matrix`` [2, C/2].
     """
 
+    positional_encoding_gaussian_matrix: torch.Tensor
+
     def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
         scale = 1.0 if scale is None or scale <= 0.0 else scale

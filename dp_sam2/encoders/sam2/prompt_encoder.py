@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -24,8 +26,8 @@ class PromptEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
-        self.input_image_size = tuple(input_image_size)
-        self.image_embedding_size = tuple(image_embedding_size)
+        self.input_image_size = (int(input_image_size[0]), int(input_image_size[1]))
+        self.image_embedding_size = (int(image_embedding_size[0]), int(image_embedding_size[1]))
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
         self.num_point_embeddings = 4
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
@@ -54,14 +56,14 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         labels = labels.unsqueeze(-1)
         emb = torch.where(labels == PAD_LABEL, torch.zeros_like(emb) + self.not_a_point_embed.weight, emb)
-        for label, table in enumerate(self.point_embeddings):
-            emb = torch.where(labels == label, emb + table.weight, emb)
+        for label in range(self.num_point_embeddings):
+            emb = torch.where(labels == label, emb + self._point_table(label), emb)
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = (boxes + 0.5).reshape(-1, 2, 2)
         emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)
-        corner_tables = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
+        corner_tables = torch.cat([self._point_table(2), self._point_table(3)], dim=0)
         return emb + corner_tables
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
@@ -77,8 +79,13 @@ class PromptEncoder(nn.Module):
             return masks.shape[0]
         return 1
 
+    def _point_table(self, label: int) -> torch.Tensor:
+        """The learned embedding ``[1, C]`` of point label ``label`` (0 negative, 1 positive, 2 and 3
+        the box corners)."""
+        return cast(nn.Embedding, self.point_embeddings[label]).weight
+
     def _get_device(self) -> torch.device:
-        return self.point_embeddings[0].weight.device
+        return self._point_table(0).device
 
     def forward(
         self,

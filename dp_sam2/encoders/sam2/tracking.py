@@ -11,6 +11,9 @@ into ``hidden_dim // mem_dim`` tokens) with a sine encoding of their temporal di
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 
@@ -48,6 +51,40 @@ def _seq_to_map(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 class SAM2TrackingMixin:
     """Memory conditioning, memory encoding and ``track_step`` for :class:`SAM2Base`."""
+
+    # What SAM2Base provides (flags of .model.SAM2Flags, sizes, parameters, modules): the mixin's
+    # contract, declared for readers and the type checker.
+    training: bool
+    num_maskmem: int
+    hidden_dim: int
+    mem_dim: int
+    memory_temporal_stride_for_eval: int
+    max_cond_frames_in_attn: int
+    max_obj_ptrs_in_encoder: int
+    directly_add_no_mem_embed: bool
+    use_obj_ptrs_in_encoder: bool
+    add_tpos_enc_to_obj_ptrs: bool
+    proj_tpos_enc_in_obj_ptrs: bool
+    use_signed_tpos_enc_to_obj_ptrs: bool
+    only_obj_ptrs_in_the_past_for_eval: bool
+    binarize_mask_from_pts_for_mem_enc: bool
+    sigmoid_scale_for_mem_enc: float
+    sigmoid_bias_for_mem_enc: float
+    non_overlap_masks_for_mem_enc: bool
+    use_mask_input_as_output_without_sam: bool
+    multimask_output_in_sam: bool
+    multimask_output_for_tracking: bool
+    multimask_min_pt_num: int
+    multimask_max_pt_num: int
+    maskmem_tpos_enc: torch.Tensor
+    no_mem_embed: torch.Tensor
+    no_mem_pos_enc: torch.Tensor
+    no_obj_embed_spatial: torch.Tensor | None
+    obj_ptr_tpos_proj: Callable[[torch.Tensor], torch.Tensor]
+    memory_attention: Callable[..., torch.Tensor]
+    memory_encoder: Callable[..., dict]
+    _forward_sam_heads: Callable[..., Any]
+    _use_mask_as_output: Callable[..., Any]
 
     # ------------------------------------------------------------------ which frames to attend to
     def _memory_frame_index(self, frame_idx: int, t_rel: int, reverse: bool) -> int:
@@ -107,8 +144,8 @@ class SAM2TrackingMixin:
 
     def _pointer_tokens(self, pairs, max_ptrs: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Object pointers as ``(N * C // mem_dim, B, mem_dim)`` tokens and their encodings."""
-        dists, ptrs = zip(*pairs)
-        ptrs = torch.stack([p.to(device) for p in ptrs], dim=0)  # [N, B, C]
+        dists = [d for d, _ in pairs]
+        ptrs = torch.stack([p.to(device) for _, p in pairs], dim=0)  # [N, B, C]
         c = self.hidden_dim
         if self.add_tpos_enc_to_obj_ptrs:
             rel = torch.tensor(dists, device=device) / (max_ptrs - 1)
