@@ -331,6 +331,7 @@ def test_only_rank_zero_resolves_the_sam2_file_under_a_lock(two_proc, checkout, 
 from test_cache import SHAPE_META, SIZE, cached, ckpts, fake_dp  # noqa: E402,F401  (fixtures)
 
 
+@pytest.mark.slow
 def test_cached_features_are_sharded(fake_dp, cached, ckpts):  # noqa: F811
     """Each rank's loader reads its own part of the frozen-feature cache, together all of it."""
     from diffusion_policy.dataset.pusht_image_dataset import PushTImageDataset
@@ -363,6 +364,21 @@ def test_cached_features_are_sharded(fake_dp, cached, ckpts):  # noqa: F811
     assert len(shards[0]) == len(shards[1]) == (len(ds) + 1) // 2
     assert set(shards[0]) | set(shards[1]) == set(range(len(ds)))
     assert len(set(shards[0]) & set(shards[1])) <= len(ds) % 2  # DistributedSampler pads to equal length
+
+
+def test_each_rank_loads_its_own_shard():
+    """The quick loop's check of the sharded loader (test_cached_features_are_sharded does it on
+    the feature cache): two ranks together read every sample once, DistributedSampler seeded."""
+    ds = torch.utils.data.TensorDataset(torch.arange(10))
+    shards = []
+    for rank in range(2):
+        loader = D.make_loader(ds, {"batch_size": 2, "shuffle": True}, D.Dist(rank=rank, world=2), seed=42)
+        D.set_epoch(loader, 1)
+        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler) and loader.sampler.seed == 42
+        shards.append([int(i) for batch in loader for i in batch[0]])
+    assert len(shards[0]) == len(shards[1]) == 5 and sorted(shards[0] + shards[1]) == list(range(10))
+    with pytest.raises(ValueError, match="sampler / batch_sampler cannot be combined"):
+        D.make_loader(ds, {"sampler": [0]}, D.Dist(rank=0, world=2), seed=0)
 
 
 def test_one_process_loader_is_dps():

@@ -186,6 +186,7 @@ def test_connected_components_match_scipy(impl, request):
             raise AssertionError(f"{impl} differs from scipy on {name}") from exc
 
 
+@pytest.mark.slow
 def test_implementations_agree_exactly_on_larger_masks():
     masks = torch.cat(
         [

@@ -295,6 +295,7 @@ def test_transformer_hybrid_builds_no_robomimic_and_trains():
     assert not any(id(p) in in_groups for p in policy.obs_encoder.backbone.parameters())
 
 
+@pytest.mark.slow
 def test_transformer_optimizer_holds_lora_adapters_and_not_the_frozen_weights():
     cfg, policy = build(
         "transformer_hybrid",
@@ -321,6 +322,7 @@ def test_image_workspace_gets_dps_own_policy():
     assert policy.unet_kwargs["down_dims"] == [32, 64, 128] and policy.num_inference_steps == 3
 
 
+@pytest.mark.slow
 def test_cached_features_pass_through_the_hybrid_policy(encoder):
     policy = rebuild("unet_hybrid", encoder, "policy.crop_shape=null")
     enc = policy.obs_encoder
@@ -334,6 +336,7 @@ def test_cached_features_pass_through_the_hybrid_policy(encoder):
 
 
 # ----------------------------------------------------------------------------- nothing silent
+@pytest.mark.slow
 def test_a_crop_set_twice_differently_fails_naming_both(paper_policy):
     from hydra.errors import InstantiationException
 
@@ -351,8 +354,8 @@ def test_a_crop_set_twice_differently_fails_naming_both(paper_policy):
     "shape, dp_name",
     [
         ("unet_hybrid", "DiffusionUnetHybridImagePolicy"),
-        ("transformer_hybrid", "DiffusionTransformerHybridImagePolicy"),
-        ("unet_image", "DiffusionUnetImagePolicy"),
+        pytest.param("transformer_hybrid", "DiffusionTransformerHybridImagePolicy", marks=pytest.mark.slow),
+        pytest.param("unet_image", "DiffusionUnetImagePolicy", marks=pytest.mark.slow),
     ],
 )
 def test_stray_policy_kwargs_fail_at_startup_not_at_sampling(encoder, shape, dp_name):
