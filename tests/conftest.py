@@ -30,6 +30,18 @@ def official_tiny_ckpt(tmp_path_factory):
     return model, save_official_checkpoint(model, path)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory):
+    """A folder holding ``sam2_hiera_tiny.pt``: an official-format sam2_tiny image-encoder file with
+    perturbed weights (``test_obs_encoder.make_checkpoint``, seed 0), made once per session. Point
+    ``DP_SAM2_CHECKPOINT_DIR`` at it, or pass the file; do not write into the folder."""
+    from test_obs_encoder import make_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny_ckpt")
+    make_checkpoint(folder / "sam2_hiera_tiny.pt")
+    return folder
+
+
 def scipy_connected_components(mask: torch.Tensor):
     """Exact CPU stand-in for the official CUDA kernel: 8-connected labels and per-pixel areas."""
     import numpy as np

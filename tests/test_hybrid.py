@@ -72,12 +72,8 @@ def fake_dp():
 
 
 @pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory):
-    from test_obs_encoder import make_checkpoint
-
-    folder = tmp_path_factory.mktemp("hybrid_ckpts")
-    make_checkpoint(folder / "sam2_hiera_tiny.pt")
-    return folder
+def ckpt_dir(tiny_checkpoint_dir):
+    return tiny_checkpoint_dir
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -183,12 +183,8 @@ def test_overrides_reach_the_encoder():
 
 # ----------------------------------------------------------------------------- instantiating
 @pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory):
-    from test_obs_encoder import make_checkpoint
-
-    folder = tmp_path_factory.mktemp("ckpts")
-    make_checkpoint(folder / "sam2_hiera_tiny.pt")
-    return folder
+def checkpoint_dir(tiny_checkpoint_dir):
+    return tiny_checkpoint_dir
 
 
 def test_dp_shaped_yaml_instantiates_the_policy_with_sam2(checkpoint_dir, monkeypatch):
