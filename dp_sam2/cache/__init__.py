@@ -1,6 +1,6 @@
 """The frozen-feature cache: SAM 2 features of a DP replay buffer computed once (``writer``), the
-key that says what they depend on (``key``), zarr access (``store``), ranks under torchrun
-(``dist``) and the DP dataset that serves them (``dataset``).
+key that says what they depend on (``key``), zarr access (``store``) and the DP dataset that serves
+them (``dataset``); ranks under torchrun come from :mod:`dp_sam2.dist`.
 
 ``dp_sam2.cache.CachedFeatureDataset`` is the ``_target_`` saved in DP configs: it stays here.
 """

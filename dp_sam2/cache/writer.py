@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dist import Dist, current_dist
+from dp_sam2.dist import Dist, current_dist
+
 from .key import GROUP, RANDOM_INIT, CacheKey, check_attrs, make_key
 from .store import (
     Source,

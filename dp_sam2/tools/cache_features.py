@@ -12,9 +12,9 @@ def cache_features_command(args) -> str:
     import torch
 
     from dp_sam2.cache import cache_features
-    from dp_sam2.cache.dist import current_dist, torchrun_process_group
     from dp_sam2.checkpoints.registry import get_spec
     from dp_sam2.checkpoints.resolve import resolve_checkpoint
+    from dp_sam2.dist import current_dist, torchrun_process_group
 
     if args.checkpoint:  # an explicit file must exist, whatever else is given (--random-weights included)
         resolve_checkpoint(args.checkpoint, get_spec(args.obs_encoder).name)
