@@ -40,7 +40,7 @@ def ckpt_dir(tmp_path_factory) -> Path:
 def test_help_on_every_command(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(COMMANDS) <= set(sub.choices)  # the contract's commands (DESIGN section 2), and any added since
+    assert set(COMMANDS) <= set(sub.choices)  # the contract's commands (docs/design.md §2), and any added since
     for cmd in sub.choices:
         with pytest.raises(SystemExit) as info:
             main([cmd, "--help"])
