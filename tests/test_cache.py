@@ -93,6 +93,7 @@ def _features(store, res) -> np.ndarray:
     return np.asarray(zarr.open_group(str(store), mode="r")[res.group]["features"]["img"][:])
 
 
+@pytest.mark.slow
 def test_cache_equals_live_encoder(cached, ckpts):
     path, res = cached
     assert res.complete and res.computed == sum(EPISODES) and res.key.checkpoint_sha256 == C.file_sha256(ckpts[0])
@@ -206,6 +207,7 @@ def test_stale_cache_is_refused(cached, ckpts, tmp_path):
         C.cache_features(path, "sam2_tiny", str(ckpts[0]), SIZE, out=tmp_path / "cache.zarr", progress=False)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption(cached, ckpts, tmp_path, monkeypatch):
     path, res = cached
     from dp_sam2.encoders.obs.encoder import SAM2ObsEncoder

@@ -64,6 +64,7 @@ def test_bad_arguments_exit_with_a_message(capsys):
     assert "frame index must be a non-negative integer" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_writes_pictures(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "empty_cache"))
@@ -169,6 +170,7 @@ def test_segment(tmp_path, ckpt_dir, monkeypatch, capsys):
     assert "image not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_track_folder_and_video_file(tmp_path, ckpt_dir, capsys):
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -220,6 +222,7 @@ def test_track_folder_and_video_file(tmp_path, ckpt_dir, capsys):
     assert "the video has 3 frames" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_viz(tmp_path, ckpt_dir, capsys):
     image = picture(tmp_path / "photo.png")
     out = tmp_path / "pca.png"
@@ -253,6 +256,7 @@ def test_viz(tmp_path, ckpt_dir, capsys):
     assert many.shape == (2, 5, 7, 3) and np.array_equal(many[0], many[1])
 
 
+@pytest.mark.slow
 def test_cache_features_command(tmp_path, ckpt_dir, capsys):
     from test_cache import write_replay
 
@@ -524,6 +528,7 @@ def _no_model_may_be_built(monkeypatch):
     monkeypatch.setattr(hydra.utils, "instantiate", refuse)
 
 
+@pytest.mark.slow
 def test_random_weights_pictures_say_so(no_weights_anywhere, capsys):
     tmp_path = no_weights_anywhere
     image = picture(tmp_path / "photo.png")

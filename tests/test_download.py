@@ -407,6 +407,7 @@ def test_hub_source_in_process(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- from_pretrained
+@pytest.mark.slow
 def test_from_pretrained_looks_locally_first_then_downloads(tmp_path, monkeypatch, tiny_bytes):
     from dp_sam2 import SAM2AutomaticMaskGenerator, SAM2ImagePredictor, SAM2VideoPredictor
 

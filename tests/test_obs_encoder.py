@@ -152,6 +152,7 @@ def test_resize_shape_then_crop_then_image_size(ckpt):
     assert x.shape == (2, 3, SIZE, SIZE)
 
 
+@pytest.mark.slow
 def test_multi_camera_separate_backbones(ckpt):
     enc = make_encoder(ckpt, TWO_CAM, share_rgb_model=False).eval()
     assert not hasattr(enc, "backbone") and len(enc.backbones) == 2
@@ -223,6 +224,7 @@ def train_steps(enc, steps=2, n_obs_steps=2, batch=2):
     return opt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["frozen", "full", "last_block", "lora"])
 def test_diffusion_training_changes_only_what_trains(ckpt, mode):
     kwargs = {
@@ -262,6 +264,7 @@ def test_diffusion_training_changes_only_what_trains(ckpt, mode):
     assert len(opt.param_groups[1]["params"]) == len(list(enc.backbone.parameters()))
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_same_gradients(ckpt):
     grads, outs = [], []
     for flag in (False, True):
@@ -276,6 +279,7 @@ def test_activation_checkpointing_same_gradients(ckpt):
 
 
 # ----------------------------------------------------------------------------- copies and state
+@pytest.mark.slow
 def test_deepcopy_for_ema_and_state_dict_round_trip(ckpt):
     enc = make_encoder(ckpt, freeze=False, trainable_blocks=1)
     ema = copy.deepcopy(enc)
@@ -294,6 +298,7 @@ def test_deepcopy_for_ema_and_state_dict_round_trip(ckpt):
     assert torch.equal(other(obs), enc(obs))
 
 
+@pytest.mark.slow
 def test_lora_keeps_official_key_names(ckpt):
     enc = make_encoder(ckpt, freeze=False, lora_rank=2)
     keys = set(backbone_state(enc))
@@ -322,6 +327,7 @@ def image_range_normalizer(x):
     return x.float() * 2 - 1
 
 
+@pytest.mark.slow
 def test_precomputed_features_match_images(ckpt):
     """The cache contract: features of [0, 1] dataset images, stored in fp16, served under the
     image key, pass DP's image normaliser like images and give the image path's output."""
@@ -434,6 +440,7 @@ def test_bad_shape_meta(ckpt):
         make_encoder(ckpt, {"obs": {"pos": {"shape": [3]}}})
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_error_and_eval_escape_hatch(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DP_SAM2_CACHE", str(tmp_path / "cache"))
@@ -488,6 +495,7 @@ def test_spatial_softmax_returns_keypoint_coordinates():
     assert torch.allclose(head(x)[0], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_precision_switch(ckpt):
     """precision=bf16 runs the backbone under bf16 autocast; features come back in fp32 and stay
     close to the fp32 ones (cosine >= 0.999)."""
@@ -552,6 +560,7 @@ def test_parse_hw_refuses_what_is_not_a_size_and_says_what_came(value):
         parse_hw(value, "crop_shape")
 
 
+@pytest.mark.slow
 def test_imagenet_input_range_is_used_as_it_comes(ckpt):
     """LeRobot hands ImageNet-normalised images; SAM 2 normalises with the same mean/std."""
     from dp_sam2.encoders.obs.inputs import SAM2_MEAN, SAM2_STD, resize

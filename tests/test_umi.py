@@ -136,6 +136,7 @@ def test_composes_into_umis_inline_encoder(ckpt):
     assert cfg.policy.obs_encoder.pretrained is True  # UMI's workspace then gives the encoder 0.1x lr
 
 
+@pytest.mark.slow
 def test_instantiate_alone_train_forward_every_parameter_gets_a_gradient(ckpt):
     """The hidden check's path: instantiate(cfg.policy.obs_encoder), UMI-shaped obs in training
     mode -> (B, prod(output_shape())); DDP without find_unused_parameters needs every trainable
@@ -161,6 +162,7 @@ def test_instantiate_alone_train_forward_every_parameter_gets_a_gradient(ckpt):
     assert torch.equal(out[:, 2 * 256 :], low)
 
 
+@pytest.mark.slow
 def test_ddp_without_find_unused_parameters(ckpt, tmp_path):
     """Two training steps under DistributedDataParallel (gloo, one rank): its reducer fails the
     second step if a trainable parameter got no gradient in the first."""
@@ -192,6 +194,7 @@ UMI_META_RESOLVED = {
 }
 
 
+@pytest.mark.slow
 def test_two_cameras_sorted_keys_ignore_by_policy_and_one_backbone(ckpt):
     cfg = compose(ckpt=ckpt, overrides=["task=umi_bimanual", "policy.obs_encoder.feature_dim=32"])
     enc = build(cfg).eval()
@@ -317,6 +320,7 @@ def test_bad_obs_in_umi_layout(ckpt):
 
 
 # ----------------------------------------------------------------------------- UMI's transforms
+@pytest.mark.slow
 def test_transforms_random_crop_and_color_jitter_in_training_only(ckpt, monkeypatch):
     cfg = compose(ckpt=ckpt, overrides=["policy.obs_encoder.frozen=true"])
     enc = build(cfg)
@@ -411,6 +415,7 @@ class FakeUnetTimmPolicy(nn.Module):
         return self.model(self.obs_encoder(batch["obs"])).square().mean()
 
 
+@pytest.mark.slow
 def test_umi_shaped_policy_trains_with_the_workspace_param_groups(ckpt):
     import copy
 
