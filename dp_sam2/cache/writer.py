@@ -151,7 +151,8 @@ def cache_features(
     if ckpt is None and dist.rank == 0:
         warnings.warn(
             f"no {key.model} checkpoint found: caching features of RANDOM weights (seed 0); "
-            f"they are only good for tests. Get the real ones with `dp-sam2 download {key.model}`."
+            f"they are only good for tests. Get the real ones with `dp-sam2 download {key.model}`.",
+            stacklevel=2,
         )
     encoder = build_encoder(key, source, ckpt, device)
     if dist.rank == 0:

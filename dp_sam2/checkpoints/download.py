@@ -246,7 +246,7 @@ def _open(url: str, offset: int, timeout: float):
         if isinstance(reason, (ConnectionRefusedError, TimeoutError, socket.timeout)):
             raise DownloadError(f"cannot connect ({reason}) (retryable)") from err
         raise DownloadError(f"cannot connect ({reason})") from err
-    except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as err:
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
         raise DownloadError(f"connection failed ({type(err).__name__}: {err}) (retryable)") from err
 
 
@@ -287,7 +287,7 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float, label: str) 
                     out.write(block)
                     got += len(block)
                     bar.update(len(block))
-            except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as err:
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
                 raise DownloadError(f"connection broke after {got} bytes ({type(err).__name__}) (retryable)") from err
     if total is not None and got < total:
         raise DownloadError(f"connection closed after {got} of {total} bytes (retryable)")

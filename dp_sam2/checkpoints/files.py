@@ -177,7 +177,7 @@ def load_into(model: nn.Module, path: str | os.PathLike, config_file: str) -> No
         ) from err
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def official_shapes(config: str) -> dict[str, tuple[int, ...]]:
     """Every state-dict key of the official model ``config`` (any name form) and its shape."""
     from dp_sam2.checkpoints.registry import get_spec

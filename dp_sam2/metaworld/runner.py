@@ -145,7 +145,8 @@ class _LockstepRunner:
         for start in range(0, self.n_test, self.n_envs):
             batch = [
                 _Episode(env, seed, self.n_obs_steps, keep_frames=(seed - self.test_start_seed) < self.n_test_vis)
-                for env, seed in zip(envs, seeds[start : start + self.n_envs])
+                # the last batch may be shorter than the environments
+                for env, seed in zip(envs, seeds[start : start + self.n_envs], strict=False)
             ]
             self._run_batch(policy, batch, device)
             results.update({ep.seed: ep for ep in batch})
@@ -164,7 +165,7 @@ class _LockstepRunner:
             with torch.no_grad():
                 out = policy.predict_action({k: torch.from_numpy(v).to(device) for k, v in obs.items()})
             actions = out["action"].detach().to("cpu").numpy()[:, self.n_latency_steps :][:, : self.n_action_steps]
-            for ep, chunk in zip(batch, actions):
+            for ep, chunk in zip(batch, actions, strict=True):
                 self._act(ep, chunk)
 
     def _act(self, ep: _Episode, chunk: np.ndarray) -> None:

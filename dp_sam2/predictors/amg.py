@@ -8,8 +8,9 @@ against it keeps working; the implementations are our own.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from copy import deepcopy
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class MaskData:
         for key, value in self._stats.items():
             self._stats[key] = _select(key, value, keep)
 
-    def cat(self, other: "MaskData") -> None:
+    def cat(self, other: MaskData) -> None:
         """Append the rows of ``other``, column by column."""
         for key, value in other.items():
             mine = self._stats.get(key)
@@ -86,7 +87,7 @@ def _select(key: str, value, keep: torch.Tensor):
         return value[keep.cpu().numpy()]
     if isinstance(value, list):
         if keep.dtype == torch.bool:
-            return [item for item, k in zip(value, keep.tolist()) if k]
+            return [item for item, k in zip(value, keep.tolist(), strict=True) if k]
         return [value[i] for i in keep.tolist()]
     raise TypeError(f"MaskData column {key!r} has unsupported type {type(value).__name__}")
 

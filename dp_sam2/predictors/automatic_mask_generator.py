@@ -140,7 +140,7 @@ class SAM2AutomaticMaskGenerator:
             super().__setattr__(name, value)
 
     @classmethod
-    def from_pretrained(cls, model_id_or_name: str, **kwargs) -> "SAM2AutomaticMaskGenerator":
+    def from_pretrained(cls, model_id_or_name: str, **kwargs) -> SAM2AutomaticMaskGenerator:
         """Build from a hub id, short name or config name, the checkpoint found locally or downloaded
         (see :meth:`SAM2ImagePredictor.from_pretrained`); generator options go to the generator,
         the rest (``source=``, ``ckpt_path=``, ``device=`` ...) to the builder."""
@@ -185,7 +185,7 @@ class SAM2AutomaticMaskGenerator:
             orig_size, self.config.crop_n_layers, self.config.crop_overlap_ratio
         )
         data = MaskData()
-        for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+        for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
             data.cat(self._process_crop(image, crop_box, layer_idx, orig_size))
         if len(crop_boxes) > 1:  # duplicates across crops: prefer masks of smaller crops
             scores = (1 / box_area(data["crop_boxes"])).to(data["boxes"].device)

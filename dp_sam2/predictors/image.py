@@ -78,7 +78,7 @@ class SAM2ImagePredictor:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, model_id_or_name: str, **kwargs) -> "SAM2ImagePredictor":
+    def from_pretrained(cls, model_id_or_name: str, **kwargs) -> SAM2ImagePredictor:
         """Build from a hub id, short name or official config name (``"facebook/sam2-hiera-large"``,
         ``"sam2.1_tiny"``, ``"configs/sam2.1/sam2.1_hiera_t.yaml"``); the official checkpoint is
         found locally or downloaded (see :mod:`dp_sam2.predictors.pretrained`).
@@ -150,7 +150,9 @@ class SAM2ImagePredictor:
         if model.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
         b = batch.shape[0]
-        feats = [f.float().permute(1, 2, 0).reshape(b, -1, h, w) for f, (h, w) in zip(vision_feats, feat_sizes)]
+        feats = [
+            f.float().permute(1, 2, 0).reshape(b, -1, h, w) for f, (h, w) in zip(vision_feats, feat_sizes, strict=True)
+        ]
         return ImageFeatures(feats[-1], feats[:-1], list(orig_hw), is_batch)
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -241,7 +243,7 @@ class SAM2ImagePredictor:
                 return_logits=return_logits,
                 img_idx=i,
             )
-            for acc, t in zip(results, out):
+            for acc, t in zip(results, out, strict=True):
                 acc.append(_to_numpy(t))
         return results
 

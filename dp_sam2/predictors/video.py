@@ -49,7 +49,7 @@ class SAM2VideoPredictor(VideoFrameOps, SAM2Base):
         self.show_progress = True  # tqdm bars on frame loading and propagation
 
     @classmethod
-    def from_pretrained(cls, model_id: str, **kwargs) -> "SAM2VideoPredictor":
+    def from_pretrained(cls, model_id: str, **kwargs) -> SAM2VideoPredictor:
         """Hub id, short name or config name; checkpoint found or downloaded (see :mod:`.pretrained`)."""
         from .pretrained import build_pretrained
 

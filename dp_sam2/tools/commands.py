@@ -283,7 +283,7 @@ def track_video(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths, tiles, notes = [], [], []
-    for i, (frame, mask) in enumerate(zip(frames, masks)):
+    for i, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
         pic = overlay(frame, [mask], points=[(x, y)] if i == frame_idx else ())
         note = mask_note(mask)
         if note:

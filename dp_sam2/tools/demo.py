@@ -404,7 +404,9 @@ def predictor_pictures(out: Path, ckpt, size: DemoSize, poses, device):
     step = max(1, size.steps_per_episode // n)
     frames = [render(*poses[t], render_size) for t in range(0, step * n, step)]
     masks = track_frames(video, frames, (0, *click))
-    tiles = [overlay(f, [m], points=[click] if i == 0 else ()) for i, (f, m) in enumerate(zip(frames, masks))]
+    tiles = [
+        overlay(f, [m], points=[click] if i == 0 else ()) for i, (f, m) in enumerate(zip(frames, masks, strict=True))
+    ]
     path = out / "track.png"
     with_mask = sum(int(np.asarray(m).any()) for m in masks)
     big = sum(int(bool(mask_note(m)) and np.asarray(m).any()) for m in masks)

@@ -345,7 +345,7 @@ class SAM2ObsEncoder(nn.Module):
         if len(self._all_backbones()) == 1:  # one backbone: all cameras in one forward
             keys = list(pending)
             out = self._run_backbone(keys[0], torch.cat([pending[k] for k in keys]))
-            feats.update(zip(keys, out.split([pending[k].shape[0] for k in keys])))
+            feats.update(zip(keys, out.split([pending[k].shape[0] for k in keys]), strict=True))
         else:
             feats.update({k: self._run_backbone(k, x) for k, x in pending.items()})
         return feats

@@ -13,8 +13,8 @@ keys (``...attn.qkv.lora_a``). :func:`adamw_param_groups` is a drop-in ``_target
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F

@@ -8,9 +8,9 @@ with Hydra's own override grammar and applied here, and the model is built with
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict

@@ -262,7 +262,7 @@ class SAM2TrackingMixin:
         current_out = {"point_inputs": point_inputs, "mask_inputs": mask_inputs}
         high_res = None
         if len(current_vision_feats) > 1:
-            high_res = [_seq_to_map(x, s) for x, s in zip(current_vision_feats[:-1], feat_sizes[:-1])]
+            high_res = [_seq_to_map(x, s) for x, s in zip(current_vision_feats[:-1], feat_sizes[:-1], strict=True)]
         if mask_inputs is not None and self.use_mask_input_as_output_without_sam:
             pix_feat = _seq_to_map(current_vision_feats[-1], feat_sizes[-1])
             return current_out, self._use_mask_as_output(pix_feat, high_res, mask_inputs), high_res, pix_feat
