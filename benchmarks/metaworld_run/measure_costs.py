@@ -2,9 +2,10 @@
 
 Run with DP's Python from the root of a DP checkout (or with it on PYTHONPATH):
     python benchmarks/metaworld_run/measure_costs.py [--batch 20] [--size 128]
-Prints: env step + render per episode-step; DP's default image policy (ResNet-18, UNet 512-1024-2048,
-100 DDPM steps) per predict_action call for --batch episodes, and per training step at batch 64;
-the same with the UNet at 32-64-128 and 4 steps (a smoke-test setting).
+Prints: env step + render per episode-step; DP's default image policy (ResNet-18, UNet 512-1024-2048)
+per predict_action call for --batch episodes at 1 and 4 denoising steps, extrapolated to DP's
+default 100 (the call is the encoder once plus one UNet pass per step), and per training step at batch 64;
+the same with the UNet at 32-64-128 (a smoke-test setting).
 """
 
 import argparse
@@ -16,8 +17,9 @@ import torch
 from dp_sam2.metaworld import env as mw
 
 
-def timed(fn, n):
-    fn()
+def timed(fn, n, warmup=True):
+    if warmup:
+        fn()
     start = time.perf_counter()
     for _ in range(n):
         fn()
@@ -60,17 +62,24 @@ def main():
     r = mw.SceneRenderer(env.model, args.size, "corner2")
     rng = np.random.default_rng(0)
     t = timed(lambda: (mw.step(env, rng.uniform(-1, 1, 4)), r.render(env)), 100)
-    print(f"env step + {args.size}px render: {t * 1000:.1f} ms")
+    print(f"env step + {args.size}px render: {t * 1000:.1f} ms", flush=True)
     t = timed(lambda: mw.step(env, rng.uniform(-1, 1, 4)), 100)
     print(f"env step alone: {t * 1000:.1f} ms")
     obs = {"image": torch.rand(args.batch, 2, 3, args.size, args.size), "agent_pos": torch.rand(args.batch, 2, 4)}
     batch = {"obs": {"image": torch.rand(64, 16, 3, args.size, args.size), "agent_pos": torch.rand(64, 16, 4)},
              "action": torch.rand(64, 16, 4)}  # fmt: skip
-    for dims, steps in [((512, 1024, 2048), 100), ((32, 64, 128), 4)]:
-        p = policy(args.size, dims, steps)
-        with torch.no_grad():
-            t = timed(lambda: p.predict_action(obs), 1)
-        print(f"DP image policy, UNet {dims}, {steps} steps: predict_action for {args.batch} episodes {t:.2f} s")
+    for dims in [(32, 64, 128), (512, 1024, 2048)]:
+        times = {}
+        for steps in (1, 4):
+            p = policy(args.size, dims, steps)
+            with torch.no_grad():
+                times[steps] = timed(lambda: p.predict_action(obs), 1, warmup=steps == 1)
+        per_step = (times[4] - times[1]) / 3
+        print(
+            f"DP image policy, UNet {dims}: predict_action for {args.batch} episodes {times[1]:.2f} s at 1 step, "
+            f"{times[4]:.2f} s at 4; ~{times[1] - per_step + 100 * per_step:.0f} s at 100 (UNet pass {per_step:.2f} s)",
+            flush=True,
+        )
         p.train()
         opt = torch.optim.AdamW(p.parameters(), lr=1e-4)
 
@@ -79,7 +88,7 @@ def main():
             p.compute_loss(batch).backward()
             opt.step()
 
-        print(f"  training step at batch 64: {timed(train_step, 1):.2f} s")
+        print(f"  training step at batch 64: {timed(train_step, 1, warmup=False):.2f} s", flush=True)
 
 
 if __name__ == "__main__":
