@@ -306,6 +306,11 @@ def test_lowdim_runner_expert_succeeds_stops_early_and_saves_a_gif(tmp_path):
     assert log_full["test_mean_score"] == 1.0 and log_full["test/sim_steps_100001"] == 120
     again = runner.run(ExpertPolicy(2))  # the environments are reused: same seeds, same episodes
     assert again["test/sim_steps_100001"] == log["test/sim_steps_100001"]
+    one_at_a_time = MetaWorldLowdimRunner(output_dir=str(tmp_path), n_test_vis=0, n_envs=1, **args)
+    chunked = one_at_a_time.run(ExpertPolicy(2))  # n_envs < n_test: episodes in batches, same results
+    assert {k: v for k, v in chunked.items() if "/sim_" in k} == {
+        k: v for k, v in log.items() if "/sim_" in k and "video" not in k
+    }
 
 
 class _ToyEncoder(torch.nn.Module):
