@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 BACKBONE_TAG = "_dp_sam2_backbone"
 
@@ -134,18 +133,6 @@ def configure_backbone(backbone: nn.Module, cfg: FinetuneConfig) -> None:
     if n_train:
         backbone.image_encoder.neck.requires_grad_(True)
         backbone.no_mem_embed.requires_grad_(True)
-
-
-def run_block(block: nn.Module, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
-    """``block(x)``; with ``use_checkpoint`` (and an autograd graph being built) its activations
-    are recomputed in the backward pass instead of stored."""
-    if (
-        use_checkpoint
-        and torch.is_grad_enabled()
-        and (x.requires_grad or any(p.requires_grad for p in block.parameters()))
-    ):
-        return checkpoint(block, x, use_reentrant=False)
-    return block(x)
 
 
 def tag_backbone_parameters(module: nn.Module) -> None:
