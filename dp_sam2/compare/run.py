@@ -124,7 +124,7 @@ def run(args) -> int:
             print(f"[{i}/{len(mine)}] {cell.name}: running")
             try:
                 row = run_cell(ctx, cell)
-            except CellError as err:
+            except (CellError, ValueError, KeyError, OSError) as err:  # this cell has no row; the grid goes on
                 failed.append(cell.name)
                 print(f"[{i}/{len(mine)}] {cell.name}: FAILED: {err}", file=sys.stderr)
                 continue
