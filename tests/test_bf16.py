@@ -61,6 +61,7 @@ def test_bf16_features_close_to_official_fp32_and_plain_autocast():
     assert not any("fast_route" in k or "weight_copies" in k for k in ours.state_dict())
 
 
+@pytest.mark.slow
 def test_bf16_weight_copies_follow_the_weights():
     model = _perturbed_tiny(128)
     trunk = model.image_encoder.trunk
@@ -110,6 +111,7 @@ def _obs_encoder(monkeypatch, **kwargs):
     return enc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [{"freeze": False}, {"freeze": False, "lora_rank": 4}], ids=["finetune", "lora"])
 def test_training_under_bf16_autocast(monkeypatch, mode):
     """Gradients under bf16 autocast (what accelerate --mixed_precision bf16 does) are close to fp32,

@@ -381,6 +381,7 @@ def test_picture_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------- the command on a fake DP
+@pytest.mark.slow
 def test_compare_end_to_end_resume_and_rerun_skips(fake_dp, tmp_path):
     pytest.importorskip("matplotlib")
     root, calls = fake_dp
@@ -411,6 +412,7 @@ def test_compare_end_to_end_resume_and_rerun_skips(fake_dp, tmp_path):
     assert results.read_csv(out / "results.csv") == rows
 
 
+@pytest.mark.slow
 def test_interrupted_cell_starts_again_cleanly(fake_dp, tmp_path, monkeypatch):
     root, calls = fake_dp
     out = tmp_path / "out"
@@ -440,6 +442,7 @@ def test_setting_that_trains_nothing_is_a_defect(fake_dp, tmp_path, monkeypatch,
     assert not (out / "cells" / "reach__sam2_tiny__lora__seed0").exists()
 
 
+@pytest.mark.slow
 def test_shards_merge_and_duplicate_cell_is_an_error(fake_dp, tmp_path):
     root, calls = fake_dp
     common = ["--tasks", "reach", "--encoders", "lowdim,resnet18", "--seeds", "0,1", "--dp-root", str(root)]
@@ -502,6 +505,7 @@ def test_docs_first_compare_line_is_cpu_and_one_line_each():
     assert all(not c.endswith("\\") for c in lines)
 
 
+@pytest.mark.slow
 def test_docs_commands_run_against_a_fake_dp(fake_dp, tmp_path, monkeypatch):
     """Each ``dp-sam2 compare`` line of docs/compare.md, as written, with the DP path pointing at the fake
     checkout and the output folder in a temporary one (latency lines are run with a measured file present)."""

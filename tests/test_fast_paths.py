@@ -39,7 +39,9 @@ def _trunk(model):
     return model.image_encoder.trunk
 
 
-@pytest.mark.parametrize("size", [224, 384])  # 224: windows tile every map; 384: stages 3-4 pad
+@pytest.mark.parametrize(
+    "size", [224, pytest.param(384, marks=pytest.mark.slow)]
+)  # 224: windows tile every map; 384: stages 3-4 pad
 def test_fast_route_equals_reference_route(size):
     model = _tiny(size)
     trunk = _trunk(model)

@@ -57,7 +57,14 @@ def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{c.split('/')[-1][:-5]}@{s}" for c, s, _ in CASES])
+# the 2.1 tiny case (the smallest) in the quick loop, the others in the full run
+PAIR_PARAMS = [
+    pytest.param(case, id=f"{case[0].split('/')[-1][:-5]}@{case[1]}", marks=() if i == 1 else pytest.mark.slow)
+    for i, case in enumerate(CASES)
+]
+
+
+@pytest.fixture(scope="module", params=PAIR_PARAMS)
 def pair(request, tmp_path_factory):
     """(official predictor, our predictor, image_size, image) with the same image set."""
     config, size, seed = request.param
@@ -211,7 +218,7 @@ def test_official_fails_at_other_sizes(pair):
         Official(ref.model).set_image(image)
 
 
-@pytest.mark.parametrize("size", [160, 224])
+@pytest.mark.parametrize("size", [160, pytest.param(224, marks=pytest.mark.slow)])
 def test_sizes_not_powers_of_two(tmp_path, size):
     """Any multiple of 32 works: feature sizes come from the model (here 10x10 / 14x14 at stride 16)."""
     official = build_official("configs/sam2.1/sam2.1_hiera_t.yaml", image_size=size, seed=11)

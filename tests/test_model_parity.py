@@ -30,7 +30,13 @@ def _case_id(config: str, size: int) -> str:
     return f"{config.split('/')[-1].removesuffix('.yaml')}@{size}"
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[_case_id(c, s) for c, s in CASES])
+# the first case in the quick loop, the others in the full run
+PAIR_PARAMS = [
+    pytest.param((c, s), id=_case_id(c, s), marks=() if i == 0 else pytest.mark.slow) for i, (c, s) in enumerate(CASES)
+]
+
+
+@pytest.fixture(scope="module", params=PAIR_PARAMS)
 def pair(request, tmp_path_factory):
     config, size = request.param
     official = build_official(config, image_size=size, seed=1)

@@ -261,6 +261,7 @@ def test_official_crashes_on_cpu_fp32_ours_runs(tmp_path):
 
 
 # ---------------------------------------------------------------------------- streaming
+@pytest.mark.slow
 def test_streaming_equals_folder_mode(small):
     """Frames appended one at a time give the folder mode's masks (a video of >= 16 frames: a
     stream has no known length, so object-pointer encodings assume a long video)."""
@@ -288,6 +289,7 @@ def test_streaming_equals_folder_mode(small):
     assert (stream["video_height"], stream["video_width"], stream["num_frames"]) == (H, W, 17)
 
 
+@pytest.mark.slow
 def test_stream_memory_is_bounded(tmp_path):
     """A long stream holds a constant number of frames, features and outputs."""
     from dp_sam2 import build_sam2_video_predictor
