@@ -665,3 +665,17 @@ def test_near_miss_model_name(tmp_path, capsys):
     assert "did you mean 'sam2_large'?" in capsys.readouterr().err
     assert main(["download", "sam2.1_tinny", "--dest", str(tmp_path)]) == 1
     assert "did you mean 'sam2.1_tiny'?" in capsys.readouterr().err
+
+
+def test_sizes_on_the_command_line_use_the_one_size_parser():
+    """``--crop-shape`` / ``--resize-shape`` read sizes as configs do (encoders.obs.inputs.parse_hw),
+    and a bad one is an argparse error that says what was expected and what came."""
+    import argparse
+
+    from dp_sam2.tools.cli import hw_pair
+
+    assert hw_pair("76,76") == (76, 76)
+    assert hw_pair("96, 128") == (96, 128)
+    for bad in ("76,0", "a,b", "1,2,3", "76.5,76"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"H,W \(pixels\).*must be a size.*got"):
+            hw_pair(bad)

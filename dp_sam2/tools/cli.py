@@ -55,10 +55,14 @@ def image_size_arg(text: str) -> int:
 
 
 def hw_pair(text: str) -> tuple[int, int]:
-    h, w = _floats(text, 2, "H,W (pixels), e.g. 76,76")
-    if h != int(h) or w != int(w) or h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers H,W, got {text!r}")
-    return int(h), int(w)
+    """``--crop-shape`` / ``--resize-shape``: a size as the obs encoder reads it (``H,W``; one number is
+    a square), through the package's one size parser (imported here so ``--help`` stays instant)."""
+    from dp_sam2.encoders.obs.inputs import parse_hw
+
+    try:
+        return parse_hw(text, "H,W (pixels), e.g. 76,76")
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 # --------------------------------------------------------------------------- commands
