@@ -12,6 +12,8 @@ from dp_sam2 import build_sam2
 from dp_sam2.encoders.sam2 import hiera_fast
 from dp_sam2.encoders.sam2.linear import (
     BACKENDS,
+    effective_backend,
+    exact_gemm,
     linear_act_residual,
     linear_backend,
     machine_default_backend,
@@ -257,6 +259,28 @@ def test_onednn_packs_fp32_weights_once():
     copies = trunk.fast_route.weight_copies
     assert not any(k[1:] == (torch.float32, True) for k in copies)
     assert any(k[1] == torch.bfloat16 for k in copies)
+
+
+def test_exact_gemm_runs_the_official_kernel_whatever_the_backend():
+    """Inside ``exact_gemm`` (the video predictor's frame encoding) an ``"onednn"`` trunk packs
+    nothing and gives the ``"mkl"`` trunk's features bit for bit; outside it runs oneDNN."""
+    model = _tiny(64)
+    trunk = _trunk(model)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        trunk.set_linear_backend("mkl")
+        mkl = _encode(model, x)
+        trunk.set_linear_backend("onednn")
+        with exact_gemm():
+            assert effective_backend("onednn") == "mkl"
+            exact = _encode(model, x)
+        assert not any(k[1:] == (torch.float32, True) for k in trunk.fast_route.weight_copies)
+        assert effective_backend("onednn") == "onednn"  # the context ends with its block
+        onednn = _encode(model, x)
+    assert any(k[1:] == (torch.float32, True) for k in trunk.fast_route.weight_copies)
+    assert all(torch.equal(a, b) for a, b in zip(exact, mkl))
+    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(onednn, mkl))
+    assert trunk.linear_backend == "onednn"  # the trunk's own setting is untouched
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dp_sam2.encoders.sam2.linear import exact_gemm
 from dp_sam2.encoders.sam2.model import NO_OBJ_SCORE
 from dp_sam2.encoders.sam2.precision import precision_autocast
 
@@ -60,7 +61,8 @@ class VideoFrameOps:
         image, backbone_out = state.cached_features.get(frame_idx, (None, None))
         if backbone_out is None:
             image = state.images[frame_idx].to(state.device).float().unsqueeze(0)
-            with precision_autocast(image.device, self.precision):
+            # the official's GEMM kernel whatever the trunk's backend: the memory amplifies rounding (linear.exact_gemm)
+            with precision_autocast(image.device, self.precision), exact_gemm():
                 backbone_out = self.forward_image(image)
             if self.precision != "fp32":
                 backbone_out = {

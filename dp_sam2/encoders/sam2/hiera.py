@@ -204,7 +204,8 @@ class Hiera(nn.Module):
 
     def set_linear_backend(self, name: str | None) -> Hiera:
         """The fast route's GEMM backend, ``"mkl"`` | ``"onednn"`` (:mod:`.linear`); ``None`` takes
-        :func:`.linear.default_backend`. The old backend's packed weight copies are dropped."""
+        :func:`.linear.default_backend`. The old backend's packed weight copies are dropped. The
+        video predictor encodes frames on ``"mkl"`` whatever this says (:func:`.linear.exact_gemm`)."""
         from .linear import check_backend, default_backend
 
         self.linear_backend = check_backend(default_backend() if name is None else name)

@@ -24,7 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import can_pack, check_backend, default_backend, linear_act_residual, onednn_bf16, onednn_runs, pack_weight
+from .linear import (
+    can_pack,
+    check_backend,
+    default_backend,
+    effective_backend,
+    linear_act_residual,
+    onednn_bf16,
+    onednn_runs,
+    pack_weight,
+)
 from .windows import max_pool_nhwc, padded_size, window_partition, window_unpartition
 
 if TYPE_CHECKING:
@@ -138,7 +147,7 @@ class _Run:
 
     def linear(self, x, layer, **kwargs):
         weight, bias = self.weights(layer)
-        backend = self.route.backend
+        backend = effective_backend(self.route.backend)
         if not self.pack and backend == "onednn" and onednn_runs(x, weight):
             weight = self.route.weight(layer.weight, weight.dtype, pack=True)
         return linear_act_residual(x, weight, bias, backend=backend, **kwargs)

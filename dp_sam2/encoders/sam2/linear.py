@@ -21,6 +21,7 @@ import torch.nn.functional as F
 BACKENDS = ("mkl", "onednn")
 _MKLDNN = torch.backends.mkldnn.is_available()
 _DEFAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar("dp_sam2_linear_backend", default=None)
+_EXACT: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_sam2_exact_gemm", default=False)
 
 
 def check_backend(name: object) -> str:
@@ -54,6 +55,26 @@ def linear_backend(name: str) -> Iterator[None]:
         yield
     finally:
         _DEFAULT.reset(token)
+
+
+@contextlib.contextmanager
+def exact_gemm() -> Iterator[None]:
+    """Inside, every trunk's fast route runs its GEMMs on ``"mkl"`` (the official's own kernel),
+    whatever backend the trunk names. The video predictor encodes its frames inside: its memory
+    amplifies the ~1e-6 rounding differences of another GEMM order into visible drift (a mask
+    pixel near 0 flips when binarised for the memory, a bf16-stored memory rounds the other way,
+    a near-tie multimask choice swaps a whole mask), while the official's kernel keeps the trunk's
+    stride-4/8 maps bit-equal to the official's."""
+    token = _EXACT.set(True)
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
+
+
+def effective_backend(name: str) -> str:
+    """The backend a trunk naming ``name`` runs now: ``"mkl"`` inside :func:`exact_gemm`, else ``name``."""
+    return "mkl" if _EXACT.get() else name
 
 
 def onednn_runs(x: torch.Tensor, weight: torch.Tensor) -> bool:
