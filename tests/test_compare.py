@@ -397,13 +397,15 @@ def test_compare_end_to_end_resume_and_rerun_skips(fake_dp, tmp_path):
     # the fake logs 0.1 per periodic evaluation: epochs R, 2R, 3R -> 0.1, 0.2, 0.3; eval.py saw 50 episodes
     assert float(r0["score_dp3"]) == pytest.approx(0.2)
     assert float(r0["success_last"]) == pytest.approx(0.5 + 0.01 * (50 % 7))
-    assert int(r0["train_steps"]) == 3 * 601 - 2 and r0["n_demos"] == "10" and r0["image_size"] == "n/a"
+    budget = grid.get_protocol("cpu").budget("lowdim")
+    epochs, every = budget.num_epochs(3), budget.rollout_every  # the fake DP runs 3 steps an epoch
+    assert int(r0["train_steps"]) == 3 * epochs - 2 and r0["n_demos"] == "10" and r0["image_size"] == "n/a"
     assert all(int(r["trainable_params"]) > 0 for r in rows) and all(float(r["latency_ms"]) >= 0 for r in rows)
     lora = next(r for r in rows if r["mode"] == "lora")
     frozen = next(r for r in rows if r["mode"] == "frozen")
     assert int(lora["trainable_params"]) > int(frozen["trainable_params"])  # the backbone trained too
     res = json.loads((out / "cells" / "reach__lowdim__state__seed0" / "result.json").read_text())
-    assert res["score_dp3_of"] == 3 and [e for e, _ in res["periodic"]] == [200, 400, 600]
+    assert res["score_dp3_of"] == 3 and [e for e, _ in res["periodic"]] == [every, 2 * every, 3 * every]
     assert not list((out / "cells").glob("*/final_eval.ckpt"))  # removed after eval.py
     assert (out / "results.png").is_file() and "random weights" in (out / "results.md").read_text()
     # a rerun skips every finished cell: no train.py call

@@ -113,8 +113,8 @@ PROTOCOLS = {
         lr_warmup_steps=100,
         num_workers=0,
         budgets={
-            "lowdim": Budget(rollout_every=200, batch_size=256),
-            "resnet18": Budget(rollout_every=20, batch_size=32),
+            "lowdim": Budget(rollout_every=250, batch_size=64),
+            "resnet18": Budget(rollout_every=60, batch_size=32),
             "frozen": Budget(rollout_every=50, batch_size=32),
             "lora": Budget(rollout_every=10, batch_size=32),
             "finetune": Budget(rollout_every=10, batch_size=32),
