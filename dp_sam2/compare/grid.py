@@ -91,8 +91,11 @@ class Protocol:
 
 PROTOCOLS = {
     # Two loaded CPU cores. Small U-Net, DDIM 10, episodes <= 200 steps stopping at success, 3 periodic
-    # evaluations of 10 episodes, 50 final ones. Budgets aim at ~20 min for low-dim / cached cells and ~2 h
-    # for end-to-end image cells (DP's ResNet-18 + this U-Net: ~3 s a step at 84 px, batch 32 x 2 frames).
+    # evaluations of 10 episodes, 50 final ones; 30 demos (10 left test starts outside the demos' range).
+    # Budgets aim at ~20 min for low-dim / cached cells and ~2 h for end-to-end image cells, measured one
+    # thread per cell (docs/compare.md): low-dim ~0.2 s a step at batch 64 (~5,000 steps), ResNet-18 + this
+    # U-Net ~2-3 s at 86 px crops, batch 32 x 2 frames (~2,350 steps), SAM 2 tiny LoRA / finetune at 224 px
+    # ~30-40 s (~190 steps: enough to show the path trains, not what it reaches).
     "cpu": Protocol(
         name="cpu",
         device="cpu",
@@ -116,8 +119,8 @@ PROTOCOLS = {
             "lowdim": Budget(rollout_every=70, batch_size=64),
             "resnet18": Budget(rollout_every=16, batch_size=32),
             "frozen": Budget(rollout_every=15, batch_size=32),
-            "lora": Budget(rollout_every=3, batch_size=32),
-            "finetune": Budget(rollout_every=3, batch_size=32),
+            "lora": Budget(rollout_every=1, batch_size=32),
+            "finetune": Budget(rollout_every=1, batch_size=32),
         },
         default_seeds=(0,),
     ),
