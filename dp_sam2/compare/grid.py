@@ -94,8 +94,8 @@ PROTOCOLS = {
     # evaluations of 10 episodes, 50 final ones; 30 demos (10 left test starts outside the demos' range).
     # Budgets aim at ~20 min for low-dim / cached cells and ~2 h for end-to-end image cells, measured one
     # thread per cell (docs/compare.md): low-dim ~0.2 s a step at batch 64 (~5,000 steps), ResNet-18 + this
-    # U-Net ~2-3 s at 86 px crops, batch 32 x 2 frames (~2,350 steps), SAM 2 tiny LoRA / finetune at 224 px
-    # ~30-40 s (~190 steps: enough to show the path trains, not what it reaches).
+    # U-Net ~2-3 s at 86 px crops, batch 32 x 2 frames (~4,700 steps: twice the 2,352 that reached only 0.52;
+    # not yet run), SAM 2 tiny LoRA / finetune at 224 px ~40 s (~190 steps: the path trains, no more).
     "cpu": Protocol(
         name="cpu",
         device="cpu",
@@ -117,7 +117,7 @@ PROTOCOLS = {
         num_workers=0,
         budgets={
             "lowdim": Budget(rollout_every=70, batch_size=64),
-            "resnet18": Budget(rollout_every=16, batch_size=32),
+            "resnet18": Budget(rollout_every=32, batch_size=32),  # 16 (2,352 steps) gave 0.52 on button-press
             "frozen": Budget(rollout_every=15, batch_size=32),
             "lora": Budget(rollout_every=1, batch_size=32),
             "finetune": Budget(rollout_every=1, batch_size=32),
