@@ -137,20 +137,21 @@ class FastRoute:
 class _Run:
     """One forward's settings: the route (weight copies, backend) and the dtype everything runs in
     (fp32, or bf16 under bf16 autocast; LayerNorm and softmax statistics are accumulated in fp32 by
-    the kernels either way). ``pack``: bf16 linears on packed weights."""
+    the kernels either way). ``pack``: bf16 linears on packed weights. ``backend``: the route's,
+    or ``"mkl"`` inside :func:`.linear.exact_gemm` (read once per forward)."""
 
     def __init__(self, route: FastRoute, dtype: torch.dtype, pack: bool = False) -> None:
         self.route, self.dtype, self.pack = route, dtype, pack
+        self.backend = effective_backend(route.backend)
 
     def weights(self, layer):
         return self.route.weight(layer.weight, self.dtype, pack=self.pack), self.route.weight(layer.bias, self.dtype)
 
     def linear(self, x, layer, **kwargs):
         weight, bias = self.weights(layer)
-        backend = effective_backend(self.route.backend)
-        if not self.pack and backend == "onednn" and onednn_runs(x, weight):
+        if not self.pack and self.backend == "onednn" and onednn_runs(x, weight):
             weight = self.route.weight(layer.weight, weight.dtype, pack=True)
-        return linear_act_residual(x, weight, bias, backend=backend, **kwargs)
+        return linear_act_residual(x, weight, bias, backend=self.backend, **kwargs)
 
     def norm(self, x, ln):
         weight, bias = self.route.weight(ln.weight, x.dtype), self.route.weight(ln.bias, x.dtype)
