@@ -244,7 +244,7 @@ def test_onednn_packs_fp32_weights_once():
         copies = trunk.fast_route.weight_copies
         with torch.no_grad():
             _encode(model, x)
-            packed = {k[0] for k in copies if k[1:] == (torch.float32, True)}
+            packed = trunk.fast_route.packed_fp32()
             first = {k: v[2] for k, v in copies.items()}
             _encode(model, x)
             assert all(copies[k][2] is v for k, v in first.items())  # reused, not rebuilt
@@ -257,7 +257,7 @@ def test_onednn_packs_fp32_weights_once():
     assert set(model.state_dict()) == keys
     trunk.set_linear_backend("mkl")  # switching drops the packed fp32 copies (their memory), keeps the bf16 ones
     copies = trunk.fast_route.weight_copies
-    assert not any(k[1:] == (torch.float32, True) for k in copies)
+    assert not trunk.fast_route.packed_fp32()
     assert any(k[1] == torch.bfloat16 for k in copies)
 
 
@@ -274,10 +274,10 @@ def test_exact_gemm_runs_the_official_kernel_whatever_the_backend():
         with exact_gemm():
             assert effective_backend("onednn") == "mkl"
             exact = _encode(model, x)
-        assert not any(k[1:] == (torch.float32, True) for k in trunk.fast_route.weight_copies)
+        assert not trunk.fast_route.packed_fp32()
         assert effective_backend("onednn") == "onednn"  # the context ends with its block
         onednn = _encode(model, x)
-    assert any(k[1:] == (torch.float32, True) for k in trunk.fast_route.weight_copies)
+    assert trunk.fast_route.packed_fp32()
     assert all(torch.equal(a, b) for a, b in zip(exact, mkl))
     assert all(rel_err(a, b) <= 1e-5 for a, b in zip(onednn, mkl))
     assert trunk.linear_backend == "onednn"  # the trunk's own setting is untouched

@@ -47,7 +47,7 @@ def pair(request, tmp_path_factory):
 
 def _packed_fp32(trunk) -> bool:
     """Whether the trunk's fast route ran oneDNN on packed fp32 weights (the "onednn" backend)."""
-    return any(k[1:] == (torch.float32, True) for k in trunk.fast_route.weight_copies)
+    return bool(trunk.fast_route.packed_fp32())
 
 
 # one small case per backend in the quick loop, every case per backend in the full run

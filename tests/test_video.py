@@ -228,7 +228,7 @@ def test_parity_with_official(official_runs, tmp_path, monkeypatch, case, backen
     # the video predictor encodes frames on the official's kernel whatever the trunk names
     # (linear.exact_gemm): "onednn" packs no fp32 weight here, and its outputs are "mkl"'s
     assert trunk.linear_backend == backend
-    assert not any(k[1:] == (torch.float32, True) for k in trunk.fast_route.weight_copies)
+    assert not trunk.fast_route.packed_fp32()
     assert [(s, i) for s, i, _ in got] == [(s, i) for s, i, _ in ref]  # frame order and object ids
     worst = 0.0
     for (step, info, a), (_, _, b) in zip(got, ref):

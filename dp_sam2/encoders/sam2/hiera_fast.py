@@ -61,10 +61,18 @@ class FastRoute:
     def __repr__(self) -> str:
         return f"FastRoute(backend={self.backend!r}, {len(self.weight_copies)} weight copies)"
 
+    @staticmethod
+    def _packed_fp32(key: tuple) -> bool:
+        return key[1:] == (torch.float32, True)
+
+    def packed_fp32(self) -> set[int]:
+        """``id``s of the parameters held as oneDNN-packed fp32 copies (what ``"onednn"`` made)."""
+        return {k[0] for k in self.weight_copies if self._packed_fp32(k)}
+
     def set_backend(self, name: str) -> None:
         """Switch the GEMM backend; the packed fp32 copies the old one made are dropped."""
         self.backend = check_backend(name)
-        self.weight_copies = {k: v for k, v in self.weight_copies.items() if k[1:] != (torch.float32, True)}
+        self.weight_copies = {k: v for k, v in self.weight_copies.items() if not self._packed_fp32(k)}
 
     def clear(self) -> None:
         self.weight_copies, self.pos_embed = {}, {}
