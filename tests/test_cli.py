@@ -672,7 +672,7 @@ def test_sizes_on_the_command_line_use_the_one_size_parser():
     and a bad one is an argparse error that says what was expected and what came."""
     import argparse
 
-    from dp_sam2.tools.cli import hw_pair
+    from dp_sam2.tools.arg_types import hw_pair
 
     assert hw_pair("76,76") == (76, 76)
     assert hw_pair("96, 128") == (96, 128)
