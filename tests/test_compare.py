@@ -5,6 +5,7 @@ class the probe loads). The bash lines of docs/compare.md run here, against that
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shlex
@@ -264,6 +265,42 @@ def test_overrides_cpu_protocol_per_setting():
     assert fine["optimizer._target_"] == "dp_sam2.encoders.obs.finetune.adamw_param_groups"
     with pytest.raises(ValueError, match="feature cache"):
         grid.train_overrides(grid.Cell("reach", grid.Setting("sam2_tiny", "frozen"), 0), p, _paths())
+
+
+def _dp_train_batches(lengths, p, batch_size, n_val=1):
+    """DP's own count, spelled out: create_indices gives an episode a sequence for every start in
+    [-pad_before, L - horizon + pad_after]; the n_val held-out episodes (here the longest, the worst case) are not
+    trained on; the last partial batch is kept."""
+    pad_before, pad_after = p.n_obs_steps - 1, p.n_action_steps - 1
+    train = sorted(lengths)[: len(lengths) - n_val]
+    sequences = sum(len(range(-pad_before, n - p.horizon + pad_after + 1)) for n in train)
+    return -(-sequences // batch_size)
+
+
+def test_resnet18_cpu_budget_is_counted_in_steps_whatever_the_demos_length():
+    """A task with half as long demos has half the batches per epoch: the ResNet-18 cpu budget sets its epochs
+    from the demos so both train about the same number of steps (97 epochs of 23 batches reached only 0.68
+    on handle-press, 97 of 48 reached 0.90 on button-press); the low-dim budget stays in epochs."""
+    p = grid.get_protocol("cpu")
+    budget = p.budget("resnet18")
+    long_demos, short_demos = [56, 60, 63] * 10, [19, 32, 46] * 10  # as button-press's / handle-press's
+    per_long = grid.steps_per_epoch(long_demos, p, budget.batch_size)
+    per_short = grid.steps_per_epoch(short_demos, p, budget.batch_size)
+    for lengths, per in ((long_demos, per_long), (short_demos, per_short)):
+        assert _dp_train_batches(lengths, p, budget.batch_size) <= per <= _dp_train_batches(lengths, p, 32, n_val=0)
+    assert per_short < per_long / 1.8
+    steps = {}
+    for lengths, per in ((long_demos, per_long), (short_demos, per_short)):
+        kv = _kv(grid.train_overrides(grid.Cell("t", grid.Setting("resnet18", "scratch"), 0), p, _paths(), (), lengths))
+        epochs, every = int(kv["training.num_epochs"]), int(kv["training.rollout_every"])
+        assert epochs == 3 * every + 1 and kv["training.checkpoint_every"] == str(every)
+        steps[per] = epochs * per
+        assert abs(steps[per] - budget.steps) <= 0.05 * budget.steps, (lengths[:3], epochs, per)
+    assert grid.train_overrides(grid.Cell("t", grid.Setting("lowdim", "state"), 0), p, _paths(), (), short_demos) == (
+        grid.train_overrides(grid.Cell("t", grid.Setting("lowdim", "state"), 0), p, _paths())
+    )
+    assert "about" in grid.describe_budget(p, "resnet18", short_demos)
+    assert grid.describe_budget(p, "lowdim", short_demos) == grid.describe_budget(p, "lowdim")
 
 
 def test_overrides_gpu_protocol():
@@ -552,3 +589,47 @@ def test_random_weights_file_loads_as_an_official_checkpoint(tmp_path):
     again = torch.load(tmp_path / "again.pt", weights_only=True)["model"]
     assert all(torch.equal(state[k], again[k]) for k in ("image_encoder.trunk.patch_embed.proj.weight", "no_mem_embed"))
     assert path.stat().st_mtime_ns == before
+
+
+# --------------------------------------------------------------------------- the measured table as committed
+MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compare_cpu"
+DOCS_COMPARE = Path(__file__).resolve().parents[1] / "docs" / "compare.md"
+
+
+def test_measured_results_come_from_their_runs():
+    """benchmarks/results/compare_cpu: results.csv and results.md are what the cells' result.json give, and each
+    row's train_steps, periodic evaluations and score_dp3 are DP's own step log, success_last eval.py's log,
+    trainable_params the probe's count; the docs' table says the same numbers."""
+    found = results.cell_rows(MEASURED)
+    rows = results.merge_rows(found)
+    assert len(rows) >= 6
+    assert (MEASURED / "results.csv").read_text() == results.to_csv(rows)
+    md = (MEASURED / "results.md").read_text()
+    assert md == report.markdown_table(rows, "dp-sam2 compare, cpu protocol")
+    # docs/compare.md "Measured here": | task (set) | encoder | weights | train steps | success_last | score_dp3 | ...
+    docs = [
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in DOCS_COMPARE.read_text().splitlines()
+        if re.match(r"\| [a-z-]+ \((easy|medium|hard|very hard)\) \|", line)
+    ]
+    for where, (row,) in found:
+        cell = Path(where)
+        res = json.loads((cell / "result.json").read_text())
+        with gzip.open(cell / "train" / "logs.json.txt.gz", "rt") as f:
+            log = [json.loads(line) for line in f if line.strip()]
+        periodic = results.periodic_scores(log)
+        assert [list(p) for p in periodic] == res["periodic"], cell.name
+        assert row["train_steps"] == results.train_steps(log), cell.name
+        assert row["score_dp3"] == pytest.approx(results.score_dp3([s for _, s in periodic])[0]), cell.name
+        assert row["success_last"] == json.loads((cell / "eval" / "eval_log.json").read_text())["test_mean_score"]
+        assert row["trainable_params"] == json.loads((cell / "probe.json").read_text())["trainable_params"] > 0
+        label = row["encoder"] if row["mode"] in ("state", "scratch") else f"{row['encoder']} {row['mode']}"
+        line = [d for d in docs if d[0].split(" (")[0] == row["task"] and d[1] == label]
+        assert len(line) == 1, f"docs/compare.md: one measured line for {cell.name}, found {line}"
+        steps, success, score = line[0][3:6]
+        assert (steps, success.strip("*"), score) == (
+            f"{row['train_steps']:,}",
+            f"{row['success_last']:.2f}",
+            f"{row['score_dp3']:.2f}",
+        ), line[0]
+        assert ("random weights" in line[0][2]) == (row["weights"] == "random"), line[0]

@@ -102,7 +102,7 @@ def ensure_demos(ctx: Context, task: str) -> Path:
 
 
 def buffer_facts(zarr_path: Path) -> dict:
-    """``n_demos`` and ``image_size`` of a replay buffer."""
+    """``n_demos``, ``image_size``, ``n_frames`` and ``episode_lengths`` of a replay buffer."""
     import zarr
 
     root = zarr.open_group(str(zarr_path), mode="r")
@@ -112,6 +112,7 @@ def buffer_facts(zarr_path: Path) -> dict:
         "n_demos": int(len(ends)),
         "image_size": int(img[1]) if img is not None else None,
         "n_frames": int(ends[-1]),
+        "episode_lengths": [int(b - a) for a, b in zip([0, *ends[:-1]], ends, strict=True)],
     }
 
 
@@ -218,11 +219,11 @@ def run_cell(ctx: Context, cell: grid.Cell, dataset_target=None) -> dict:
         feature_cache=str(cache) if cache else None,
         dataset_target=dataset_target if cache else None,
     )
-    overrides = grid.train_overrides(cell, p, paths, ctx.extra_overrides)
+    overrides = grid.train_overrides(cell, p, paths, ctx.extra_overrides, facts["episode_lengths"])
     spec = {"cell": cell.name, "protocol": p.as_dict(), "train_overrides": overrides, "weights": weights}
     (tmp / "cell.json").write_text(json.dumps(spec, indent=2))
 
-    budget = grid.describe_budget(p, cell.setting.kind)
+    budget = grid.describe_budget(p, cell.setting.kind, facts["episode_lengths"])
     if ctx.extra_overrides:
         budget += ", then " + " ".join(ctx.extra_overrides)
     ctx.log(f"[compare] {cell.name}: training ({budget})")

@@ -8,6 +8,7 @@ the grid. Every DP / MetaWorld-task key the harness sets is written once, in :da
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 # The encoders that are not SAM 2 (SAM 2 encoders are any registry short name: sam2_tiny, sam2.1_large ...)
@@ -45,9 +46,38 @@ class Budget:
 
     rollout_every: int
     batch_size: int
+    # > 0: a length in optimizer steps instead of epochs. The demos fix how many batches an epoch has (a
+    # task with short demos has half as many), so rollout_every is then chosen per task, from the demos,
+    # to make n_evals * rollout_every epochs come to about this many steps; rollout_every above is used
+    # only where the demos are not known (describing a grid before its demos exist).
+    steps: int = 0
 
     def num_epochs(self, n_evals: int) -> int:
         return n_evals * self.rollout_every + 1
+
+    def for_demos(self, episode_lengths, protocol: Protocol) -> Budget:
+        """This budget for a demos buffer whose episodes have ``episode_lengths`` frames: itself when it is
+        counted in epochs, else with ``rollout_every`` set so that the training comes to about ``steps``."""
+        if self.steps <= 0 or not episode_lengths:
+            return self
+        per_epoch = steps_per_epoch(episode_lengths, protocol, self.batch_size)
+        every = max(1, round(self.steps / (protocol.n_evals * per_epoch)))
+        return Budget(rollout_every=every, batch_size=self.batch_size, steps=self.steps)
+
+
+def steps_per_epoch(episode_lengths, protocol: Protocol, batch_size: int, val_ratio: float = 0.02) -> int:
+    """Batches in one of DP's training epochs on these demos: DP's ``SequenceSampler`` gives an episode of
+    L frames ``L - horizon + pad_before + pad_after + 1`` sequences (pad_before = n_obs_steps - 1,
+    pad_after = n_action_steps - 1, as the MetaWorld task sets them), ``get_val_mask`` holds out
+    ``min(max(1, round(n * val_ratio)), n - 1)`` of the n episodes (counted here at the mean length), and
+    the loader does not drop the last partial batch."""
+    lengths = [int(n) for n in episode_lengths]
+    pad = (protocol.n_obs_steps - 1) + (protocol.n_action_steps - 1)
+    sequences = sum(max(0, n - protocol.horizon + pad + 1) for n in lengths)
+    n = len(lengths)
+    n_val = min(max(1, round(n * val_ratio)), n - 1) if val_ratio > 0 and n > 1 else 0
+    train = sequences * (n - n_val) / n
+    return max(1, math.ceil(train / batch_size))
 
 
 @dataclass(frozen=True)
@@ -94,8 +124,9 @@ PROTOCOLS = {
     # evaluations of 10 episodes, 50 final ones; 30 demos (10 left test starts outside the demos' range).
     # Budgets aim at ~20 min for low-dim / cached cells and ~2 h for end-to-end image cells, measured one
     # thread per cell (docs/compare.md): low-dim ~0.2 s a step at batch 64 (~5,000 steps), ResNet-18 + this
-    # U-Net ~2-3 s at 86 px crops, batch 32 x 2 frames (~4,700 steps: twice the 2,352 that reached only 0.52;
-    # not yet run), SAM 2 tiny LoRA / finetune at 224 px ~40 s (~190 steps: the path trains, no more).
+    # U-Net ~2-3 s at 86 px crops, batch 32 x 2 frames (0.83 s alone on two idle cores, two threads; 97 epochs:
+    # 4,656 steps on button-press reached 0.90, where 49 epochs reached only 0.52), SAM 2 tiny LoRA / finetune
+    # at 224 px ~40 s (~190 steps: the path trains, no more).
     "cpu": Protocol(
         name="cpu",
         device="cpu",
@@ -117,7 +148,9 @@ PROTOCOLS = {
         num_workers=0,
         budgets={
             "lowdim": Budget(rollout_every=70, batch_size=64),
-            "resnet18": Budget(rollout_every=32, batch_size=32),  # 16 (2,352 steps) gave 0.52 on button-press
+            # 3 x 32 epochs of button-press's 48 batches: 4,656 steps there reached 0.90 (2,352: 0.52); handle-press,
+            # 23 batches an epoch, reached only 0.68 on 97 epochs (2,231 steps), so the length is in steps
+            "resnet18": Budget(rollout_every=32, batch_size=32, steps=3 * 32 * 48),
             "frozen": Budget(rollout_every=15, batch_size=32),
             "lora": Budget(rollout_every=1, batch_size=32),
             "finetune": Budget(rollout_every=1, batch_size=32),
@@ -310,11 +343,14 @@ def workspace_of(setting: Setting) -> str:
     return LOWDIM_WORKSPACE if setting.encoder == LOWDIM else IMAGE_WORKSPACE
 
 
-def train_overrides(cell: Cell, protocol: Protocol, paths: CellPaths, extra: list[str] = ()) -> list[str]:
-    """``train.py``'s arguments for ``cell`` (``--config-name=...`` first), exactly as passed."""
+def train_overrides(
+    cell: Cell, protocol: Protocol, paths: CellPaths, extra: list[str] = (), episode_lengths=None
+) -> list[str]:
+    """``train.py``'s arguments for ``cell`` (``--config-name=...`` first), exactly as passed. ``episode_lengths``:
+    the demos' episodes (frames each), which set the epochs of a budget counted in steps."""
     k = TASK_KEYS
     s = cell.setting
-    budget = protocol.budget(s.kind)
+    budget = protocol.budget(s.kind).for_demos(episode_lengths, protocol)
     lowdim = s.encoder == LOWDIM
     out = [
         f"--config-name={workspace_of(s)}",
@@ -415,6 +451,12 @@ def eval_overrides(protocol: Protocol) -> dict[str, object]:
     }
 
 
-def describe_budget(protocol: Protocol, kind: str) -> str:
-    b = protocol.budget(kind)
-    return f"{b.num_epochs(protocol.n_evals)} epochs, rollout every {b.rollout_every}, batch {b.batch_size}"
+def describe_budget(protocol: Protocol, kind: str, episode_lengths=None) -> str:
+    b = protocol.budget(kind).for_demos(episode_lengths, protocol)
+    text = f"{b.num_epochs(protocol.n_evals)} epochs, rollout every {b.rollout_every}, batch {b.batch_size}"
+    if b.steps > 0 and episode_lengths:
+        per_epoch = steps_per_epoch(episode_lengths, protocol, b.batch_size)
+        text += (
+            f": about {b.num_epochs(protocol.n_evals) * per_epoch:,} steps of {per_epoch} batches (aim: {b.steps:,})"
+        )
+    return text

@@ -160,4 +160,9 @@ def _dry_run(cells, protocol: grid.Protocol, extra: list[str]) -> int:
             dataset_target="<task dataset>" if cell.mode == "frozen" else None,
         )
         print(f"{cell.name}: python train.py " + " ".join(grid.train_overrides(cell, protocol, paths, extra)))
+        if protocol.budget(cell.setting.kind).steps > 0:
+            print(
+                f"  (a budget of about {protocol.budget(cell.setting.kind).steps:,} steps: the real run sets "
+                "num_epochs / rollout_every from the demos' lengths)"
+            )
     return 0
