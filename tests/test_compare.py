@@ -623,7 +623,7 @@ def test_measured_results_come_from_their_runs():
         assert row["score_dp3"] == pytest.approx(results.score_dp3([s for _, s in periodic])[0]), cell.name
         assert row["success_last"] == json.loads((cell / "eval" / "eval_log.json").read_text())["test_mean_score"]
         assert row["trainable_params"] == json.loads((cell / "probe.json").read_text())["trainable_params"] > 0
-        label = row["encoder"] if row["mode"] in ("state", "scratch") else f"{row['encoder']} {row['mode']}"
+        label = grid.Setting(row["encoder"], row["mode"]).label
         line = [d for d in docs if d[0].split(" (")[0] == row["task"] and d[1] == label]
         assert len(line) == 1, f"docs/compare.md: one measured line for {cell.name}, found {line}"
         steps, success, score = line[0][3:6]

@@ -160,9 +160,7 @@ def _dry_run(cells, protocol: grid.Protocol, extra: list[str]) -> int:
             dataset_target="<task dataset>" if cell.mode == "frozen" else None,
         )
         print(f"{cell.name}: python train.py " + " ".join(grid.train_overrides(cell, protocol, paths, extra)))
-        if protocol.budget(cell.setting.kind).steps > 0:
-            print(
-                f"  (a budget of about {protocol.budget(cell.setting.kind).steps:,} steps: the real run sets "
-                "num_epochs / rollout_every from the demos' lengths)"
-            )
+        steps = protocol.budget(cell.setting.kind).steps
+        if steps > 0:
+            print(f"  (a budget of about {steps:,} steps: the real run sets num_epochs / rollout_every from the demos)")
     return 0
