@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.3.2"
+__version__ = "0.3.3"
 
 _EXPORTS = {
     "build_sam2": "dp_sam2.encoders.sam2.build",

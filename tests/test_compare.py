@@ -247,7 +247,7 @@ def test_overrides_cpu_protocol_per_setting():
 
     res = _kv(grid.train_overrides(grid.Cell("reach", grid.Setting("resnet18", "scratch"), 0), p, _paths()))
     assert res["task"] == "metaworld" and res["policy.down_dims"] == "[64,128,256]"
-    assert res["task.image_size"] == "96" and res["task.camera"] == "corner2"
+    assert res["task.image_size"] == "96" and res["task.camera"] == "corner2_dp3"  # objects twice as large
     assert res["policy.obs_encoder.crop_shape"] == "[86,86]" and not any(k.startswith("+obs_encoder") for k in res)
 
     fro = grid.train_overrides(grid.Cell("reach", grid.Setting("sam2_tiny", "frozen"), 0), p, _paths(frozen=True))
@@ -508,6 +508,20 @@ def test_out_folder_keeps_its_protocol(fake_dp, tmp_path):
     base = ["--tasks", "reach", "--encoders", "lowdim", "--seeds", "0", "--dp-root", str(root), "--out", str(out)]
     assert compare(*base) == 0
     assert compare(*base, "--train-override", "training.num_epochs=4") == 1  # ValueError -> exit 1
+
+
+def test_folder_of_the_far_camera_is_not_resumed_under_the_moved_one(tmp_path):
+    from dp_sam2.compare.run import _check_run_config
+
+    cpu = grid.get_protocol("cpu")
+    (tmp_path / "compare.json").write_text(json.dumps({"protocol": "cpu", "train_override": []}))  # as 0.3.2 wrote
+    with pytest.raises(ValueError, match=r"was made with .*'protocol': 'cpu'.* asks for .*'camera': 'corner2_dp3'"):
+        _check_run_config(tmp_path, cpu, [])
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _check_run_config(fresh, cpu, [])
+    _check_run_config(fresh, cpu, [])  # the same protocol again: accepted
+    assert json.loads((fresh / "compare.json").read_text())["camera"] == "corner2_dp3"
 
 
 def test_cli_errors(tmp_path):

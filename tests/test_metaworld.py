@@ -141,6 +141,36 @@ def test_demo_images_are_upright_and_match_mujocos_renderer():
     assert grey[SIZE // 2 :].mean() != grey[: SIZE // 2].mean()
 
 
+def test_moved_camera_is_mujocos_camera_at_dp3s_position_and_leaves_the_model_as_it_was():
+    import mujoco
+
+    from dp_sam2.metaworld import env as mw
+
+    env = mw.make_env(TASK, 0)
+    mw.reset(env, 7)
+    mujoco.mj_forward(env.model, env.data)  # the sites reset moved, so that the hand-moved render below sees one state
+    cam = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
+    before = env.model.cam_pos[cam].copy(), env.data.cam_xpos[cam].copy()
+    renderer = mw.SceneRenderer(env.model, SIZE, "corner2_dp3")
+    ours = renderer.render(env)
+    renderer.close()
+    # the model and its camera poses are as they were: a plain corner2 render after it is unmoved
+    np.testing.assert_array_equal(env.model.cam_pos[cam], before[0])
+    np.testing.assert_array_equal(env.data.cam_xpos[cam], before[1])
+    plain = mw.SceneRenderer(env.model, SIZE, "corner2")
+    far = plain.render(env)
+    plain.close()
+    # MuJoCo's own renderer with corner2 moved by hand to where DP3's code puts it
+    env.model.cam_pos[cam] = [0.6, 0.295, 0.8]
+    mujoco.mj_forward(env.model, env.data)
+    theirs = mujoco.Renderer(env.model, SIZE, SIZE)
+    theirs.update_scene(env.data, camera="corner2")
+    np.testing.assert_array_equal(ours, theirs.render()[::-1, ::-1])
+    theirs.close()
+    assert np.abs(ours.astype(int) - far).mean() > 10  # a different view, not the far one
+    assert mw.check_camera("corner2_dp3") == "corner2_dp3"
+
+
 @pytest.mark.slow
 def test_same_seed_same_file_and_interrupted_run_leaves_nothing(buffer, tmp_path, monkeypatch):
     from dp_sam2.metaworld import demos

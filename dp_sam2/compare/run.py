@@ -40,10 +40,12 @@ def add_arguments(p) -> None:
     p.add_argument("--dry-run", action="store_true", help="print each cell's train.py command; run nothing")
 
 
-def _check_run_config(out: Path, protocol: str, extra: list[str]) -> None:
-    """One output folder holds one protocol (and one set of extra overrides)."""
+def _check_run_config(out: Path, protocol: grid.Protocol, extra: list[str]) -> None:
+    """One output folder holds one protocol, one camera view (0.3.3 moved the protocols' camera) and one set of
+    extra overrides."""
     path = out / "compare.json"
-    want = {"protocol": protocol, "train_override": list(extra)}
+    want = {"protocol": protocol.name, "camera": protocol.camera, "image_size": protocol.image_size}
+    want["train_override"] = list(extra)
     if path.is_file():
         have = json.loads(path.read_text())
         if have != want:
@@ -115,7 +117,7 @@ def run(args) -> int:
         print(f"compare: {len(cells)} cells in the grid, {len(mine)} in shard {shard[0]}/{shard[1]} ({protocol.name})")
         if args.dry_run:
             return _dry_run(mine, protocol, args.train_override)
-        _check_run_config(out, protocol.name, args.train_override)
+        _check_run_config(out, protocol, args.train_override)
         ctx = Context(args.dp_root, out, protocol, args.python, list(args.train_override), {"WANDB_MODE": "disabled"})
         for i, cell in enumerate(mine, 1):
             if is_done(ctx, cell):

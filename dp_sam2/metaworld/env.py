@@ -22,7 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 INSTALL = 'pip install "dp-sam2[metaworld]"'
-CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "gripperPOV", "behindGripper")
+# our cameras: a MetaWorld camera moved to another position, its orientation and field of view kept.
+# "corner2_dp3" is corner2 where 3D Diffusion Policy's code puts it (model.cam_pos = [0.6, 0.295, 0.8],
+# after arXiv 2212.05698), 1.8-1.9x closer to the objects than MetaWorld's [1.3, -0.2, 1.1]: twice as large across
+MOVED_CAMERAS = {"corner2_dp3": ("corner2", (0.6, 0.295, 0.8))}
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "gripperPOV", "behindGripper", *MOVED_CAMERAS)
 MAX_PATH_LENGTH = 500  # MetaWorld raises ValueError on a step past this
 OBS_DIM, ACTION_DIM, AGENT_POS_DIM = 39, 4, 4
 GL_HELP = (
@@ -172,7 +176,8 @@ class SceneRenderer:
         fast_render_settings(model)
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.size)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.size)
-        self._camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        base, self._position = MOVED_CAMERAS.get(camera, (camera, None))
+        self._camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, base)
         try:
             if mujoco.GLContext is None:
                 raise RuntimeError("mujoco.GLContext is None")
@@ -194,7 +199,15 @@ class SceneRenderer:
         mj = self._mujoco
         fast_render_settings(env.model)
         self._gl.make_current()
-        mj.mjv_updateScene(env.model, env.data, self._option, None, self._cam, mj.mjtCatBit.mjCAT_ALL, self._scene)
+        if self._position is None:
+            mj.mjv_updateScene(env.model, env.data, self._option, None, self._cam, mj.mjtCatBit.mjCAT_ALL, self._scene)
+        else:  # a moved camera: move it in env's model for this one scene, then put it back
+            cam_pos = env.model.cam_pos[self._camera_id].copy()
+            env.model.cam_pos[self._camera_id] = self._position
+            mj.mj_camlight(env.model, env.data)  # the cameras' world poses from their model positions
+            mj.mjv_updateScene(env.model, env.data, self._option, None, self._cam, mj.mjtCatBit.mjCAT_ALL, self._scene)
+            env.model.cam_pos[self._camera_id] = cam_pos
+            mj.mj_camlight(env.model, env.data)
         mj.mjr_render(self._rect, self._scene, self._context)
         raw = np.empty((self.size, self.size, 3), dtype=np.uint8)
         mj.mjr_readPixels(raw, None, self._rect, self._context)

@@ -174,7 +174,11 @@ def _add_metaworld_demos(sub) -> None:
     p.add_argument("--task", required=True, help="a MetaWorld v3 task, with or without -v3 (e.g. reach, pick-place-v3)")
     p.add_argument("--episodes", type=int, required=True, help="successful episodes to keep")
     p.add_argument("--image-size", type=int, default=128, help="square image size in pixels (default 128)")
-    p.add_argument("--camera", default="corner2", help="corner, corner2 (default), corner3, corner4, topview, ...")
+    p.add_argument(
+        "--camera",
+        default="corner2",
+        help="corner, corner2 (default), corner3, corner4, topview, ...; corner2_dp3: corner2 closer, as DP3's code",
+    )
     p.add_argument("--seed", type=int, default=0, help="start states come from this seed (same seed, same file)")
     p.add_argument("--out", required=True, help="the buffer to write, e.g. data/metaworld/reach.zarr")
     p.add_argument("--max-steps", type=int, default=500, help="steps per attempt before it counts as failed")
