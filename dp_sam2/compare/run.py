@@ -44,8 +44,12 @@ def _check_run_config(out: Path, protocol: grid.Protocol, extra: list[str]) -> N
     """One output folder holds one protocol, one camera view (0.3.3 moved the protocols' camera) and one set of
     extra overrides."""
     path = out / "compare.json"
-    want = {"protocol": protocol.name, "camera": protocol.camera, "image_size": protocol.image_size}
-    want["train_override"] = list(extra)
+    want = {
+        "protocol": protocol.name,
+        "camera": protocol.camera,
+        "image_size": protocol.image_size,
+        "train_override": list(extra),
+    }
     if path.is_file():
         have = json.loads(path.read_text())
         if have != want:

@@ -199,13 +199,12 @@ class SceneRenderer:
         mj = self._mujoco
         fast_render_settings(env.model)
         self._gl.make_current()
-        if self._position is None:
-            mj.mjv_updateScene(env.model, env.data, self._option, None, self._cam, mj.mjtCatBit.mjCAT_ALL, self._scene)
-        else:  # a moved camera: move it in env's model for this one scene, then put it back
-            cam_pos = env.model.cam_pos[self._camera_id].copy()
+        cam_pos = env.model.cam_pos[self._camera_id].copy()
+        if self._position is not None:  # a moved camera: moved in env's model for this one scene, then put back
             env.model.cam_pos[self._camera_id] = self._position
             mj.mj_camlight(env.model, env.data)  # the cameras' world poses from their model positions
-            mj.mjv_updateScene(env.model, env.data, self._option, None, self._cam, mj.mjtCatBit.mjCAT_ALL, self._scene)
+        mj.mjv_updateScene(env.model, env.data, self._option, None, self._cam, mj.mjtCatBit.mjCAT_ALL, self._scene)
+        if self._position is not None:
             env.model.cam_pos[self._camera_id] = cam_pos
             mj.mj_camlight(env.model, env.data)
         mj.mjr_render(self._rect, self._scene, self._context)
